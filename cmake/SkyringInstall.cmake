@@ -1,0 +1,25 @@
+# Installs libskyring, the public headers and a package config, so that a user's project
+# does find_package(skyring CONFIG REQUIRED) and links skyring::skyring.
+include(GNUInstallDirs)
+include(CMakePackageConfigHelpers)
+
+install(TARGETS skyring EXPORT skyringTargets
+  LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR}
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR}
+  INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+install(DIRECTORY include/skyring DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
+  FILES_MATCHING PATTERN "*.h")
+install(FILES ${PROJECT_BINARY_DIR}/include/skyring/version.h
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/skyring)
+install(EXPORT skyringTargets NAMESPACE skyring::
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/skyring)
+
+configure_package_config_file(cmake/skyringConfig.cmake.in
+  ${PROJECT_BINARY_DIR}/skyringConfig.cmake
+  INSTALL_DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/skyring)
+write_basic_package_version_file(${PROJECT_BINARY_DIR}/skyringConfigVersion.cmake
+  COMPATIBILITY SameMinorVersion)
+install(FILES ${PROJECT_BINARY_DIR}/skyringConfig.cmake
+  ${PROJECT_BINARY_DIR}/skyringConfigVersion.cmake
+  DESTINATION ${CMAKE_INSTALL_LIBDIR}/cmake/skyring)

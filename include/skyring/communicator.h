@@ -1,0 +1,78 @@
+// The collectives of one group of ranks, run over a Transport.
+//
+// Calls are collective: every rank of the group makes the same calls in the same order
+// (per options.tag) with matching counts, dtypes, ops and roots. Mismatches are detected
+// and reported as errors rather than corrupting memory.
+//
+// Thread-safety: one Communicator is used by one thread at a time per tag; calls with
+// different tags may run concurrently from different threads.
+//
+// Failure: a rank that dies, or does not arrive within the timeout, makes every other
+// rank throw (TransportError or Timeout) with a message naming it; the group is then
+// aborted and later calls fail at once.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+
+#include "skyring/buffer_view.h"
+#include "skyring/config.h"
+#include "skyring/reduce_op.h"
+#include "skyring/transport.h"
+
+namespace skyring {
+
+struct CollectiveOptions {
+  // Longest wait without progress; zero means Config::timeout.
+  std::chrono::milliseconds timeout{0};
+  // Separates concurrent streams of collectives (e.g. two threads); 0..4095.
+  std::uint32_t tag = 0;
+};
+
+class Communicator {
+ public:
+  Communicator(std::shared_ptr<transport::Transport> transport, Config config = {});
+  ~Communicator();
+  Communicator(const Communicator&) = delete;
+  Communicator& operator=(const Communicator&) = delete;
+
+  int rank() const noexcept { return rank_; }
+  int size() const noexcept { return size_; }
+  const Config& config() const noexcept { return config_; }
+  const Logger& logger() const noexcept { return logger_; }
+
+  // output = op over ranks of input. input and output have the same count and dtype and
+  // may be the same buffer (in place).
+  void allreduce(BufferView input, BufferView output, ReduceOp op,
+                 const CollectiveOptions& options = {});
+  void allreduce(BufferView buffer, ReduceOp op, const CollectiveOptions& options = {}) {
+    allreduce(buffer, buffer, op, options);
+  }
+  // input holds size() blocks of output.count elements; rank r receives block r reduced.
+  void reduceScatter(BufferView input, BufferView output, ReduceOp op,
+                     const CollectiveOptions& options = {});
+  // output holds size() blocks of input.count elements; block r comes from rank r.
+  // input may alias block rank() of output.
+  void allgather(BufferView input, BufferView output, const CollectiveOptions& options = {});
+  // buffer of root is copied to every rank's buffer.
+  void broadcast(BufferView buffer, int root, const CollectiveOptions& options = {});
+  // Returns once every rank has entered the barrier.
+  void barrier(const CollectiveOptions& options = {});
+
+ private:
+  // Validates options and returns the next sequence number of options.tag.
+  std::uint32_t sequenceFor(const CollectiveOptions& options, const char* op);
+
+  std::shared_ptr<transport::Transport> transport_;
+  Config config_;
+  int rank_;
+  int size_;
+  Logger logger_;
+  std::mutex sequenceMutex_;
+  std::map<std::uint32_t, std::uint32_t> sequences_;
+};
+
+}  // namespace skyring

@@ -1,0 +1,44 @@
+// Typed configuration. Every SKYRING_* environment variable is read in one place
+// (Config::fromEnvironment) and nowhere else; docs/configuration.md lists them all and a
+// test keeps that table and Config::parameters() in step.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <map>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "skyring/logging.h"
+
+namespace skyring {
+
+struct Config {
+  // How long a collective may wait without progress before the ranks diagnose who is
+  // missing and fail with Timeout. SKYRING_TIMEOUT_MS.
+  std::chrono::milliseconds timeout{30000};
+  LogLevel logLevel = LogLevel::warn;  // SKYRING_LOG_LEVEL
+  // Ring pipelining: bytes per message and messages in flight per peer.
+  std::size_t ringChunkBytes = 256 * 1024;  // SKYRING_RING_CHUNK_BYTES
+  int ringPipelineDepth = 4;                // SKYRING_RING_PIPELINE_DEPTH
+
+  // Warnings found while reading (unknown SKYRING_* names): reported once by the owner.
+  std::vector<std::string> warnings;
+
+  // Reads the process environment. Throws InvalidArgument naming the variable on a
+  // malformed value.
+  static Config fromEnvironment();
+  // Same rules, from explicit name=value pairs (tests, bindings).
+  static Config fromMap(const std::map<std::string, std::string>& vars);
+
+  struct Parameter {
+    std::string_view name;
+    std::string_view defaultValue;
+    std::string_view description;
+  };
+  // Every parameter Config understands, in documentation order.
+  static const std::vector<Parameter>& parameters();
+};
+
+}  // namespace skyring

@@ -1,0 +1,138 @@
+#include "skyring/communicator.h"
+
+#include <cstring>
+
+#include "collectives/algorithms.h"
+#include "collectives/exchange.h"
+
+namespace skyring {
+namespace {
+
+using collectives::CallSignature;
+using collectives::Opcode;
+
+bool overlaps(const BufferView& a, const BufferView& b) {
+  const auto* a0 = static_cast<const std::byte*>(a.data);
+  const auto* b0 = static_cast<const std::byte*>(b.data);
+  return a.bytes() > 0 && b.bytes() > 0 && a0 < b0 + b.bytes() && b0 < a0 + a.bytes();
+}
+
+void checkBuffer(const BufferView& v, const ErrorContext& ctx, const char* what) {
+  SKYRING_CHECK_ARG(v.memory == MemoryKind::host, ctx, what,
+                    " is device memory: this communicator's transport moves host memory only");
+  SKYRING_CHECK_ARG(v.count == 0 || v.data != nullptr, ctx, what, " is null with count ", v.count);
+}
+
+}  // namespace
+
+Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Config config)
+    : transport_(std::move(transport)), config_(std::move(config)) {
+  SKYRING_CHECK_ARG(transport_ != nullptr, {}, "Communicator needs a transport");
+  rank_ = transport_->rank();
+  size_ = transport_->size();
+  logger_ = Logger(config_.logLevel, rank_);
+  for (const auto& w : config_.warnings)
+    SKYRING_LOG(logger_, warn, w);
+}
+
+Communicator::~Communicator() = default;
+
+namespace {
+
+collectives::Exchange makeExchange(transport::Transport& transport, const Logger& logger,
+                                   const Config& config, std::uint32_t sequence,
+                                   const CallSignature& signature,
+                                   const CollectiveOptions& options) {
+  return collectives::Exchange(transport, logger, signature, options.tag, sequence,
+                               options.timeout.count() > 0 ? options.timeout : config.timeout);
+}
+
+}  // namespace
+
+std::uint32_t Communicator::sequenceFor(const CollectiveOptions& options, const char* op) {
+  SKYRING_CHECK_ARG(options.tag <= collectives::kMaxUserTag, (ErrorContext{rank_, -1, op}), "tag ",
+                    options.tag, " exceeds ", collectives::kMaxUserTag);
+  SKYRING_CHECK_ARG(options.timeout.count() >= 0, (ErrorContext{rank_, -1, op}),
+                    "negative timeout");
+  std::lock_guard lock(sequenceMutex_);
+  return sequences_[options.tag]++;
+}
+
+void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
+                             const CollectiveOptions& options) {
+  const ErrorContext ctx{rank_, -1, "allreduce"};
+  checkBuffer(input, ctx, "input");
+  checkBuffer(output, ctx, "output");
+  SKYRING_CHECK_ARG(input.count == output.count && input.dtype == output.dtype, ctx, "input (",
+                    input.count, " x ", dtypeName(input.dtype), ") and output (", output.count,
+                    " x ", dtypeName(output.dtype), ") differ");
+  SKYRING_CHECK_ARG(input.data == output.data || !overlaps(input, output), ctx,
+                    "input and output overlap without being the same buffer");
+  auto ex =
+      makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+                   CallSignature{Opcode::allreduce, input.dtype, op, input.count, -1}, options);
+  if (input.count == 0) return;
+  collectives::ringAllreduce(ex, input, output, op,
+                             {config_.ringChunkBytes, config_.ringPipelineDepth});
+}
+
+void Communicator::reduceScatter(BufferView input, BufferView output, ReduceOp op,
+                                 const CollectiveOptions& options) {
+  const ErrorContext ctx{rank_, -1, "reduce_scatter"};
+  checkBuffer(input, ctx, "input");
+  checkBuffer(output, ctx, "output");
+  SKYRING_CHECK_ARG(input.dtype == output.dtype, ctx, "input dtype ", dtypeName(input.dtype),
+                    " differs from output dtype ", dtypeName(output.dtype));
+  SKYRING_CHECK_ARG(input.count == output.count * static_cast<std::size_t>(size_), ctx,
+                    "input count ", input.count, " must be ", size_, " x output count ",
+                    output.count);
+  SKYRING_CHECK_ARG(!overlaps(input, output), ctx, "input and output overlap");
+  auto ex = makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+                         CallSignature{Opcode::reduceScatter, input.dtype, op, output.count, -1},
+                         options);
+  if (output.count == 0) return;
+  collectives::ringReduceScatter(ex, input, output, op,
+                                 {config_.ringChunkBytes, config_.ringPipelineDepth});
+}
+
+void Communicator::allgather(BufferView input, BufferView output,
+                             const CollectiveOptions& options) {
+  const ErrorContext ctx{rank_, -1, "allgather"};
+  checkBuffer(input, ctx, "input");
+  checkBuffer(output, ctx, "output");
+  SKYRING_CHECK_ARG(input.dtype == output.dtype, ctx, "input dtype ", dtypeName(input.dtype),
+                    " differs from output dtype ", dtypeName(output.dtype));
+  SKYRING_CHECK_ARG(output.count == input.count * static_cast<std::size_t>(size_), ctx,
+                    "output count ", output.count, " must be ", size_, " x input count ",
+                    input.count);
+  const BufferView own = output.slice(input.count * static_cast<std::size_t>(rank_), input.count);
+  SKYRING_CHECK_ARG(input.data == own.data || !overlaps(input, output), ctx,
+                    "input overlaps output other than as block ", rank_);
+  auto ex = makeExchange(
+      *transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+      CallSignature{Opcode::allgather, input.dtype, ReduceOp::sum, input.count, -1}, options);
+  if (input.count == 0) return;
+  if (input.data != own.data) std::memcpy(own.data, input.data, input.bytes());
+  collectives::ringAllgather(ex, output, {config_.ringChunkBytes, config_.ringPipelineDepth});
+}
+
+void Communicator::broadcast(BufferView buffer, int root, const CollectiveOptions& options) {
+  const ErrorContext ctx{rank_, -1, "broadcast"};
+  checkBuffer(buffer, ctx, "buffer");
+  SKYRING_CHECK_ARG(root >= 0 && root < size_, ctx, "root ", root, " is not a rank of a group of ",
+                    size_);
+  auto ex = makeExchange(
+      *transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+      CallSignature{Opcode::broadcast, buffer.dtype, ReduceOp::sum, buffer.count, root}, options);
+  collectives::chainBroadcast(ex, buffer, root,
+                              {config_.ringChunkBytes, config_.ringPipelineDepth});
+}
+
+void Communicator::barrier(const CollectiveOptions& options) {
+  const ErrorContext ctx{rank_, -1, "barrier"};
+  auto ex = makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+                         CallSignature{Opcode::barrier, DType::u8, ReduceOp::sum, 0, -1}, options);
+  collectives::disseminationBarrier(ex);
+}
+
+}  // namespace skyring

@@ -1,0 +1,77 @@
+// The per-call context of a collective: tags, waits with a deadline, and what happens
+// when a wait fails or stalls.
+//
+// Stall diagnosis: when a wait makes no progress for 4/5 of the timeout, the rank
+// sends a report (who it waits on, and its call signature) to every peer and collects
+// theirs for the remaining 1/5. Ranks that are waited on but sent no report are the
+// missing ones; differing signatures mean mismatched calls. Every rank reaches the same
+// verdict, throws it, and aborts the group so that nobody is left waiting.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "collectives/tags.h"
+#include "skyring/buffer_view.h"
+#include "skyring/error.h"
+#include "skyring/logging.h"
+#include "skyring/reduce_op.h"
+#include "skyring/transport.h"
+
+namespace skyring::collectives {
+
+struct CallSignature {
+  Opcode opcode;
+  DType dtype;
+  ReduceOp op;
+  std::uint64_t count;
+  std::int32_t root;
+};
+
+std::string_view opcodeName(Opcode op) noexcept;
+std::string describe(const CallSignature& sig);
+
+class Exchange {
+ public:
+  Exchange(transport::Transport& transport, const Logger& logger, CallSignature signature,
+           std::uint32_t userTag, std::uint32_t sequence, std::chrono::milliseconds timeout);
+
+  int rank() const noexcept { return rank_; }
+  int size() const noexcept { return size_; }
+  const CallSignature& signature() const noexcept { return signature_; }
+  ErrorContext context(int peer = -1) const;
+
+  std::unique_ptr<transport::Request> send(int peer, std::uint32_t step,
+                                           std::span<const std::byte> data);
+  std::unique_ptr<transport::Request> recv(int peer, std::uint32_t step, std::span<std::byte> data);
+  std::unique_ptr<transport::Request> send(int peer, std::uint32_t step, BufferView v) {
+    return send(peer, step, std::span<const std::byte>(v.byteSpan()));
+  }
+  std::unique_ptr<transport::Request> recv(int peer, std::uint32_t step, BufferView v) {
+    return recv(peer, step, v.byteSpan());
+  }
+
+  // Waits for one request (diagnosing a stall, translating failures) and resets it.
+  void wait(std::unique_ptr<transport::Request>& request);
+  void waitAll(std::vector<std::unique_ptr<transport::Request>>& requests);
+
+ private:
+  [[noreturn]] void fail(const Error& error, int peer);
+  [[noreturn]] void diagnoseStall(int waitedOn);
+  transport::Tag tag(bool control, std::uint32_t step) const;
+
+  transport::Transport& transport_;
+  const Logger& logger_;
+  CallSignature signature_;
+  std::uint32_t userTag_;
+  std::uint32_t sequence_;
+  std::chrono::milliseconds timeout_;
+  int rank_;
+  int size_;
+};
+
+}  // namespace skyring::collectives

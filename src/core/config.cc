@@ -1,0 +1,110 @@
+// The one place where SKYRING_* environment variables are read.
+#include "skyring/config.h"
+
+#include <charconv>
+#include <cstdlib>
+#include <functional>
+#include <limits>
+
+#include "skyring/error.h"
+
+extern char** environ;  // POSIX: the process environment.
+
+namespace skyring {
+namespace {
+
+struct ParameterSpec {
+  Config::Parameter doc;
+  std::function<void(Config&, const std::string&)> apply;
+};
+
+long long parseInteger(std::string_view name, const std::string& value, long long min,
+                       long long max) {
+  long long v = 0;
+  const char* end = value.data() + value.size();
+  auto [ptr, ec] = std::from_chars(value.data(), end, v);
+  if (ec != std::errc() || ptr != end || v < min || v > max) {
+    SKYRING_THROW(InvalidArgument, {}, name, "='", value, "': expected an integer in [", min, ", ",
+                  max, "]");
+  }
+  return v;
+}
+
+const std::vector<ParameterSpec>& specs() {
+  static const std::vector<ParameterSpec> kSpecs = {
+      {{"SKYRING_TIMEOUT_MS", "30000",
+        "Longest a collective waits without progress (ms). Then the ranks exchange what "
+        "they wait on and every rank throws Timeout naming the missing rank, within this "
+        "time."},
+       [](Config& c, const std::string& v) {
+         c.timeout = std::chrono::milliseconds(
+             parseInteger("SKYRING_TIMEOUT_MS", v, 1, std::numeric_limits<int>::max()));
+       }},
+      {{"SKYRING_LOG_LEVEL", "warn", "error, warn, info, debug or trace."},
+       [](Config& c, const std::string& v) { c.logLevel = parseLogLevel(v); }},
+      {{"SKYRING_RING_CHUNK_BYTES", "262144",
+        "Bytes per message in ring algorithms: smaller pipelines better, larger costs "
+        "fewer messages."},
+       [](Config& c, const std::string& v) {
+         c.ringChunkBytes = static_cast<std::size_t>(
+             parseInteger("SKYRING_RING_CHUNK_BYTES", v, 64, std::int64_t{1} << 32));
+       }},
+      {{"SKYRING_RING_PIPELINE_DEPTH", "4",
+        "Receives a ring step keeps posted ahead (chunks in flight per peer)."},
+       [](Config& c, const std::string& v) {
+         c.ringPipelineDepth =
+             static_cast<int>(parseInteger("SKYRING_RING_PIPELINE_DEPTH", v, 1, 64));
+       }},
+  };
+  return kSpecs;
+}
+
+}  // namespace
+
+const std::vector<Config::Parameter>& Config::parameters() {
+  static const std::vector<Parameter> kParams = [] {
+    std::vector<Parameter> out;
+    for (const auto& s : specs())
+      out.push_back(s.doc);
+    return out;
+  }();
+  return kParams;
+}
+
+Config Config::fromMap(const std::map<std::string, std::string>& vars) {
+  Config config;
+  for (const auto& [name, value] : vars) {
+    if (name.rfind("SKYRING_", 0) != 0) continue;
+    bool known = false;
+    for (const auto& s : specs()) {
+      if (s.doc.name == name) {
+        try {
+          s.apply(config, value);
+        } catch (const InvalidArgument& e) {
+          if (e.detail().rfind(name, 0) == 0) throw;
+          SKYRING_THROW(InvalidArgument, {}, name, "='", value, "': ", e.detail());
+        }
+        known = true;
+        break;
+      }
+    }
+    if (!known) {
+      config.warnings.push_back("unknown configuration variable " + name +
+                                " ignored (see docs/configuration.md)");
+    }
+  }
+  return config;
+}
+
+Config Config::fromEnvironment() {
+  std::map<std::string, std::string> vars;
+  for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
+    std::string_view entry(*e);
+    auto eq = entry.find('=');
+    if (eq == std::string_view::npos || entry.rfind("SKYRING_", 0) != 0) continue;
+    vars.emplace(std::string(entry.substr(0, eq)), std::string(entry.substr(eq + 1)));
+  }
+  return fromMap(vars);
+}
+
+}  // namespace skyring

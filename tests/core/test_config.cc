@@ -1,0 +1,83 @@
+#include <gtest/gtest.h>
+
+#include <fstream>
+#include <sstream>
+
+#include "skyring/config.h"
+#include "skyring/error.h"
+
+#ifndef SKYRING_SOURCE_DIR
+#error "tests need SKYRING_SOURCE_DIR"
+#endif
+
+namespace skyring {
+namespace {
+
+TEST(Config, Defaults) {
+  const Config c = Config::fromMap({});
+  EXPECT_EQ(c.timeout, std::chrono::milliseconds(30000));
+  EXPECT_EQ(c.logLevel, LogLevel::warn);
+  EXPECT_TRUE(c.warnings.empty());
+}
+
+TEST(Config, ReadsEveryParameter) {
+  const Config c = Config::fromMap({{"SKYRING_TIMEOUT_MS", "1500"},
+                                    {"SKYRING_LOG_LEVEL", "debug"},
+                                    {"SKYRING_RING_CHUNK_BYTES", "4096"},
+                                    {"SKYRING_RING_PIPELINE_DEPTH", "2"},
+                                    {"OTHER", "ignored"}});
+  EXPECT_EQ(c.timeout, std::chrono::milliseconds(1500));
+  EXPECT_EQ(c.logLevel, LogLevel::debug);
+  EXPECT_EQ(c.ringChunkBytes, 4096u);
+  EXPECT_EQ(c.ringPipelineDepth, 2);
+}
+
+TEST(Config, BadValuesNameTheVariable) {
+  for (const auto& [name, value] :
+       std::vector<std::pair<std::string, std::string>>{{"SKYRING_TIMEOUT_MS", "soon"},
+                                                        {"SKYRING_TIMEOUT_MS", "-5"},
+                                                        {"SKYRING_TIMEOUT_MS", "10s"},
+                                                        {"SKYRING_LOG_LEVEL", "loud"},
+                                                        {"SKYRING_RING_PIPELINE_DEPTH", "0"}}) {
+    try {
+      Config::fromMap({{name, value}});
+      ADD_FAILURE() << name << "=" << value << " was accepted";
+    } catch (const InvalidArgument& e) {
+      EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
+    }
+  }
+}
+
+TEST(Config, UnknownVariablesWarn) {
+  const Config c = Config::fromMap({{"SKYRING_TIMEOUT", "5"}});
+  ASSERT_EQ(c.warnings.size(), 1u);
+  EXPECT_NE(c.warnings[0].find("SKYRING_TIMEOUT"), std::string::npos);
+}
+
+TEST(Config, FromEnvironment) {
+  ::setenv("SKYRING_RING_PIPELINE_DEPTH", "7", 1);
+  const Config c = Config::fromEnvironment();
+  ::unsetenv("SKYRING_RING_PIPELINE_DEPTH");
+  EXPECT_EQ(c.ringPipelineDepth, 7);
+}
+
+// docs/configuration.md must list every parameter with its default, and nothing else.
+TEST(Config, DocumentationTableMatches) {
+  std::ifstream in(std::string(SKYRING_SOURCE_DIR) + "/docs/configuration.md");
+  ASSERT_TRUE(in) << "docs/configuration.md is missing";
+  std::stringstream ss;
+  ss << in.rdbuf();
+  const std::string doc = ss.str();
+  for (const auto& p : Config::parameters()) {
+    const std::string row =
+        "| `" + std::string(p.name) + "` | `" + std::string(p.defaultValue) + "` |";
+    EXPECT_NE(doc.find(row), std::string::npos) << "docs/configuration.md lacks the row " << row;
+  }
+  std::size_t rows = 0;
+  for (std::size_t pos = 0; (pos = doc.find("| `SKYRING_", pos)) != std::string::npos; ++pos)
+    ++rows;
+  EXPECT_EQ(rows, Config::parameters().size()) << "documented parameters that Config does not know";
+}
+
+}  // namespace
+}  // namespace skyring
