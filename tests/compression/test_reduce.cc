@@ -111,7 +111,9 @@ TEST_P(Reduce, MatchesScalarReferenceInAndOutOfPlace) {
       }
       auto inplace = a;
       reduce(op, dtype, inplace.data(), inplace.data(), b.data(), n);
-      ASSERT_EQ(std::memcmp(inplace.data(), out.data(), n * sizeof(T)), 0);
+      if (n > 0) {
+        ASSERT_EQ(std::memcmp(inplace.data(), out.data(), n * sizeof(T)), 0);
+      }
     }
   });
 }
