@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <map>
 #include <string>
 #include <string_view>
@@ -14,6 +15,21 @@
 
 namespace skyring {
 
+// How this process was launched, read from the launcher's own variables (the only
+// non-SKYRING_ names Config reads): mpirun (Open MPI or any PMI/PMIx launcher) or
+// torchrun-style RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT. With neither, the process
+// is a world of one.
+struct LaunchEnvironment {
+  enum class Launcher : std::uint8_t { none, mpi, torchrun };
+  Launcher launcher = Launcher::none;
+  int rank = 0;
+  int size = 1;
+  int localRank = -1;  // -1: not given by the launcher; the bootstrap works it out
+  int localSize = -1;
+  std::string masterAddr;  // torchrun only
+  int masterPort = 0;      // torchrun only
+};
+
 struct Config {
   // How long a collective may wait without progress before the ranks diagnose who is
   // missing and fail with Timeout. SKYRING_TIMEOUT_MS.
@@ -22,6 +38,8 @@ struct Config {
   // Ring pipelining: bytes per message and messages in flight per peer.
   std::size_t ringChunkBytes = 256 * 1024;  // SKYRING_RING_CHUNK_BYTES
   int ringPipelineDepth = 4;                // SKYRING_RING_PIPELINE_DEPTH
+
+  LaunchEnvironment launch;
 
   // Warnings found while reading (unknown SKYRING_* names): reported once by the owner.
   std::vector<std::string> warnings;

@@ -59,6 +59,72 @@ const std::vector<ParameterSpec>& specs() {
   return kSpecs;
 }
 
+// Launcher variables Config reads besides SKYRING_*.
+constexpr std::string_view kLaunchVariables[] = {"OMPI_COMM_WORLD_RANK",
+                                                 "OMPI_COMM_WORLD_SIZE",
+                                                 "OMPI_COMM_WORLD_LOCAL_RANK",
+                                                 "OMPI_COMM_WORLD_LOCAL_SIZE",
+                                                 "PMIX_RANK",
+                                                 "PMI_RANK",
+                                                 "PMI_SIZE",
+                                                 "RANK",
+                                                 "WORLD_SIZE",
+                                                 "LOCAL_RANK",
+                                                 "LOCAL_WORLD_SIZE",
+                                                 "MASTER_ADDR",
+                                                 "MASTER_PORT"};
+
+const std::string* find(const std::map<std::string, std::string>& vars, std::string_view name) {
+  auto it = vars.find(std::string(name));
+  return it == vars.end() ? nullptr : &it->second;
+}
+
+int intVar(const std::map<std::string, std::string>& vars, std::string_view name, int min, int max,
+           int fallback) {
+  const std::string* v = find(vars, name);
+  return v == nullptr ? fallback : static_cast<int>(parseInteger(name, *v, min, max));
+}
+
+LaunchEnvironment readLaunch(const std::map<std::string, std::string>& vars) {
+  constexpr int kMax = 1 << 24;
+  LaunchEnvironment env;
+  const std::string* mpiRank = find(vars, "OMPI_COMM_WORLD_RANK");
+  if (mpiRank == nullptr) mpiRank = find(vars, "PMIX_RANK");
+  if (mpiRank == nullptr) mpiRank = find(vars, "PMI_RANK");
+  if (mpiRank != nullptr) {
+    env.launcher = LaunchEnvironment::Launcher::mpi;
+    env.rank = static_cast<int>(parseInteger("MPI rank variable", *mpiRank, 0, kMax));
+    env.size = intVar(vars, "OMPI_COMM_WORLD_SIZE", 1, kMax, intVar(vars, "PMI_SIZE", 1, kMax, -1));
+    env.localRank = intVar(vars, "OMPI_COMM_WORLD_LOCAL_RANK", 0, kMax, -1);
+    env.localSize = intVar(vars, "OMPI_COMM_WORLD_LOCAL_SIZE", 1, kMax, -1);
+    return env;  // size -1: the MPI bootstrap asks MPI itself
+  }
+  const std::string_view torchrun[] = {"RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"};
+  std::string missing;
+  bool any = false;
+  for (auto name : torchrun) {
+    if (find(vars, name) != nullptr) {
+      any = true;
+    } else {
+      missing += (missing.empty() ? "" : ", ") + std::string(name);
+    }
+  }
+  if (!any) return env;
+  SKYRING_CHECK_ARG(missing.empty(), {}, "torchrun-style launch is half set: missing ", missing,
+                    " (set RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT, or launch with mpirun)");
+  env.launcher = LaunchEnvironment::Launcher::torchrun;
+  env.size = intVar(vars, "WORLD_SIZE", 1, kMax, 1);
+  env.rank = intVar(vars, "RANK", 0, kMax, 0);
+  SKYRING_CHECK_ARG(env.rank < env.size, {}, "RANK=", env.rank,
+                    " is not below WORLD_SIZE=", env.size);
+  env.localRank = intVar(vars, "LOCAL_RANK", 0, kMax, -1);
+  env.localSize = intVar(vars, "LOCAL_WORLD_SIZE", 1, kMax, -1);
+  env.masterAddr = *find(vars, "MASTER_ADDR");
+  SKYRING_CHECK_ARG(!env.masterAddr.empty(), {}, "MASTER_ADDR is empty");
+  env.masterPort = intVar(vars, "MASTER_PORT", 1, 65535, 0);
+  return env;
+}
+
 }  // namespace
 
 const std::vector<Config::Parameter>& Config::parameters() {
@@ -73,6 +139,7 @@ const std::vector<Config::Parameter>& Config::parameters() {
 
 Config Config::fromMap(const std::map<std::string, std::string>& vars) {
   Config config;
+  config.launch = readLaunch(vars);
   for (const auto& [name, value] : vars) {
     if (name.rfind("SKYRING_", 0) != 0) continue;
     bool known = false;
@@ -101,8 +168,12 @@ Config Config::fromEnvironment() {
   for (char** e = environ; e != nullptr && *e != nullptr; ++e) {
     std::string_view entry(*e);
     auto eq = entry.find('=');
-    if (eq == std::string_view::npos || entry.rfind("SKYRING_", 0) != 0) continue;
-    vars.emplace(std::string(entry.substr(0, eq)), std::string(entry.substr(eq + 1)));
+    if (eq == std::string_view::npos) continue;
+    const std::string_view name = entry.substr(0, eq);
+    bool wanted = name.rfind("SKYRING_", 0) == 0;
+    for (auto launchName : kLaunchVariables)
+      wanted = wanted || name == launchName;
+    if (wanted) vars.emplace(std::string(name), std::string(entry.substr(eq + 1)));
   }
   return fromMap(vars);
 }

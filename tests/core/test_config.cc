@@ -61,6 +61,59 @@ TEST(Config, FromEnvironment) {
   EXPECT_EQ(c.ringPipelineDepth, 7);
 }
 
+TEST(Config, LaunchFromTorchrunVariables) {
+  const Config c = Config::fromMap({{"RANK", "2"},
+                                    {"WORLD_SIZE", "4"},
+                                    {"LOCAL_RANK", "0"},
+                                    {"MASTER_ADDR", "10.0.0.1"},
+                                    {"MASTER_PORT", "29500"}});
+  EXPECT_EQ(c.launch.launcher, LaunchEnvironment::Launcher::torchrun);
+  EXPECT_EQ(c.launch.rank, 2);
+  EXPECT_EQ(c.launch.size, 4);
+  EXPECT_EQ(c.launch.localRank, 0);
+  EXPECT_EQ(c.launch.localSize, -1);
+  EXPECT_EQ(c.launch.masterAddr, "10.0.0.1");
+  EXPECT_EQ(c.launch.masterPort, 29500);
+}
+
+TEST(Config, LaunchFromMpirun) {
+  const Config c = Config::fromMap({{"OMPI_COMM_WORLD_RANK", "3"},
+                                    {"OMPI_COMM_WORLD_SIZE", "4"},
+                                    {"OMPI_COMM_WORLD_LOCAL_RANK", "1"},
+                                    {"OMPI_COMM_WORLD_LOCAL_SIZE", "2"},
+                                    {"RANK", "ignored under mpirun"}});
+  EXPECT_EQ(c.launch.launcher, LaunchEnvironment::Launcher::mpi);
+  EXPECT_EQ(c.launch.rank, 3);
+  EXPECT_EQ(c.launch.size, 4);
+  EXPECT_EQ(c.launch.localRank, 1);
+  EXPECT_EQ(c.launch.localSize, 2);
+}
+
+TEST(Config, NoLauncherIsAWorldOfOne) {
+  const Config c = Config::fromMap({});
+  EXPECT_EQ(c.launch.launcher, LaunchEnvironment::Launcher::none);
+  EXPECT_EQ(c.launch.rank, 0);
+  EXPECT_EQ(c.launch.size, 1);
+}
+
+TEST(Config, HalfSetLaunchIsAClearError) {
+  try {
+    Config::fromMap({{"RANK", "0"}, {"WORLD_SIZE", "2"}});
+    FAIL() << "accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("missing MASTER_ADDR, MASTER_PORT"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_THROW(
+      Config::fromMap(
+          {{"RANK", "4"}, {"WORLD_SIZE", "4"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "1"}}),
+      InvalidArgument);
+  EXPECT_THROW(
+      Config::fromMap(
+          {{"RANK", "0"}, {"WORLD_SIZE", "4"}, {"MASTER_ADDR", "h"}, {"MASTER_PORT", "70000"}}),
+      InvalidArgument);
+}
+
 // docs/configuration.md must list every parameter with its default, and nothing else.
 TEST(Config, DocumentationTableMatches) {
   std::ifstream in(std::string(SKYRING_SOURCE_DIR) + "/docs/configuration.md");
