@@ -1,0 +1,36 @@
+// The out-of-band channel a process uses to join the job: exchange a few bytes with
+// every other rank (UCX worker addresses, hostnames) before any transport exists.
+//
+// Implementations: MPI (under mpirun; MPI is used for nothing else) and a TCP key-value
+// store (torchrun-style variables; no MPI at all). Collective and blocking; one thread.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "skyring/config.h"
+
+namespace skyring::bootstrap {
+
+class OutOfBand {
+ public:
+  virtual ~OutOfBand() = default;
+  virtual int rank() const noexcept = 0;
+  virtual int size() const noexcept = 0;
+  // Every rank's bytes, indexed by rank. Sizes may differ between ranks.
+  virtual std::vector<std::vector<std::byte>> allgather(std::span<const std::byte> mine) = 0;
+  virtual void barrier() = 0;
+};
+
+// Picks the channel from config.launch: MPI under mpirun, the TCP store under
+// torchrun-style variables, a trivial one-rank channel otherwise. Throws InvalidArgument
+// when the environment names a launcher this build cannot serve.
+std::unique_ptr<OutOfBand> makeOutOfBand(const Config& config);
+
+std::unique_ptr<OutOfBand> makeMpiOutOfBand(const Config& config);
+std::unique_ptr<OutOfBand> makeStoreOutOfBand(const Config& config);
+
+}  // namespace skyring::bootstrap
