@@ -9,5 +9,6 @@
 #include "skyring/inprocess_transport.h"
 #include "skyring/logging.h"
 #include "skyring/reduce_op.h"
+#include "skyring/runtime.h"
 #include "skyring/transport.h"
 #include "skyring/version.h"

@@ -1,0 +1,50 @@
+// The Runtime owns everything skyring holds in a process: configuration, the
+// out-of-band channel, the transport and the world communicator.
+//
+//   auto rt = skyring::Runtime::init();      // under mpirun, torchrun-style vars, or alone
+//   rt->world().allreduce(view, skyring::ReduceOp::avg);
+//
+// init() finds how the process was launched (Config::launch): under mpirun it uses MPI
+// only to exchange UCX worker addresses; under RANK / WORLD_SIZE / MASTER_ADDR /
+// MASTER_PORT it uses a small TCP store hosted by rank 0 instead; alone it is a world of
+// one. A bad or half-set environment is an InvalidArgument saying what is wrong.
+//
+// Thread-safety: see Communicator. Destroying the Runtime shuts the transport down.
+#pragma once
+
+#include <memory>
+
+#include "skyring/communicator.h"
+#include "skyring/config.h"
+
+namespace skyring {
+
+class Runtime {
+ public:
+  static std::unique_ptr<Runtime> init(Config config = Config::fromEnvironment());
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
+
+  int rank() const noexcept { return rank_; }
+  int size() const noexcept { return size_; }
+  int localRank() const noexcept { return localRank_; }
+  int localSize() const noexcept { return localSize_; }
+  Communicator& world() noexcept { return *world_; }
+  const Config& config() const noexcept { return config_; }
+
+  struct Parts;
+
+ private:
+  explicit Runtime(Config config);
+
+  Config config_;
+  int rank_ = 0;
+  int size_ = 1;
+  int localRank_ = 0;
+  int localSize_ = 1;
+  std::unique_ptr<Parts> parts_;
+  std::unique_ptr<Communicator> world_;
+};
+
+}  // namespace skyring
