@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "bootstrap/tcp_store.h"
+#include "common/run_ranks.h"
 #include "skyring/error.h"
 
 namespace skyring::bootstrap {
@@ -44,25 +45,7 @@ milliseconds since(Clock::time_point start) {
   return std::chrono::duration_cast<milliseconds>(Clock::now() - start);
 }
 
-// Runs fn(rank) on `size` threads and rethrows the first failure.
-void runRanks(int size, const std::function<void(int)>& fn) {
-  std::mutex mu;
-  std::exception_ptr first;
-  std::vector<std::thread> threads;
-  for (int r = 0; r < size; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        fn(r);
-      } catch (...) {
-        std::lock_guard lock(mu);
-        if (!first) first = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads)
-    t.join();
-  if (first) std::rethrow_exception(first);
-}
+using skyring::testing::runRanks;
 
 // A raw TCP connection to 127.0.0.1:port, for speaking (bad) protocol by hand.
 class RawSocket {

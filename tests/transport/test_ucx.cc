@@ -17,6 +17,7 @@
 
 #include "collectives/tags.h"
 #include "common/exact_data.h"
+#include "common/run_ranks.h"
 #include "skyring/communicator.h"
 #include "skyring/ucx_transport.h"
 #include "transport/ucx_tags.h"
@@ -46,25 +47,7 @@ const bool kNoMemoryHooks = [] {
   return false;  // could not re-execute: run with the hooks
 }();
 
-// Runs fn(rank) on n threads and rethrows the first failure.
-void runRanks(int n, const std::function<void(int)>& fn) {
-  std::mutex mu;
-  std::exception_ptr first;
-  std::vector<std::thread> threads;
-  for (int r = 0; r < n; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        fn(r);
-      } catch (...) {
-        std::lock_guard lock(mu);
-        if (!first) first = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads)
-    t.join();
-  if (first) std::rethrow_exception(first);
-}
+using skyring::testing::runRanks;
 
 // An allgather among threads: a barrier and one shared slot per rank.
 class Hub {
