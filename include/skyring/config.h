@@ -39,6 +39,20 @@ struct Config {
   std::size_t ringChunkBytes = 256 * 1024;  // SKYRING_RING_CHUNK_BYTES
   int ringPipelineDepth = 4;                // SKYRING_RING_PIPELINE_DEPTH
 
+  // Where this rank runs (docs/topology.md): read by topology::localRecord.
+  std::string node;               // SKYRING_NODE; empty: the hostname
+  std::string cloud = "default";  // SKYRING_CLOUD
+  std::string region;             // SKYRING_REGION; informational only
+  // One link class of the cost model (topology::CostModel), in the units users quote.
+  struct LinkParameters {
+    double gbitPerSec;
+    double latencyMs;  // one way
+    double dollarsPerGB;
+  };
+  LinkParameters intraNodeLink{800, 0.001, 0};   // SKYRING_LINK_INTRA_NODE_*
+  LinkParameters intraCloudLink{200, 0.005, 0};  // SKYRING_LINK_INTRA_CLOUD_*
+  LinkParameters crossCloudLink{10, 30, 0.08};   // SKYRING_LINK_CROSS_CLOUD_*
+
   LaunchEnvironment launch;
 
   // Warnings found while reading (unknown SKYRING_* names): reported once by the owner.

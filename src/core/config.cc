@@ -30,6 +30,26 @@ long long parseInteger(std::string_view name, const std::string& value, long lon
   return v;
 }
 
+double parseDecimal(std::string_view name, const std::string& value, double min, double max) {
+  double v = 0;
+  const char* end = value.data() + value.size();
+  auto [ptr, ec] = std::from_chars(value.data(), end, v);
+  if (ec != std::errc() || ptr != end || !(v >= min && v <= max)) {
+    SKYRING_THROW(InvalidArgument, {}, name, "='", value, "': expected a number in [", min, ", ",
+                  max, "]");
+  }
+  return v;
+}
+
+// One SKYRING_LINK_* parameter: a field of one link class of the cost model.
+ParameterSpec linkSpec(std::string_view name, std::string_view defaultValue,
+                       std::string_view description, Config::LinkParameters Config::*link,
+                       double Config::LinkParameters::*field, double min, double max) {
+  return {{name, defaultValue, description}, [=](Config& c, const std::string& v) {
+            (c.*link).*field = parseDecimal(name, v, min, max);
+          }};
+}
+
 const std::vector<ParameterSpec>& specs() {
   static const std::vector<ParameterSpec> kSpecs = {
       {{"SKYRING_TIMEOUT_MS", "30000",
@@ -55,6 +75,40 @@ const std::vector<ParameterSpec>& specs() {
          c.ringPipelineDepth =
              static_cast<int>(parseInteger("SKYRING_RING_PIPELINE_DEPTH", v, 1, 64));
        }},
+      {{"SKYRING_NODE", "(hostname)",
+        "Name of this rank's node; ranks with equal node and cloud share a node."},
+       [](Config& c, const std::string& v) { c.node = v; }},
+      {{"SKYRING_CLOUD", "default",
+        "Name of this rank's cloud or cluster; ranks of different clouds talk over the WAN."},
+       [](Config& c, const std::string& v) {
+         if (v.empty()) {
+           SKYRING_THROW(InvalidArgument, {}, "SKYRING_CLOUD='': a cloud needs a name");
+         }
+         c.cloud = v;
+       }},
+      {{"SKYRING_REGION", "(empty)", "Region of this rank's cloud: informational only."},
+       [](Config& c, const std::string& v) { c.region = v; }},
+      linkSpec("SKYRING_LINK_INTRA_NODE_GBPS", "800", "Bandwidth between ranks of a node (Gbit/s).",
+               &Config::intraNodeLink, &Config::LinkParameters::gbitPerSec, 1e-6, 1e6),
+      linkSpec("SKYRING_LINK_INTRA_NODE_LATENCY_MS", "0.001",
+               "One-way latency between ranks of a node (ms).", &Config::intraNodeLink,
+               &Config::LinkParameters::latencyMs, 0, 1e6),
+      linkSpec("SKYRING_LINK_INTRA_CLOUD_GBPS", "200",
+               "Bandwidth between nodes of a cloud (Gbit/s).", &Config::intraCloudLink,
+               &Config::LinkParameters::gbitPerSec, 1e-6, 1e6),
+      linkSpec("SKYRING_LINK_INTRA_CLOUD_LATENCY_MS", "0.005",
+               "One-way latency between nodes of a cloud (ms).", &Config::intraCloudLink,
+               &Config::LinkParameters::latencyMs, 0, 1e6),
+      linkSpec("SKYRING_LINK_INTRA_CLOUD_DOLLARS_PER_GB", "0",
+               "Price per GB sent between nodes of a cloud (US$).", &Config::intraCloudLink,
+               &Config::LinkParameters::dollarsPerGB, 0, 1000),
+      linkSpec("SKYRING_LINK_CROSS_CLOUD_GBPS", "10", "Bandwidth per rank between clouds (Gbit/s).",
+               &Config::crossCloudLink, &Config::LinkParameters::gbitPerSec, 1e-6, 1e6),
+      linkSpec("SKYRING_LINK_CROSS_CLOUD_LATENCY_MS", "30", "One-way latency between clouds (ms).",
+               &Config::crossCloudLink, &Config::LinkParameters::latencyMs, 0, 1e6),
+      linkSpec("SKYRING_LINK_CROSS_CLOUD_DOLLARS_PER_GB", "0.08",
+               "Egress price per GB sent to another cloud (US$).", &Config::crossCloudLink,
+               &Config::LinkParameters::dollarsPerGB, 0, 1000),
   };
   return kSpecs;
 }
