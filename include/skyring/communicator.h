@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "skyring/buffer_view.h"
 #include "skyring/config.h"
@@ -24,6 +25,10 @@
 #include "skyring/transport.h"
 
 namespace skyring {
+
+namespace transport {
+class NodeChannel;
+}
 
 struct CollectiveOptions {
   // Longest wait without progress; zero means Config::timeout.
@@ -34,7 +39,11 @@ struct CollectiveOptions {
 
 class Communicator {
  public:
-  Communicator(std::shared_ptr<transport::Transport> transport, Config config = {});
+  // node, if given, joins the same ranks through shared memory (the Runtime makes one when
+  // every rank is on one node); allreduce and barrier on tag 0 then use it (see
+  // Config::sharedMemory).
+  Communicator(std::shared_ptr<transport::Transport> transport, Config config = {},
+               std::shared_ptr<transport::NodeChannel> node = nullptr);
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
@@ -65,6 +74,12 @@ class Communicator {
  private:
   // Validates options and returns the next sequence number of options.tag.
   std::uint32_t sequenceFor(const CollectiveOptions& options, const char* op);
+  // True when this call goes through the node channel.
+  bool onNode(const CollectiveOptions& options) const noexcept;
+  std::chrono::steady_clock::time_point deadline(const CollectiveOptions& options) const;
+  // Runs fn; on failure aborts the node channel and the transport, so no rank waits on.
+  template <typename Fn>
+  void runOnNode(const char* op, Fn&& fn);
 
   std::shared_ptr<transport::Transport> transport_;
   Config config_;
@@ -73,6 +88,9 @@ class Communicator {
   Logger logger_;
   std::mutex sequenceMutex_;
   std::map<std::uint32_t, std::uint32_t> sequences_;
+  std::shared_ptr<transport::NodeChannel> node_;  // null: transport only
+  std::uint64_t nodeSequence_ = 0;
+  std::vector<std::byte> nodeScratch_;
 };
 
 }  // namespace skyring

@@ -38,6 +38,11 @@ struct Config {
   // Ring pipelining: bytes per message and messages in flight per peer.
   std::size_t ringChunkBytes = 256 * 1024;  // SKYRING_RING_CHUNK_BYTES
   int ringPipelineDepth = 4;                // SKYRING_RING_PIPELINE_DEPTH
+  // Inside a node: shared-memory slots for small allreduces, single-copy (cross-memory
+  // attach) reads and writes for large ones.
+  bool sharedMemory = true;                // SKYRING_SHM
+  std::size_t shmSlotBytes = 64 * 1024;    // SKYRING_SHM_SLOT_BYTES
+  std::size_t shmChunkBytes = 512 * 1024;  // SKYRING_SHM_CHUNK_BYTES
 
   // Where this rank runs (docs/topology.md): read by topology::localRecord.
   std::string node;               // SKYRING_NODE; empty: the hostname

@@ -4,6 +4,7 @@
 
 #include "collectives/algorithms.h"
 #include "collectives/exchange.h"
+#include "collectives/node_algorithms.h"
 
 namespace skyring {
 namespace {
@@ -25,7 +26,8 @@ void checkBuffer(const BufferView& v, const ErrorContext& ctx, const char* what)
 
 }  // namespace
 
-Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Config config)
+Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Config config,
+                           std::shared_ptr<transport::NodeChannel> node)
     : transport_(std::move(transport)), config_(std::move(config)) {
   SKYRING_CHECK_ARG(transport_ != nullptr, {}, "Communicator needs a transport");
   rank_ = transport_->rank();
@@ -33,6 +35,36 @@ Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Conf
   logger_ = Logger(config_.logLevel, rank_);
   for (const auto& w : config_.warnings)
     SKYRING_LOG(logger_, warn, w);
+  // The channel must join exactly this group's ranks, in the same order.
+  bool same = node != nullptr && node->size() == size_ && node->rank() == rank_;
+  for (int r = 0; same && r < size_; ++r)
+    same = node->worldRank(r) == r;
+  if (same && config_.sharedMemory && size_ > 1) node_ = std::move(node);
+}
+
+bool Communicator::onNode(const CollectiveOptions& options) const noexcept {
+  // Tag 0 only: the channel runs one call at a time, and calls on other tags may run
+  // concurrently from other threads.
+  return node_ != nullptr && options.tag == 0;
+}
+
+std::chrono::steady_clock::time_point Communicator::deadline(
+    const CollectiveOptions& options) const {
+  return std::chrono::steady_clock::now() +
+         (options.timeout.count() > 0 ? options.timeout : config_.timeout);
+}
+
+template <typename Fn>
+void Communicator::runOnNode(const char* op, Fn&& fn) {
+  try {
+    fn(++nodeSequence_);
+  } catch (const Error& e) {
+    const std::string reason = "rank " + std::to_string(rank_) + " in " + op + ": " + e.detail();
+    SKYRING_LOG(logger_, error, reason);
+    node_->abort(e.kind(), reason);
+    transport_->abort(e.kind(), reason);
+    throw;
+  }
 }
 
 Communicator::~Communicator() = default;
@@ -72,6 +104,13 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
       makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
                    CallSignature{Opcode::allreduce, input.dtype, op, input.count, -1}, options);
   if (input.count == 0) return;
+  if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
+    runOnNode("allreduce", [&](std::uint64_t seq) {
+      collectives::nodeAllreduce(*node_, seq, input, output, op, deadline(options),
+                                 {config_.shmChunkBytes}, nodeScratch_);
+    });
+    return;
+  }
   collectives::ringAllreduce(ex, input, output, op,
                              {config_.ringChunkBytes, config_.ringPipelineDepth});
 }
@@ -132,6 +171,11 @@ void Communicator::barrier(const CollectiveOptions& options) {
   const ErrorContext ctx{rank_, -1, "barrier"};
   auto ex = makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
                          CallSignature{Opcode::barrier, DType::u8, ReduceOp::sum, 0, -1}, options);
+  if (onNode(options)) {
+    runOnNode("barrier",
+              [&](std::uint64_t seq) { collectives::nodeBarrier(*node_, seq, deadline(options)); });
+    return;
+  }
   collectives::disseminationBarrier(ex);
 }
 

@@ -75,6 +75,25 @@ const std::vector<ParameterSpec>& specs() {
          c.ringPipelineDepth =
              static_cast<int>(parseInteger("SKYRING_RING_PIPELINE_DEPTH", v, 1, 64));
        }},
+      {{"SKYRING_SHM", "1",
+        "1: ranks of one node reduce through shared memory and single-copy reads of each "
+        "other's buffers; 0: every byte goes through the transport."},
+       [](Config& c, const std::string& v) {
+         c.sharedMemory = parseInteger("SKYRING_SHM", v, 0, 1) == 1;
+       }},
+      {{"SKYRING_SHM_SLOT_BYTES", "65536",
+        "Largest node allreduce done by copying into shared slots (one synchronisation); "
+        "larger ones use single-copy reads and writes."},
+       [](Config& c, const std::string& v) {
+         c.shmSlotBytes = static_cast<std::size_t>(
+             parseInteger("SKYRING_SHM_SLOT_BYTES", v, 64, std::int64_t{1} << 30));
+       }},
+      {{"SKYRING_SHM_CHUNK_BYTES", "524288",
+        "Bytes a rank reduces per step of the single-copy node allreduce (fits in L2)."},
+       [](Config& c, const std::string& v) {
+         c.shmChunkBytes = static_cast<std::size_t>(
+             parseInteger("SKYRING_SHM_CHUNK_BYTES", v, 64, std::int64_t{1} << 30));
+       }},
       {{"SKYRING_NODE", "(hostname)",
         "Name of this rank's node; ranks with equal node and cloud share a node."},
        [](Config& c, const std::string& v) { c.node = v; }},

@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <climits>
 #include <cstring>
 #include <string>
@@ -9,6 +10,7 @@
 #include "bootstrap/out_of_band.h"
 #include "skyring/inprocess_transport.h"
 #include "skyring/ucx_transport.h"
+#include "transport/node_channel.h"
 
 namespace skyring {
 
@@ -16,6 +18,7 @@ struct Runtime::Parts {
   std::unique_ptr<bootstrap::OutOfBand> oob;
   std::unique_ptr<transport::InProcessWorld> alone;  // the world of one
   std::shared_ptr<transport::Transport> transport;
+  std::shared_ptr<transport::NodeChannel> node;
 };
 
 namespace {
@@ -34,6 +37,7 @@ Runtime::~Runtime() {
   world_.reset();
   if (parts_->transport) parts_->transport->shutdown();
   parts_->transport.reset();
+  parts_->node.reset();
   parts_->oob.reset();
 }
 
@@ -44,23 +48,25 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
   rt->rank_ = parts.oob->rank();
   rt->size_ = parts.oob->size();
 
-  // Local rank and size: from the launcher where it says, else from hostnames.
+  // Which ranks share this node: equal node names (SKYRING_NODE, else the hostname).
   const auto& launch = rt->config_.launch;
+  const std::string me = rt->config_.node.empty() ? hostName() : rt->config_.node;
+  const auto all = parts.oob->allgather(std::as_bytes(std::span(me.data(), me.size())));
+  std::vector<int> nodeRanks;
+  for (int r = 0; r < rt->size_; ++r) {
+    const auto& h = all[static_cast<std::size_t>(r)];
+    if (h.size() == me.size() && std::memcmp(h.data(), me.data(), me.size()) == 0)
+      nodeRanks.push_back(r);
+  }
+  const int nodeIndex = static_cast<int>(std::find(nodeRanks.begin(), nodeRanks.end(), rt->rank_) -
+                                         nodeRanks.begin());
+  // Local rank and size: from the launcher where it says, else from the node names.
   if (launch.localRank >= 0 && launch.localSize > 0) {
     rt->localRank_ = launch.localRank;
     rt->localSize_ = launch.localSize;
   } else {
-    const std::string me = hostName();
-    const auto all = parts.oob->allgather(std::as_bytes(std::span(me.data(), me.size())));
-    rt->localRank_ = 0;
-    rt->localSize_ = 0;
-    for (int r = 0; r < rt->size_; ++r) {
-      const auto& h = all[static_cast<std::size_t>(r)];
-      const bool same = h.size() == me.size() && std::memcmp(h.data(), me.data(), me.size()) == 0;
-      if (!same) continue;
-      if (r < rt->rank_) ++rt->localRank_;
-      ++rt->localSize_;
-    }
+    rt->localRank_ = nodeIndex;
+    rt->localSize_ = static_cast<int>(nodeRanks.size());
   }
 
   if (rt->size_ == 1 && launch.launcher == LaunchEnvironment::Launcher::none) {
@@ -74,7 +80,32 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
         rt->rank_, rt->size_,
         [oob](std::span<const std::byte> mine) { return oob->allgather(mine); }, options);
   }
-  rt->world_ = std::make_unique<Communicator>(parts.transport, rt->config_);
+  // Shared memory among the ranks of this node. Every rank takes part in the setup (it is
+  // two allgathers); if it fails, every rank learns so and all fall back to the transport.
+  std::shared_ptr<transport::NodeChannel> node;
+  if (rt->size_ > 1 && rt->config_.sharedMemory) {
+    auto exchange = [&](std::span<const std::byte> mine) {
+      auto everyone = parts.oob->allgather(mine);
+      std::vector<std::vector<std::byte>> local;
+      for (int r : nodeRanks)
+        local.push_back(std::move(everyone[static_cast<std::size_t>(r)]));
+      return local;
+    };
+    try {
+      node = transport::NodeChannel::openShared(nodeIndex, nodeRanks, rt->config_.shmSlotBytes,
+                                                exchange);
+      if (!node->singleCopy()) {
+        SKYRING_LOG(Logger(rt->config_.logLevel, rt->rank_), warn,
+                    "cross-memory attach (process_vm_readv) is not permitted here; large "
+                    "allreduces inside the node go through the transport");
+      }
+    } catch (const TransportError& e) {
+      SKYRING_LOG(Logger(rt->config_.logLevel, rt->rank_), warn,
+                  "no shared memory inside the node (", e.detail(), "); using the transport");
+    }
+  }
+  parts.node = node;
+  rt->world_ = std::make_unique<Communicator>(parts.transport, rt->config_, node);
   return rt;
 }
 

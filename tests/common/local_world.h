@@ -14,6 +14,7 @@
 
 #include "skyring/communicator.h"
 #include "skyring/inprocess_transport.h"
+#include "transport/node_channel.h"
 
 namespace skyring::testing {
 
@@ -32,6 +33,11 @@ class LocalWorld {
   }
 
   int size() const { return world_.size(); }
+  // Ranks also share a node channel (as processes of one node would), so allreduce and
+  // barrier on tag 0 take the shared-memory paths.
+  void shareMemory(std::size_t slotBytes) {
+    node_ = std::make_unique<transport::NodeChannel::Local>(size(), slotBytes);
+  }
   transport::InProcessWorld& world() { return world_; }
 
   // One exception_ptr per rank (null where the rank succeeded).
@@ -40,13 +46,16 @@ class LocalWorld {
     std::vector<std::thread> threads;
     for (int r = 0; r < size(); ++r) {
       threads.emplace_back([&, r] {
+        std::shared_ptr<transport::NodeChannel> node;
+        if (node_) node = node_->channel(r);
         try {
-          Communicator comm(transports_[static_cast<std::size_t>(r)], config_);
+          Communicator comm(transports_[static_cast<std::size_t>(r)], config_, node);
           fn(comm);
         } catch (const std::exception& e) {
           errors[static_cast<std::size_t>(r)] = std::current_exception();
-          transports_[static_cast<std::size_t>(r)]->abort(
-              ErrorKind::aborted, "rank " + std::to_string(r) + " failed: " + e.what());
+          const std::string reason = "rank " + std::to_string(r) + " failed: " + e.what();
+          transports_[static_cast<std::size_t>(r)]->abort(ErrorKind::aborted, reason);
+          if (node) node->abort(ErrorKind::aborted, reason);
         }
       });
     }
@@ -79,6 +88,7 @@ class LocalWorld {
   transport::InProcessWorld world_;
   Config config_;
   std::vector<std::shared_ptr<transport::Transport>> transports_;
+  std::unique_ptr<transport::NodeChannel::Local> node_;
 };
 
 }  // namespace skyring::testing

@@ -1,0 +1,216 @@
+// The shared-memory node paths (slots and single copy) of allreduce and barrier, with
+// ranks as threads sharing one NodeChannel: bit for bit like the ring, and failures named.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+#include "common/exact_data.h"
+#include "common/local_world.h"
+
+namespace skyring {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+using testing::expectedResult;
+using testing::LocalWorld;
+using testing::makeInput;
+using testing::viewOf;
+
+const std::size_t kCounts[] = {0, 1, 2, 7, 13, 97, 1029, 20011};
+
+// Slots of 256 bytes and 256-byte chunks: counts up to 256 bytes take the slot path, the
+// rest the single-copy path with many chunks and a partial last one.
+Config tinyChunks() {
+  Config c = LocalWorld::defaultConfig();
+  c.shmChunkBytes = 256;
+  return c;
+}
+
+std::string where(int rank, DType d, ReduceOp op, std::size_t count, const char* mode) {
+  return "rank " + std::to_string(rank) + " " + std::string(dtypeName(d)) + " " +
+         std::string(reduceOpName(op)) + " count " + std::to_string(count) + " " + mode;
+}
+
+class NodeCollectives : public ::testing::TestWithParam<int> {};
+
+TEST_P(NodeCollectives, AllreduceExact) {
+  LocalWorld world(GetParam(), tinyChunks());
+  world.shareMemory(256);
+  world.run([&](Communicator& comm) {
+    const int n = comm.size();
+    for (DType d : kAllDTypes) {
+      for (ReduceOp op : kAllReduceOps) {
+        for (std::size_t count : kCounts) {
+          const auto expected = expectedResult(op, d, n, count);
+          auto input = makeInput(op, d, comm.rank(), count);
+          std::vector<std::byte> output(input.size(), std::byte{0x5a});
+          comm.allreduce(viewOf(input, d), viewOf(output, d), op);
+          ASSERT_TRUE(output == expected) << where(comm.rank(), d, op, count, "out of place");
+          ASSERT_TRUE(input == makeInput(op, d, comm.rank(), count)) << "input was modified";
+          comm.allreduce(viewOf(input, d), op);
+          ASSERT_TRUE(input == expected) << where(comm.rank(), d, op, count, "in place");
+        }
+      }
+    }
+  });
+}
+
+TEST_P(NodeCollectives, AllreduceDefaultsLargeCount) {
+  LocalWorld world(GetParam());
+  world.shareMemory(Config{}.shmSlotBytes);
+  world.run([&](Communicator& comm) {
+    for (DType d : {DType::f32, DType::bf16}) {
+      const std::size_t count = (1u << 20) + 3;
+      const auto expected = expectedResult(ReduceOp::sum, d, comm.size(), count);
+      auto data = makeInput(ReduceOp::sum, d, comm.rank(), count);
+      comm.allreduce(viewOf(data, d), ReduceOp::sum);
+      ASSERT_TRUE(data == expected) << where(comm.rank(), d, ReduceOp::sum, count, "large");
+    }
+  });
+}
+
+// Slot parity is reused every other call: back-to-back small calls (one synchronisation
+// each), interleaved with single-copy calls and barriers, must never read a slot a fast
+// rank is already overwriting.
+TEST_P(NodeCollectives, BackToBackCallsKeepSlotsApart) {
+  LocalWorld world(GetParam(), tinyChunks());
+  world.shareMemory(256);
+  world.run([&](Communicator& comm) {
+    const int n = comm.size();
+    for (int i = 0; i < 300; ++i) {
+      const std::size_t count = i % 7 == 0 ? 301 : static_cast<std::size_t>(1 + i % 50);
+      const auto op = i % 2 ? ReduceOp::sum : ReduceOp::max;
+      auto data = makeInput(op, DType::i32, (comm.rank() + i) % n, count);
+      comm.allreduce(viewOf(data, DType::i32), op);
+      ASSERT_TRUE(data == expectedResult(op, DType::i32, n, count)) << "call " << i;
+      if (i % 13 == 0) comm.barrier();
+    }
+  });
+}
+
+TEST_P(NodeCollectives, BarrierSeparatesPhases) {
+  LocalWorld world(GetParam());
+  world.shareMemory(256);
+  std::atomic<int> arrived{0};
+  world.run([&](Communicator& comm) {
+    for (int round = 1; round <= 50; ++round) {
+      arrived.fetch_add(1);
+      comm.barrier();
+      ASSERT_GE(arrived.load(), round * comm.size());
+      comm.barrier();
+    }
+  });
+}
+
+// Other tags bypass the channel (it runs one call at a time), so they may run
+// concurrently with tag 0.
+TEST_P(NodeCollectives, OtherTagsRunBesideTagZero) {
+  LocalWorld world(GetParam(), tinyChunks());
+  world.shareMemory(256);
+  world.run([&](Communicator& comm) {
+    const int n = comm.size();
+    auto b = makeInput(ReduceOp::max, DType::i32, comm.rank(), 777);
+    std::thread other([&] {
+      CollectiveOptions opts;
+      opts.tag = 7;
+      for (int i = 0; i < 5; ++i)
+        comm.allreduce(viewOf(b, DType::i32), ReduceOp::max, opts);
+    });
+    for (int i = 0; i < 5; ++i) {
+      auto fresh = makeInput(ReduceOp::sum, DType::f32, comm.rank(), 999);
+      comm.allreduce(viewOf(fresh, DType::f32), ReduceOp::sum);
+      EXPECT_TRUE(fresh == expectedResult(ReduceOp::sum, DType::f32, n, 999));
+    }
+    other.join();
+    EXPECT_TRUE(b == expectedResult(ReduceOp::max, DType::i32, n, 777));
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(WorldSizes, NodeCollectives, ::testing::Values(1, 2, 3, 5, 8),
+                         [](const auto& info) { return "n" + std::to_string(info.param); });
+
+Config shortTimeout(int ms) {
+  Config c = tinyChunks();
+  c.timeout = std::chrono::milliseconds(ms);
+  return c;
+}
+
+std::string messageOf(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  }
+}
+
+class NodeFailures : public ::testing::TestWithParam<std::size_t> {};
+
+TEST_P(NodeFailures, AbsentRankIsNamedWithinTimeout) {
+  constexpr int kTimeoutMs = 500;
+  LocalWorld world(3, shortTimeout(kTimeoutMs));
+  world.shareMemory(256);
+  const std::size_t count = GetParam();
+  const auto start = Clock::now();
+  auto errors = world.runCollect([&](Communicator& comm) {
+    if (comm.rank() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(3 * kTimeoutMs));
+    std::vector<float> data(count, 1.0f);
+    comm.allreduce(view(std::span(data)), ReduceOp::sum);
+  });
+  EXPECT_LT(Clock::now() - start, std::chrono::milliseconds(3 * kTimeoutMs + 2000));
+  for (int r : {0, 2}) {
+    ASSERT_TRUE(errors[static_cast<std::size_t>(r)] != nullptr) << "rank " << r;
+    try {
+      std::rethrow_exception(errors[static_cast<std::size_t>(r)]);
+    } catch (const Timeout& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 1 did not arrive"), std::string::npos) << e.what();
+    } catch (const Aborted& e) {
+      // The other waiting rank may learn it from the first one's abort: it still names 1.
+      EXPECT_NE(std::string(e.what()).find("rank 1 did not arrive"), std::string::npos) << e.what();
+    }
+  }
+  ASSERT_TRUE(errors[1] != nullptr) << "the late rank must fail too, not hang";
+}
+
+TEST_P(NodeFailures, MismatchedCountIsReported) {
+  LocalWorld world(3, shortTimeout(5000));
+  world.shareMemory(256);
+  const std::size_t count = GetParam();
+  auto errors = world.runCollect([&](Communicator& comm) {
+    std::vector<float> data(count + (comm.rank() == 2 ? 1 : 0), 1.0f);
+    comm.allreduce(view(std::span(data)), ReduceOp::sum);
+  });
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(errors[static_cast<std::size_t>(r)] != nullptr) << "rank " << r;
+    const std::string what = messageOf(errors[static_cast<std::size_t>(r)]);
+    EXPECT_NE(what.find("disagree"), std::string::npos) << what;
+    EXPECT_NE(what.find("count=" + std::to_string(count + 1)), std::string::npos) << what;
+  }
+}
+
+TEST(NodeFailuresMixed, BarrierAgainstAllreduceIsReported) {
+  LocalWorld world(2, shortTimeout(5000));
+  world.shareMemory(256);
+  auto errors = world.runCollect([&](Communicator& comm) {
+    std::vector<float> data(4, 1.0f);
+    if (comm.rank() == 0)
+      comm.barrier();
+    else
+      comm.allreduce(view(std::span(data)), ReduceOp::sum);
+  });
+  for (int r = 0; r < 2; ++r) {
+    ASSERT_TRUE(errors[static_cast<std::size_t>(r)] != nullptr);
+    EXPECT_NE(messageOf(errors[static_cast<std::size_t>(r)]).find("barrier"), std::string::npos);
+  }
+}
+
+// Below and above the slot size: both paths name the missing rank and report mismatches.
+INSTANTIATE_TEST_SUITE_P(Paths, NodeFailures, ::testing::Values(std::size_t{10}, std::size_t{5000}),
+                         [](const auto& info) {
+                           return info.param * 4 <= 256 ? std::string("slots")
+                                                        : std::string("single_copy");
+                         });
+
+}  // namespace
+}  // namespace skyring
