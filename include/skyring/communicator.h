@@ -22,6 +22,7 @@
 #include "skyring/buffer_view.h"
 #include "skyring/config.h"
 #include "skyring/reduce_op.h"
+#include "skyring/topology.h"
 #include "skyring/transport.h"
 
 namespace skyring {
@@ -42,8 +43,12 @@ class Communicator {
   // node, if given, joins the same ranks through shared memory (the Runtime makes one when
   // every rank is on one node); allreduce and barrier on tag 0 then use it (see
   // Config::sharedMemory).
+  // topology, if given, says where this group's ranks are (same size as the transport):
+  // allreduce on tag 0 then runs hierarchically across clouds as
+  // Config::allreduceAlgorithm says (by default when there is more than one cloud).
   Communicator(std::shared_ptr<transport::Transport> transport, Config config = {},
-               std::shared_ptr<transport::NodeChannel> node = nullptr);
+               std::shared_ptr<transport::NodeChannel> node = nullptr,
+               std::shared_ptr<const topology::Topology> topology = nullptr);
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
@@ -76,6 +81,8 @@ class Communicator {
   std::uint32_t sequenceFor(const CollectiveOptions& options, const char* op);
   // True when this call goes through the node channel.
   bool onNode(const CollectiveOptions& options) const noexcept;
+  // True when this allreduce runs hierarchically over topology_.
+  bool hierarchical(const CollectiveOptions& options) const noexcept;
   std::chrono::steady_clock::time_point deadline(const CollectiveOptions& options) const;
   // Runs fn; on failure aborts the node channel and the transport, so no rank waits on.
   template <typename Fn>
@@ -88,7 +95,8 @@ class Communicator {
   Logger logger_;
   std::mutex sequenceMutex_;
   std::map<std::uint32_t, std::uint32_t> sequences_;
-  std::shared_ptr<transport::NodeChannel> node_;  // null: transport only
+  std::shared_ptr<transport::NodeChannel> node_;        // null: transport only
+  std::shared_ptr<const topology::Topology> topology_;  // null: flat algorithms only
   std::uint64_t nodeSequence_ = 0;
   std::vector<std::byte> nodeScratch_;
 };

@@ -30,6 +30,10 @@ struct LaunchEnvironment {
   int masterPort = 0;      // torchrun only
 };
 
+// Which allreduce algorithm a Communicator with a topology runs (SKYRING_ALLREDUCE):
+// automatic picks hierarchical when the topology spans more than one cloud.
+enum class AllreduceAlgorithm : std::uint8_t { automatic, ring, hierarchical };
+
 struct Config {
   // How long a collective may wait without progress before the ranks diagnose who is
   // missing and fail with Timeout. SKYRING_TIMEOUT_MS.
@@ -43,6 +47,8 @@ struct Config {
   bool sharedMemory = true;                // SKYRING_SHM
   std::size_t shmSlotBytes = 64 * 1024;    // SKYRING_SHM_SLOT_BYTES
   std::size_t shmChunkBytes = 512 * 1024;  // SKYRING_SHM_CHUNK_BYTES
+  // The allreduce of a communicator that knows its topology (tag 0, host memory).
+  AllreduceAlgorithm allreduceAlgorithm = AllreduceAlgorithm::automatic;  // SKYRING_ALLREDUCE
 
   // Where this rank runs (docs/topology.md): read by topology::localRecord.
   std::string node;               // SKYRING_NODE; empty: the hostname

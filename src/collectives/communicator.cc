@@ -4,6 +4,7 @@
 
 #include "collectives/algorithms.h"
 #include "collectives/exchange.h"
+#include "collectives/hierarchical.h"
 #include "collectives/node_algorithms.h"
 
 namespace skyring {
@@ -27,8 +28,9 @@ void checkBuffer(const BufferView& v, const ErrorContext& ctx, const char* what)
 }  // namespace
 
 Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Config config,
-                           std::shared_ptr<transport::NodeChannel> node)
-    : transport_(std::move(transport)), config_(std::move(config)) {
+                           std::shared_ptr<transport::NodeChannel> node,
+                           std::shared_ptr<const topology::Topology> topology)
+    : transport_(std::move(transport)), config_(std::move(config)), topology_(std::move(topology)) {
   SKYRING_CHECK_ARG(transport_ != nullptr, {}, "Communicator needs a transport");
   rank_ = transport_->rank();
   size_ = transport_->size();
@@ -40,6 +42,24 @@ Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Conf
   for (int r = 0; same && r < size_; ++r)
     same = node->worldRank(r) == r;
   if (same && config_.sharedMemory && size_ > 1) node_ = std::move(node);
+  SKYRING_CHECK_ARG(topology_ == nullptr || topology_->size() == size_,
+                    (ErrorContext{rank_, -1, "communicator"}), "topology of ", topology_->size(),
+                    " ranks for a group of ", size_);
+}
+
+bool Communicator::hierarchical(const CollectiveOptions& options) const noexcept {
+  // Tag 0 only, as the node channel: other tags keep the flat ring (and so serve as the
+  // reference the hierarchical result is checked against).
+  if (topology_ == nullptr || options.tag != 0 || size_ == 1) return false;
+  switch (config_.allreduceAlgorithm) {
+    case AllreduceAlgorithm::hierarchical:
+      return true;
+    case AllreduceAlgorithm::ring:
+      return false;
+    case AllreduceAlgorithm::automatic:
+      break;
+  }
+  return topology_->clouds() > 1;
 }
 
 bool Communicator::onNode(const CollectiveOptions& options) const noexcept {
@@ -100,10 +120,24 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
                     " x ", dtypeName(output.dtype), ") differ");
   SKYRING_CHECK_ARG(input.data == output.data || !overlaps(input, output), ctx,
                     "input and output overlap without being the same buffer");
+  const std::uint32_t sequence = sequenceFor(options, ctx.op.c_str());
   auto ex =
-      makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+      makeExchange(*transport_, logger_, config_, sequence,
                    CallSignature{Opcode::allreduce, input.dtype, op, input.count, -1}, options);
   if (input.count == 0) return;
+  if (hierarchical(options)) {
+    const collectives::HierarchicalCall call{
+        transport_,
+        *topology_,
+        logger_,
+        ex.signature(),
+        options.tag,
+        sequence,
+        options.timeout.count() > 0 ? options.timeout : config_.timeout};
+    collectives::hierarchicalAllreduce(call, input, output, op,
+                                       {config_.ringChunkBytes, config_.ringPipelineDepth});
+    return;
+  }
   if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
     runOnNode("allreduce", [&](std::uint64_t seq) {
       collectives::nodeAllreduce(*node_, seq, input, output, op, deadline(options),

@@ -94,6 +94,21 @@ const std::vector<ParameterSpec>& specs() {
          c.shmChunkBytes = static_cast<std::size_t>(
              parseInteger("SKYRING_SHM_CHUNK_BYTES", v, 64, std::int64_t{1} << 30));
        }},
+      {{"SKYRING_ALLREDUCE", "auto",
+        "auto, ring or hierarchical: the allreduce of a communicator that knows its "
+        "topology; auto is hierarchical across more than one cloud."},
+       [](Config& c, const std::string& v) {
+         if (v == "auto") {
+           c.allreduceAlgorithm = AllreduceAlgorithm::automatic;
+         } else if (v == "ring") {
+           c.allreduceAlgorithm = AllreduceAlgorithm::ring;
+         } else if (v == "hierarchical") {
+           c.allreduceAlgorithm = AllreduceAlgorithm::hierarchical;
+         } else {
+           SKYRING_THROW(InvalidArgument, {}, "SKYRING_ALLREDUCE='", v,
+                         "': expected auto, ring or hierarchical");
+         }
+       }},
       {{"SKYRING_NODE", "(hostname)",
         "Name of this rank's node; ranks with equal node and cloud share a node."},
        [](Config& c, const std::string& v) { c.node = v; }},

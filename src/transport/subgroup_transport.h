@@ -1,0 +1,66 @@
+// SubgroupTransport: a decorator that makes a subset of a parent transport's ranks look
+// like a group of its own, so the collectives (which address ranks 0..size()-1 of their
+// transport) can run inside one level of the topology (a cloud, the ranks holding one
+// shard across clouds) without knowing about the parent.
+//
+// Numbering: group rank i is parent rank ranks[i]. The list is in whatever order the
+// caller wants the group numbered (a ring order, say); it must hold distinct parent ranks
+// and the parent's own rank. Request::peer() and every peer argument are group ranks;
+// errors raised by the parent keep the parent's numbering in their message.
+//
+// Tags: every tag this transport is given must leave `reservedMask` clear, and goes to
+// the parent with `tagBits` (a subset of reservedMask) ORed in. Two subgroups over one
+// parent are kept apart when they use different tagBits; messages of two groups can only
+// be confused when they travel between the same two parent ranks with equal tags, i.e.
+// equal tagBits (the caller's layout says when that may happen and why it is harmless),
+// or when the parent itself is used with tags that set reserved bits at the same time.
+// A tag that sets a reserved bit throws InvalidArgument instead of colliding silently.
+//
+// Failure: abort() forwards to the parent, so a failure inside any group aborts the whole
+// parent group (every rank of the world hears it, not only the subgroup's members: the
+// other levels of a hierarchical call would otherwise wait for this one until their
+// timeout). shutdown() only closes this view: later isend/irecv throw Aborted; requests
+// already posted stay the parent's, and the parent is not shut down.
+//
+// Ownership: shares the parent. Thread-safety: as the parent.
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <vector>
+
+#include "skyring/transport.h"
+
+namespace skyring::transport {
+
+class SubgroupTransport final : public Transport {
+ public:
+  // Throws InvalidArgument for an empty, repeated or out-of-range list, a list without
+  // the parent's rank, or tagBits outside reservedMask.
+  SubgroupTransport(std::shared_ptr<Transport> parent, std::vector<int> ranks, Tag tagBits,
+                    Tag reservedMask);
+
+  int rank() const noexcept override { return rank_; }
+  int size() const noexcept override { return static_cast<int>(ranks_.size()); }
+  // Parent rank of group rank `groupRank`.
+  int parentRank(int groupRank) const;
+
+  std::unique_ptr<Request> isend(int peer, Tag tag, std::span<const std::byte> data) override;
+  std::unique_ptr<Request> irecv(int peer, Tag tag, std::span<std::byte> data) override;
+  void abort(ErrorKind kind, const std::string& reason) noexcept override {
+    parent_->abort(kind, reason);
+  }
+  void shutdown() noexcept override { closed_.store(true); }
+
+ private:
+  Tag parentTag(Tag tag, int peer, const char* op) const;
+
+  std::shared_ptr<Transport> parent_;
+  std::vector<int> ranks_;
+  Tag tagBits_;
+  Tag reservedMask_;
+  int rank_ = -1;
+  std::atomic<bool> closed_{false};
+};
+
+}  // namespace skyring::transport

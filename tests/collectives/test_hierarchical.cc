@@ -1,0 +1,305 @@
+// Hierarchical allreduce over topologies of even and uneven clouds (and nodes inside
+// them), bit for bit against the exact expected values and against the flat ring (which
+// the same communicator runs on tag 1), plus the cross-cloud bytes it saves.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <mutex>
+#include <numeric>
+#include <thread>
+
+#include "collectives/hierarchical.h"
+#include "common/exact_data.h"
+#include "skyring/communicator.h"
+#include "skyring/inprocess_transport.h"
+#include "skyring/metering_transport.h"
+#include "transport/subgroup_transport.h"
+
+namespace skyring {
+namespace {
+
+using testing::expectedResult;
+using testing::makeInput;
+using testing::viewOf;
+using topology::LinkClass;
+using topology::RankRecord;
+using topology::Topology;
+
+const std::size_t kCounts[] = {0, 1, 2, 7, 13, 97, 1029, 20011};
+
+struct Layout {
+  const char* name;
+  // One string per rank: "<cloud><node>", e.g. "A1" is node 1 of cloud A. Ranks of a cloud
+  // are interleaved with other clouds' in some layouts, so ring order matters.
+  std::vector<const char*> where;
+  bool forced = false;  // run hierarchical even with one cloud
+};
+
+const Layout kLayouts[] = {
+    {"c2x2", {"A0", "A1", "B0", "B1"}},
+    {"c2x4", {"A0", "B0", "A1", "B1", "A2", "B2", "A3", "B3"}},
+    {"c4x1", {"A0", "B0", "C0", "D0"}},
+    {"c3_2", {"A0", "B0", "A1", "B1", "A2"}},
+    {"c1_4", {"A0", "B0", "B1", "B2", "B3"}},
+    // Cloud A: node 1 with ranks 0 and 3, node 2 with rank 2 alone; cloud B: node 1 alone,
+    // node 2 with ranks 4 and 5; cloud C one rank.
+    {"nodes", {"A1", "B1", "A2", "A1", "B2", "B2", "C1"}},
+    {"c3_2_4", {"C0", "A0", "B0", "C1", "A1", "C2", "B1", "A2", "C3"}},
+    // 16 cut pieces: the shard groups' tag ids (14 of them) wrap around.
+    {"c5_7_4",
+     {"A0", "A1", "A2", "A3", "A4", "B0", "B1", "B2", "B3", "B4", "B5", "B6", "C0", "C1", "C2",
+      "C3"}},
+    {"oneCloudForced", {"A1", "A2", "A1", "A3", "A2"}, true},
+};
+
+std::shared_ptr<const Topology> topologyOf(const Layout& layout) {
+  std::vector<RankRecord> records;
+  for (const char* w : layout.where)
+    records.push_back({std::string("n") + w, std::string(1, w[0]), ""});
+  return std::make_shared<const Topology>(std::move(records));
+}
+
+Config testConfig(AllreduceAlgorithm algorithm) {
+  Config c;
+  c.timeout = std::chrono::milliseconds(20000);
+  c.ringChunkBytes = 1024;  // several chunks per step at the larger counts
+  c.ringPipelineDepth = 3;
+  c.allreduceAlgorithm = algorithm;
+  return c;
+}
+
+using Wrap = std::function<std::shared_ptr<transport::Transport>(
+    int rank, std::shared_ptr<transport::Transport>)>;
+
+// One thread per rank, each with a Communicator that knows the topology; rethrows the
+// first failure after aborting the group so no rank waits for its timeout.
+void runRanks(const std::shared_ptr<const Topology>& topo, const Config& config,
+              const std::function<void(Communicator&)>& fn, const Wrap& wrap = nullptr) {
+  transport::InProcessWorld world(topo->size());
+  std::mutex mu;
+  std::exception_ptr first;
+  std::vector<std::thread> threads;
+  for (int r = 0; r < topo->size(); ++r) {
+    threads.emplace_back([&, r] {
+      std::shared_ptr<transport::Transport> t = world.transport(r);
+      if (wrap) t = wrap(r, t);
+      try {
+        Communicator comm(t, config, nullptr, topo);
+        fn(comm);
+      } catch (const std::exception& e) {
+        t->abort(ErrorKind::aborted, "rank " + std::to_string(r) + " failed: " + e.what());
+        std::lock_guard lock(mu);
+        if (!first) first = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  if (first) std::rethrow_exception(first);
+}
+
+std::string where(int rank, DType d, ReduceOp op, std::size_t count, const char* mode) {
+  return "rank " + std::to_string(rank) + " " + std::string(dtypeName(d)) + " " +
+         std::string(reduceOpName(op)) + " count " + std::to_string(count) + " " + mode;
+}
+
+class Hierarchical : public ::testing::TestWithParam<Layout> {};
+
+TEST_P(Hierarchical, AllreduceExactAndEqualToRing) {
+  const Layout& layout = GetParam();
+  auto topo = topologyOf(layout);
+  const auto algorithm =
+      layout.forced ? AllreduceAlgorithm::hierarchical : AllreduceAlgorithm::automatic;
+  CollectiveOptions flat;
+  flat.tag = 1;  // the communicator keeps the flat ring on other tags
+  runRanks(topo, testConfig(algorithm), [&](Communicator& comm) {
+    const int n = comm.size();
+    for (DType d : kAllDTypes) {
+      for (ReduceOp op : kAllReduceOps) {
+        for (std::size_t count : kCounts) {
+          const auto expected = expectedResult(op, d, n, count);
+          auto input = makeInput(op, d, comm.rank(), count);
+          std::vector<std::byte> output(input.size(), std::byte{0x5a});
+          comm.allreduce(viewOf(input, d), viewOf(output, d), op);
+          ASSERT_TRUE(output == expected) << where(comm.rank(), d, op, count, "out of place");
+          ASSERT_TRUE(input == makeInput(op, d, comm.rank(), count)) << "input was modified";
+          std::vector<std::byte> ring(input.size(), std::byte{0x33});
+          comm.allreduce(viewOf(input, d), viewOf(ring, d), op, flat);
+          ASSERT_TRUE(output == ring) << where(comm.rank(), d, op, count, "differs from ring");
+          comm.allreduce(viewOf(input, d), op);
+          ASSERT_TRUE(input == expected) << where(comm.rank(), d, op, count, "in place");
+        }
+      }
+    }
+  });
+}
+
+INSTANTIATE_TEST_SUITE_P(Layouts, Hierarchical, ::testing::ValuesIn(kLayouts),
+                         [](const auto& info) { return std::string(info.param.name); });
+
+struct CrossCloud {
+  std::vector<std::uint64_t> perRank;
+  std::uint64_t total() const { return std::accumulate(perRank.begin(), perRank.end(), 0ull); }
+  std::uint64_t max() const { return *std::max_element(perRank.begin(), perRank.end()); }
+};
+
+CrossCloud meterAllreduce(const std::shared_ptr<const Topology>& topo, AllreduceAlgorithm algo,
+                          std::size_t count) {
+  std::vector<std::shared_ptr<transport::MeteringTransport>> meters(
+      static_cast<std::size_t>(topo->size()));
+  runRanks(
+      topo, testConfig(algo),
+      [&](Communicator& comm) {
+        auto data = makeInput(ReduceOp::sum, DType::f32, comm.rank(), count);
+        comm.allreduce(viewOf(data, DType::f32), ReduceOp::sum);
+        ASSERT_TRUE(data == expectedResult(ReduceOp::sum, DType::f32, comm.size(), count));
+      },
+      [&](int r, std::shared_ptr<transport::Transport> t) {
+        auto m = std::make_shared<transport::MeteringTransport>(std::move(t), topo);
+        meters[static_cast<std::size_t>(r)] = m;
+        return m;
+      });
+  CrossCloud out;
+  for (const auto& m : meters)
+    out.perRank.push_back(m->stats().bytesOver(LinkClass::crossCloud));
+  return out;
+}
+
+// Even layouts: each rank sends 2(G-1)/G of its 1/c of the buffer over the WAN, exactly
+// (the count divides evenly; the meter counts payload bytes only).
+TEST(HierarchicalTraffic, CrossCloudBytesPerRank) {
+  for (const Layout& layout : {kLayouts[0], kLayouts[1], kLayouts[2]}) {
+    auto topo = topologyOf(layout);
+    const std::uint64_t g = static_cast<std::uint64_t>(topo->clouds());
+    const std::uint64_t c = static_cast<std::uint64_t>(topo->size()) / g;
+    const std::size_t count = 4800;  // divisible by every G * c here
+    const std::uint64_t bytes = count * sizeof(float);
+    const CrossCloud hier = meterAllreduce(topo, AllreduceAlgorithm::hierarchical, count);
+    const CrossCloud ring = meterAllreduce(topo, AllreduceAlgorithm::ring, count);
+    for (std::size_t r = 0; r < hier.perRank.size(); ++r) {
+      EXPECT_EQ(hier.perRank[r], 2 * (g - 1) * bytes / (g * c)) << layout.name << " rank " << r;
+    }
+    if (c == 1) {  // one rank per cloud: the hierarchy is the flat ring
+      EXPECT_EQ(hier.total(), ring.total()) << layout.name;
+    } else {
+      EXPECT_LT(hier.total(), ring.total()) << layout.name;
+      EXPECT_LT(hier.max(), ring.max()) << layout.name;
+    }
+  }
+}
+
+// Uneven clouds still cross the WAN with 2(G-1)/G of the buffer per cloud in total.
+TEST(HierarchicalTraffic, UnevenCloudsSendTheMinimumPerCloud) {
+  auto topo = topologyOf(kLayouts[3]);  // clouds of 3 and 2
+  const std::size_t count = 6000;
+  const CrossCloud hier = meterAllreduce(topo, AllreduceAlgorithm::hierarchical, count);
+  std::uint64_t perCloud[2] = {0, 0};
+  for (int r = 0; r < topo->size(); ++r)
+    perCloud[topo->groupIndex(topology::Level::cloud, r)] +=
+        hier.perRank[static_cast<std::size_t>(r)];
+  EXPECT_EQ(perCloud[0], count * sizeof(float));  // 2(G-1)/G = 1 for G = 2
+  EXPECT_EQ(perCloud[1], count * sizeof(float));
+  for (auto b : hier.perRank)
+    EXPECT_GT(b, 0u) << "every rank carries part of the buffer over the WAN";
+}
+
+// A rank that dies makes every rank of every cloud fail, not only its cloud-mates: the
+// level that sees it aborts the world.
+TEST(HierarchicalFailure, DeadRankFailsEveryCloud) {
+  auto topo = topologyOf(kLayouts[3]);  // clouds of 3 and 2
+  const int dead = 4;
+  transport::InProcessWorld world(topo->size());
+  Config config = testConfig(AllreduceAlgorithm::automatic);
+  config.timeout = std::chrono::milliseconds(3000);
+  world.kill(dead);
+  std::vector<int> failed(static_cast<std::size_t>(topo->size()), 0);
+  std::vector<std::thread> threads;
+  const auto start = transport::Clock::now();
+  for (int r = 0; r < topo->size(); ++r) {
+    if (r == dead) continue;
+    threads.emplace_back([&, r] {
+      auto data = makeInput(ReduceOp::sum, DType::f32, r, 1000);
+      try {
+        Communicator comm(world.transport(r), config, nullptr, topo);
+        comm.allreduce(viewOf(data, DType::f32), ReduceOp::sum);
+      } catch (const Error&) {
+        failed[static_cast<std::size_t>(r)] = 1;
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  for (int r = 0; r < topo->size(); ++r) {
+    if (r == dead) continue;
+    EXPECT_EQ(failed[static_cast<std::size_t>(r)], 1) << "rank " << r;
+  }
+  EXPECT_LT(transport::Clock::now() - start, std::chrono::milliseconds(6000));
+}
+
+TEST(HierarchicalConfig, ReadsAllreduceVariable) {
+  EXPECT_EQ(Config{}.allreduceAlgorithm, AllreduceAlgorithm::automatic);
+  EXPECT_EQ(Config::fromMap({{"SKYRING_ALLREDUCE", "ring"}}).allreduceAlgorithm,
+            AllreduceAlgorithm::ring);
+  EXPECT_EQ(Config::fromMap({{"SKYRING_ALLREDUCE", "hierarchical"}}).allreduceAlgorithm,
+            AllreduceAlgorithm::hierarchical);
+  EXPECT_EQ(Config::fromMap({{"SKYRING_ALLREDUCE", "auto"}}).allreduceAlgorithm,
+            AllreduceAlgorithm::automatic);
+  EXPECT_THROW(Config::fromMap({{"SKYRING_ALLREDUCE", "tree"}}), InvalidArgument);
+}
+
+TEST(SubgroupTransport, MapsRanksAndKeepsTagSpacesApart) {
+  transport::InProcessWorld world(4);
+  auto p1 = world.transport(1);
+  auto p3 = world.transport(3);
+  const transport::Tag mask = collectives::kSubgroupIdMask;
+  const auto bits = [](transport::Tag id) { return id << collectives::kSubgroupIdShift; };
+  transport::SubgroupTransport a1(p1, {3, 1}, bits(1), mask);
+  transport::SubgroupTransport a3(p3, {3, 1}, bits(1), mask);
+  transport::SubgroupTransport b3(p3, {1, 3}, bits(2), mask);
+  EXPECT_EQ(a1.rank(), 1);
+  EXPECT_EQ(a3.rank(), 0);
+  EXPECT_EQ(b3.rank(), 1);
+  EXPECT_EQ(a1.size(), 2);
+  EXPECT_EQ(a1.parentRank(0), 3);
+
+  // Same tag, two groups: each receive gets its own group's message.
+  std::array<std::byte, 1> fromA{std::byte{1}}, fromB{std::byte{2}}, gotA{}, gotB{};
+  auto rb = b3.irecv(0, 5, gotB);
+  auto ra = a3.irecv(1, 5, gotA);
+  transport::SubgroupTransport b1(p1, {1, 3}, bits(2), mask);
+  a1.isend(0, 5, fromA)->waitUntil(transport::Clock::now() + std::chrono::seconds(5));
+  b1.isend(1, 5, fromB)->waitUntil(transport::Clock::now() + std::chrono::seconds(5));
+  ASSERT_TRUE(ra->waitUntil(transport::Clock::now() + std::chrono::seconds(5)));
+  ASSERT_TRUE(rb->waitUntil(transport::Clock::now() + std::chrono::seconds(5)));
+  EXPECT_EQ(ra->peer(), 1);
+  EXPECT_EQ(gotA[0], std::byte{1});
+  EXPECT_EQ(gotB[0], std::byte{2});
+
+  EXPECT_THROW(a1.isend(0, bits(3), fromA), InvalidArgument);  // would collide
+  EXPECT_THROW(a1.isend(2, 0, fromA), InvalidArgument);        // not a group rank
+  EXPECT_THROW(transport::SubgroupTransport(p1, {0, 2}, bits(1), mask), InvalidArgument);
+  EXPECT_THROW(transport::SubgroupTransport(p1, {1, 1}, bits(1), mask), InvalidArgument);
+
+  // Shutting a subgroup down leaves the parent usable.
+  a1.shutdown();
+  EXPECT_THROW(a1.isend(0, 5, fromA), Aborted);
+  std::array<std::byte, 1> got{};
+  auto r = p3->irecv(1, 9, got);
+  ASSERT_TRUE(p1->isend(3, 9, fromB)->waitUntil(transport::Clock::now() + std::chrono::seconds(5)));
+  ASSERT_TRUE(r->waitUntil(transport::Clock::now() + std::chrono::seconds(5)));
+}
+
+// A failure inside one level's group aborts the whole world.
+TEST(SubgroupTransport, AbortReachesTheParentGroup) {
+  transport::InProcessWorld world(3);
+  auto p0 = world.transport(0);
+  auto p2 = world.transport(2);
+  transport::SubgroupTransport g0(p0, {0, 1}, 0, collectives::kSubgroupIdMask);
+  std::array<std::byte, 1> got{};
+  auto r = p2->irecv(1, 1, got);
+  g0.abort(ErrorKind::aborted, "level failed");
+  EXPECT_THROW(r->waitUntil(transport::Clock::now() + std::chrono::seconds(5)), Aborted);
+}
+
+}  // namespace
+}  // namespace skyring
