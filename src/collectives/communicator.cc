@@ -141,7 +141,7 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
   if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
     runOnNode("allreduce", [&](std::uint64_t seq) {
       collectives::nodeAllreduce(*node_, seq, input, output, op, deadline(options),
-                                 {config_.shmChunkBytes}, nodeScratch_);
+                                 {config_.shmChunkBytes, config_.shmSlotBytes}, nodeScratch_);
     });
     return;
   }

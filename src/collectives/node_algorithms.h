@@ -14,14 +14,20 @@
 namespace skyring::collectives {
 
 struct NodeParams {
-  std::size_t chunkBytes;  // bytes reduced per step of the single-copy path
+  std::size_t chunkBytes;  // bytes reduced per step of the staged and single-copy paths
+  std::size_t smallBytes;  // largest call for the slots path (at most ch.slotBytes())
 };
 
-// Allreduce among all ranks of the channel (call number seq, counting from 1). Two
+// Allreduce among all ranks of the channel (call number seq, counting from 1). Three
 // algorithms, picked by size, the same on every rank:
-//   - slots (bytes <= ch.slotBytes()): each rank copies its input into its slot, waits for
-//     everyone's arrival, and reduces all slots in local rank order itself: one
+//   - slots (bytes <= params.smallBytes): each rank copies its input into its slot, waits
+//     for everyone's arrival, and reduces all slots in local rank order itself: one
 //     synchronisation, no second round for small messages.
+//   - staged (bytes <= ch.slotBytes()): each rank copies its input into its slot; rank r
+//     reduces segment r of all slots in place in its own slot; after a second
+//     synchronisation every rank copies the reduced segments out. No system calls: while
+//     the buffers fit in the last-level cache this beats the single-copy path, whose
+//     kernel page pinning costs more than the extra copies.
 //   - single copy (larger, ch.singleCopy()): rank r owns segment r of the buffer. Chunk by
 //     chunk it reads every peer's input of that segment straight from the peer's memory
 //     into a cache-sized scratch buffer, reduces it into its own output, and writes the

@@ -68,6 +68,47 @@ void slotsAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, Bu
     compression::divideBy(input.dtype, output.data, input.count, static_cast<std::size_t>(n));
 }
 
+void stagedAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, BufferView input,
+                     BufferView output, ReduceOp op, transport::Clock::time_point deadline,
+                     const NodeParams& params) {
+  const int n = ch.size();
+  const int me = ch.rank();
+  const std::size_t elem = dtypeSize(input.dtype);
+  const Partition part{input.count, n};
+  auto* const in = static_cast<const std::byte*>(input.data);
+  auto* const out = static_cast<std::byte*>(output.data);
+  std::byte* const own = ch.slot(me, seq).data();
+  // Peers read segment q != me of this slot; segment me only ever holds the result.
+  for (int q = 0; q < n; ++q) {
+    const std::size_t at = part.offset(q) * elem;
+    if (q != me) std::memcpy(own + at, in + at, part.size(q) * elem);
+  }
+  meet(ch, seq, mine, deadline, "allreduce");
+  // Segment me, chunk by chunk: reduce this rank's input with every peer's slot into this
+  // rank's slot (for the peers), then copy the chunk out while it is still in cache.
+  const Chunking chunks{part.size(me), std::max<std::size_t>(1, params.chunkBytes / elem)};
+  for (std::size_t c = 0; c < chunks.chunks(); ++c) {
+    const std::size_t at = (part.offset(me) + chunks.offset(c)) * elem;
+    const std::size_t len = chunks.size(c);
+    bool started = false;
+    for (int p = 0; p < n; ++p) {
+      if (p == me) continue;
+      compression::reduce(op, input.dtype, own + at, started ? own + at : in + at,
+                          ch.slot(p, seq).data() + at, len);
+      started = true;
+    }
+    if (op == ReduceOp::avg)
+      compression::divideBy(input.dtype, own + at, len, static_cast<std::size_t>(n));
+    std::memcpy(out + at, own + at, len * elem);
+  }
+  ch.finish(seq);
+  ch.waitFinished(seq, deadline, "allreduce");
+  for (int q = 0; q < n; ++q) {
+    const std::size_t at = part.offset(q) * elem;
+    if (q != me) std::memcpy(out + at, ch.slot(q, seq).data() + at, part.size(q) * elem);
+  }
+}
+
 void singleCopyAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, BufferView input,
                          BufferView output, ReduceOp op, transport::Clock::time_point deadline,
                          const NodeParams& params, std::vector<std::byte>& scratch) {
@@ -119,8 +160,10 @@ void nodeAllreduce(NodeChannel& ch, std::uint64_t seq, BufferView input, BufferV
     if (op == ReduceOp::avg) compression::divideBy(input.dtype, output.data, input.count, 1);
     return;
   }
-  if (input.bytes() <= ch.slotBytes()) {
+  if (input.bytes() <= params.smallBytes) {
     slotsAllreduce(ch, seq, mine, input, output, op, deadline);
+  } else if (input.bytes() <= ch.slotBytes()) {
+    stagedAllreduce(ch, seq, mine, input, output, op, deadline, params);
   } else {
     singleCopyAllreduce(ch, seq, mine, input, output, op, deadline, params, scratch);
   }

@@ -82,11 +82,18 @@ const std::vector<ParameterSpec>& specs() {
          c.sharedMemory = parseInteger("SKYRING_SHM", v, 0, 1) == 1;
        }},
       {{"SKYRING_SHM_SLOT_BYTES", "65536",
-        "Largest node allreduce done by copying into shared slots (one synchronisation); "
-        "larger ones use single-copy reads and writes."},
+        "Largest node allreduce done by copying into shared slots and reducing them all "
+        "(one synchronisation)."},
        [](Config& c, const std::string& v) {
          c.shmSlotBytes = static_cast<std::size_t>(
              parseInteger("SKYRING_SHM_SLOT_BYTES", v, 64, std::int64_t{1} << 30));
+       }},
+      {{"SKYRING_SHM_STAGE_BYTES", "4194304",
+        "Largest node allreduce staged through shared memory (copy in, reduce a segment, "
+        "copy out); larger ones use single-copy reads and writes."},
+       [](Config& c, const std::string& v) {
+         c.shmStageBytes = static_cast<std::size_t>(
+             parseInteger("SKYRING_SHM_STAGE_BYTES", v, 0, std::int64_t{1} << 32));
        }},
       {{"SKYRING_SHM_CHUNK_BYTES", "524288",
         "Bytes a rank reduces per step of the single-copy node allreduce (fits in L2)."},

@@ -92,8 +92,9 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
       return local;
     };
     try {
-      node = transport::NodeChannel::openShared(nodeIndex, nodeRanks, rt->config_.shmSlotBytes,
-                                                exchange);
+      node = transport::NodeChannel::openShared(
+          nodeIndex, nodeRanks, std::max(rt->config_.shmSlotBytes, rt->config_.shmStageBytes),
+          exchange);
       if (!node->singleCopy()) {
         SKYRING_LOG(Logger(rt->config_.logLevel, rt->rank_), warn,
                     "cross-memory attach (process_vm_readv) is not permitted here; large "

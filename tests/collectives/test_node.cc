@@ -2,6 +2,7 @@
 // ranks as threads sharing one NodeChannel: bit for bit like the ring, and failures named.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <thread>
@@ -20,11 +21,14 @@ using testing::viewOf;
 
 const std::size_t kCounts[] = {0, 1, 2, 7, 13, 97, 1029, 20011};
 
-// Slots of 256 bytes and 256-byte chunks: counts up to 256 bytes take the slot path, the
-// rest the single-copy path with many chunks and a partial last one.
+// With tinyChunks() and a channel of kCapacity bytes per slot, calls up to 64 bytes take
+// the slots path, up to kCapacity the staged path, larger ones the single-copy path, the
+// last two with many 256-byte chunks and a partial last one.
+constexpr std::size_t kCapacity = 1024;
 Config tinyChunks() {
   Config c = LocalWorld::defaultConfig();
   c.shmChunkBytes = 256;
+  c.shmSlotBytes = 64;
   return c;
 }
 
@@ -37,7 +41,7 @@ class NodeCollectives : public ::testing::TestWithParam<int> {};
 
 TEST_P(NodeCollectives, AllreduceExact) {
   LocalWorld world(GetParam(), tinyChunks());
-  world.shareMemory(256);
+  world.shareMemory(kCapacity);
   world.run([&](Communicator& comm) {
     const int n = comm.size();
     for (DType d : kAllDTypes) {
@@ -59,7 +63,7 @@ TEST_P(NodeCollectives, AllreduceExact) {
 
 TEST_P(NodeCollectives, AllreduceDefaultsLargeCount) {
   LocalWorld world(GetParam());
-  world.shareMemory(Config{}.shmSlotBytes);
+  world.shareMemory(std::max(Config{}.shmSlotBytes, Config{}.shmStageBytes));
   world.run([&](Communicator& comm) {
     for (DType d : {DType::f32, DType::bf16}) {
       const std::size_t count = (1u << 20) + 3;
@@ -76,7 +80,7 @@ TEST_P(NodeCollectives, AllreduceDefaultsLargeCount) {
 // rank is already overwriting.
 TEST_P(NodeCollectives, BackToBackCallsKeepSlotsApart) {
   LocalWorld world(GetParam(), tinyChunks());
-  world.shareMemory(256);
+  world.shareMemory(kCapacity);
   world.run([&](Communicator& comm) {
     const int n = comm.size();
     for (int i = 0; i < 300; ++i) {
@@ -92,7 +96,7 @@ TEST_P(NodeCollectives, BackToBackCallsKeepSlotsApart) {
 
 TEST_P(NodeCollectives, BarrierSeparatesPhases) {
   LocalWorld world(GetParam());
-  world.shareMemory(256);
+  world.shareMemory(kCapacity);
   std::atomic<int> arrived{0};
   world.run([&](Communicator& comm) {
     for (int round = 1; round <= 50; ++round) {
@@ -108,7 +112,7 @@ TEST_P(NodeCollectives, BarrierSeparatesPhases) {
 // concurrently with tag 0.
 TEST_P(NodeCollectives, OtherTagsRunBesideTagZero) {
   LocalWorld world(GetParam(), tinyChunks());
-  world.shareMemory(256);
+  world.shareMemory(kCapacity);
   world.run([&](Communicator& comm) {
     const int n = comm.size();
     auto b = makeInput(ReduceOp::max, DType::i32, comm.rank(), 777);
@@ -150,7 +154,7 @@ class NodeFailures : public ::testing::TestWithParam<std::size_t> {};
 TEST_P(NodeFailures, AbsentRankIsNamedWithinTimeout) {
   constexpr int kTimeoutMs = 500;
   LocalWorld world(3, shortTimeout(kTimeoutMs));
-  world.shareMemory(256);
+  world.shareMemory(kCapacity);
   const std::size_t count = GetParam();
   const auto start = Clock::now();
   auto errors = world.runCollect([&](Communicator& comm) {
@@ -175,7 +179,7 @@ TEST_P(NodeFailures, AbsentRankIsNamedWithinTimeout) {
 
 TEST_P(NodeFailures, MismatchedCountIsReported) {
   LocalWorld world(3, shortTimeout(5000));
-  world.shareMemory(256);
+  world.shareMemory(kCapacity);
   const std::size_t count = GetParam();
   auto errors = world.runCollect([&](Communicator& comm) {
     std::vector<float> data(count + (comm.rank() == 2 ? 1 : 0), 1.0f);
@@ -191,7 +195,7 @@ TEST_P(NodeFailures, MismatchedCountIsReported) {
 
 TEST(NodeFailuresMixed, BarrierAgainstAllreduceIsReported) {
   LocalWorld world(2, shortTimeout(5000));
-  world.shareMemory(256);
+  world.shareMemory(kCapacity);
   auto errors = world.runCollect([&](Communicator& comm) {
     std::vector<float> data(4, 1.0f);
     if (comm.rank() == 0)
@@ -205,11 +209,13 @@ TEST(NodeFailuresMixed, BarrierAgainstAllreduceIsReported) {
   }
 }
 
-// Below and above the slot size: both paths name the missing rank and report mismatches.
-INSTANTIATE_TEST_SUITE_P(Paths, NodeFailures, ::testing::Values(std::size_t{10}, std::size_t{5000}),
+// Counts of floats for each path: every path names the missing rank and reports mismatches.
+INSTANTIATE_TEST_SUITE_P(Paths, NodeFailures,
+                         ::testing::Values(std::size_t{10}, std::size_t{100}, std::size_t{5000}),
                          [](const auto& info) {
-                           return info.param * 4 <= 256 ? std::string("slots")
-                                                        : std::string("single_copy");
+                           return info.param * 4 <= 64          ? std::string("slots")
+                                  : info.param * 4 <= kCapacity ? std::string("staged")
+                                                                : std::string("single_copy");
                          });
 
 }  // namespace
