@@ -4,6 +4,11 @@
 //   auto rt = skyring::Runtime::init();      // under mpirun, torchrun-style vars, or alone
 //   rt->world().allreduce(view, skyring::ReduceOp::avg);
 //
+// At init every rank also shares where it is (SKYRING_NODE, SKYRING_CLOUD, SKYRING_REGION;
+// see docs/topology.md): ranks of one node reduce through shared memory, and with more
+// than one cloud allreduce runs hierarchically so each byte crosses clouds as few times
+// as the math allows.
+//
 // init() finds how the process was launched (Config::launch): under mpirun it uses MPI
 // only to exchange UCX worker addresses; under RANK / WORLD_SIZE / MASTER_ADDR /
 // MASTER_PORT it uses a small TCP store hosted by rank 0 instead; alone it is a world of
@@ -31,6 +36,9 @@ class Runtime {
   int localRank() const noexcept { return localRank_; }
   int localSize() const noexcept { return localSize_; }
   Communicator& world() noexcept { return *world_; }
+  // Where every rank is (node, cloud, region), gathered at init. With more than one cloud
+  // the world's allreduce is hierarchical (SKYRING_ALLREDUCE).
+  const topology::Topology& topology() const noexcept { return *topology_; }
   const Config& config() const noexcept { return config_; }
 
   struct Parts;
@@ -44,6 +52,7 @@ class Runtime {
   int localRank_ = 0;
   int localSize_ = 1;
   std::unique_ptr<Parts> parts_;
+  std::shared_ptr<const topology::Topology> topology_;
   std::unique_ptr<Communicator> world_;
 };
 

@@ -9,6 +9,7 @@
 
 #include "bootstrap/out_of_band.h"
 #include "skyring/inprocess_transport.h"
+#include "skyring/topology.h"
 #include "skyring/ucx_transport.h"
 #include "transport/node_channel.h"
 
@@ -48,18 +49,19 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
   rt->rank_ = parts.oob->rank();
   rt->size_ = parts.oob->size();
 
-  // Which ranks share this node: equal node names (SKYRING_NODE, else the hostname).
+  // Where every rank is (node, cloud, region; SKYRING_NODE defaults to the hostname):
+  // records gathered from all ranks. Node-mates share node and cloud.
   const auto& launch = rt->config_.launch;
-  const std::string me = rt->config_.node.empty() ? hostName() : rt->config_.node;
-  const auto all = parts.oob->allgather(std::as_bytes(std::span(me.data(), me.size())));
-  std::vector<int> nodeRanks;
-  for (int r = 0; r < rt->size_; ++r) {
-    const auto& h = all[static_cast<std::size_t>(r)];
-    if (h.size() == me.size() && std::memcmp(h.data(), me.data(), me.size()) == 0)
-      nodeRanks.push_back(r);
-  }
-  const int nodeIndex = static_cast<int>(std::find(nodeRanks.begin(), nodeRanks.end(), rt->rank_) -
-                                         nodeRanks.begin());
+  const auto gathered =
+      parts.oob->allgather(topology::serialize(topology::localRecord(rt->config_, hostName())));
+  std::vector<topology::RankRecord> records;
+  records.reserve(gathered.size());
+  for (const auto& bytes : gathered)
+    records.push_back(topology::parse(bytes));
+  rt->topology_ = std::make_shared<const topology::Topology>(std::move(records),
+                                                             topology::CostModel(rt->config_));
+  const std::vector<int> nodeRanks = rt->topology_->groupOf(topology::Level::node, rt->rank_);
+  const int nodeIndex = rt->topology_->indexInGroup(topology::Level::node, rt->rank_);
   // Local rank and size: from the launcher where it says, else from the node names.
   if (launch.localRank >= 0 && launch.localSize > 0) {
     rt->localRank_ = launch.localRank;
@@ -106,7 +108,7 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
     }
   }
   parts.node = node;
-  rt->world_ = std::make_unique<Communicator>(parts.transport, rt->config_, node);
+  rt->world_ = std::make_unique<Communicator>(parts.transport, rt->config_, node, rt->topology_);
   return rt;
 }
 
