@@ -44,10 +44,11 @@ struct Config {
   int ringPipelineDepth = 4;                // SKYRING_RING_PIPELINE_DEPTH
   // Inside a node: shared-memory slots for small allreduces, single-copy (cross-memory
   // attach) reads and writes for large ones.
-  bool sharedMemory = true;                     // SKYRING_SHM
-  std::size_t shmSlotBytes = 64 * 1024;         // SKYRING_SHM_SLOT_BYTES
-  std::size_t shmStageBytes = 4 * 1024 * 1024;  // SKYRING_SHM_STAGE_BYTES
-  std::size_t shmChunkBytes = 512 * 1024;       // SKYRING_SHM_CHUNK_BYTES
+  bool sharedMemory = true;                // SKYRING_SHM
+  std::size_t shmSlotBytes = 64 * 1024;    // SKYRING_SHM_SLOT_BYTES
+  std::size_t shmRingBytes = 1024 * 1024;  // SKYRING_SHM_RING_BYTES
+  std::size_t shmSingleCopyBytes = 0;      // SKYRING_SHM_SINGLE_COPY_BYTES; 0: never
+  std::size_t shmChunkBytes = 128 * 1024;  // SKYRING_SHM_CHUNK_BYTES
   // The allreduce of a communicator that knows its topology (tag 0, host memory).
   AllreduceAlgorithm allreduceAlgorithm = AllreduceAlgorithm::automatic;  // SKYRING_ALLREDUCE
 

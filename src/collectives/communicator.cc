@@ -140,8 +140,9 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
   }
   if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
     runOnNode("allreduce", [&](std::uint64_t seq) {
-      collectives::nodeAllreduce(*node_, seq, input, output, op, deadline(options),
-                                 {config_.shmChunkBytes, config_.shmSlotBytes}, nodeScratch_);
+      collectives::nodeAllreduce(
+          *node_, seq, input, output, op, deadline(options),
+          {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes}, nodeScratch_);
     });
     return;
   }

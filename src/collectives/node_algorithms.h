@@ -14,8 +14,9 @@
 namespace skyring::collectives {
 
 struct NodeParams {
-  std::size_t chunkBytes;  // bytes reduced per step of the staged and single-copy paths
-  std::size_t smallBytes;  // largest call for the slots path (at most ch.slotBytes())
+  std::size_t chunkBytes;       // bytes per rank per round (pipelined, single copy)
+  std::size_t smallBytes;       // largest call for the slots path (at most ch.slotBytes())
+  std::size_t singleCopyBytes;  // 0, or the smallest call for the single-copy path
 };
 
 // Allreduce among all ranks of the channel (call number seq, counting from 1). Three
@@ -23,18 +24,22 @@ struct NodeParams {
 //   - slots (bytes <= params.smallBytes): each rank copies its input into its slot, waits
 //     for everyone's arrival, and reduces all slots in local rank order itself: one
 //     synchronisation, no second round for small messages.
-//   - staged (bytes <= ch.slotBytes()): each rank copies its input into its slot; rank r
-//     reduces segment r of all slots in place in its own slot; after a second
-//     synchronisation every rank copies the reduced segments out. No system calls: while
-//     the buffers fit in the last-level cache this beats the single-copy path, whose
-//     kernel page pinning costs more than the extra copies.
-//   - single copy (larger, ch.singleCopy()): rank r owns segment r of the buffer. Chunk by
-//     chunk it reads every peer's input of that segment straight from the peer's memory
-//     into a cache-sized scratch buffer, reduces it into its own output, and writes the
-//     result straight into every peer's output. Each rank reads S and writes S of main
-//     memory, the least any allreduce can do; no segment is touched by two ranks, so in
-//     place works too. A second synchronisation says everyone is done with everyone's
-//     buffers.
+//   - pipelined (the default above that): rank r owns segment r. Round k moves chunk k
+//     of every segment through a ring of blocks in each rank's region: every rank copies
+//     its input's chunk k of the other segments into its block, rank r reduces chunk k of
+//     segment r from its own input and everyone's block, and everyone copies the reduced
+//     chunks out. Three counters per rank (copied, reduced, consumed) order the rounds;
+//     a block is reused once every peer consumed it. Each rank reads S and writes S of
+//     main memory; everything else stays in cache because the ring is small (1 MiB), and
+//     there are no system calls. This beat both a whole-buffer staging and the
+//     single-copy path at every size measured.
+//   - single copy (bytes >= params.singleCopyBytes > 0, ch.singleCopy()): chunk by chunk
+//     rank r reads every peer's input of segment r straight from the peer's memory
+//     (process_vm_readv) into a scratch buffer, reduces into its own output, and writes
+//     the result into every peer's output (process_vm_writev); a second synchronisation
+//     says everyone is done with everyone's buffers. Kept for hosts where the kernel's
+//     page pinning is cheap (huge pages); off by default.
+// No segment is touched by two ranks, so every path works in place too.
 // scratch is grown to chunkBytes and kept by the caller between calls.
 void nodeAllreduce(transport::NodeChannel& ch, std::uint64_t seq, BufferView input,
                    BufferView output, ReduceOp op, transport::Clock::time_point deadline,

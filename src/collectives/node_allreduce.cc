@@ -68,45 +68,68 @@ void slotsAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, Bu
     compression::divideBy(input.dtype, output.data, input.count, static_cast<std::size_t>(n));
 }
 
+// Pipelined through a ring of blocks in each rank's region: round k handles chunk k of
+// every segment. A block holds one chunk per segment: the rank's copies of its input for
+// the other segments, and the reduced chunk of its own segment.
 void stagedAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, BufferView input,
                      BufferView output, ReduceOp op, transport::Clock::time_point deadline,
                      const NodeParams& params) {
+  using Counter = NodeChannel::Counter;
+  meet(ch, seq, mine, deadline, "allreduce");
   const int n = ch.size();
   const int me = ch.rank();
   const std::size_t elem = dtypeSize(input.dtype);
   const Partition part{input.count, n};
+  const std::size_t region = ch.region(me).size();
+  // Chunk elements: as configured, but at least two blocks must fit in the region.
+  std::size_t chunkElems = std::max<std::size_t>(1, params.chunkBytes / elem);
+  chunkElems = std::min(chunkElems, region / (2 * static_cast<std::size_t>(n) * elem));
+  const std::size_t blockBytes = static_cast<std::size_t>(n) * chunkElems * elem;
+  const std::size_t depth = region / blockBytes;
+  const std::size_t rounds = (part.size(0) + chunkElems - 1) / chunkElems;  // segment 0 is largest
   auto* const in = static_cast<const std::byte*>(input.data);
   auto* const out = static_cast<std::byte*>(output.data);
-  std::byte* const own = ch.slot(me, seq).data();
-  // Peers read segment q != me of this slot; segment me only ever holds the result.
-  for (int q = 0; q < n; ++q) {
-    const std::size_t at = part.offset(q) * elem;
-    if (q != me) std::memcpy(own + at, in + at, part.size(q) * elem);
-  }
-  meet(ch, seq, mine, deadline, "allreduce");
-  // Segment me, chunk by chunk: reduce this rank's input with every peer's slot into this
-  // rank's slot (for the peers), then copy the chunk out while it is still in cache.
-  const Chunking chunks{part.size(me), std::max<std::size_t>(1, params.chunkBytes / elem)};
-  for (std::size_t c = 0; c < chunks.chunks(); ++c) {
-    const std::size_t at = (part.offset(me) + chunks.offset(c)) * elem;
-    const std::size_t len = chunks.size(c);
+  auto length = [&](int q, std::size_t k) -> std::size_t {
+    const std::size_t done = k * chunkElems;
+    return done >= part.size(q) ? 0 : std::min(chunkElems, part.size(q) - done);
+  };
+  auto at = [&](int q, std::size_t k) { return (part.offset(q) + k * chunkElems) * elem; };
+  auto block = [&](int p, std::size_t k) { return ch.region(p).data() + (k % depth) * blockBytes; };
+  auto stamp = [&](std::size_t k) { return seq << 32 | (k + 1); };
+
+  for (std::size_t k = 0; k < rounds; ++k) {
+    // Block k % depth was last used in round k - depth: every peer must be done with it.
+    if (k >= depth) ch.waitAll(Counter::consumed, stamp(k - depth), deadline, "allreduce");
+    std::byte* const own = block(me, k);
+    for (int q = 0; q < n; ++q) {
+      if (q != me) std::memcpy(own + q * chunkElems * elem, in + at(q, k), length(q, k) * elem);
+    }
+    ch.post(Counter::copied, stamp(k));
+    ch.waitAll(Counter::copied, stamp(k), deadline, "allreduce");
+
+    std::byte* const result = own + me * chunkElems * elem;
+    const std::size_t len = length(me, k);
     bool started = false;
     for (int p = 0; p < n; ++p) {
       if (p == me) continue;
-      compression::reduce(op, input.dtype, own + at, started ? own + at : in + at,
-                          ch.slot(p, seq).data() + at, len);
+      compression::reduce(op, input.dtype, result, started ? result : in + at(me, k),
+                          block(p, k) + me * chunkElems * elem, len);
       started = true;
     }
     if (op == ReduceOp::avg)
-      compression::divideBy(input.dtype, own + at, len, static_cast<std::size_t>(n));
-    std::memcpy(out + at, own + at, len * elem);
+      compression::divideBy(input.dtype, result, len, static_cast<std::size_t>(n));
+    std::memcpy(out + at(me, k), result, len * elem);
+    ch.post(Counter::reduced, stamp(k));
+    ch.waitAll(Counter::reduced, stamp(k), deadline, "allreduce");
+
+    for (int q = 0; q < n; ++q) {
+      if (q != me)
+        std::memcpy(out + at(q, k), block(q, k) + q * chunkElems * elem, length(q, k) * elem);
+    }
+    ch.post(Counter::consumed, stamp(k));
   }
-  ch.finish(seq);
-  ch.waitFinished(seq, deadline, "allreduce");
-  for (int q = 0; q < n; ++q) {
-    const std::size_t at = part.offset(q) * elem;
-    if (q != me) std::memcpy(out + at, ch.slot(q, seq).data() + at, part.size(q) * elem);
-  }
+  // Nobody may leave while a peer still reads its region (the next call reuses it).
+  if (rounds > 0) ch.waitAll(Counter::consumed, stamp(rounds - 1), deadline, "allreduce");
 }
 
 void singleCopyAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, BufferView input,
@@ -147,7 +170,9 @@ void singleCopyAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& min
 }  // namespace
 
 bool nodeAllreduceFits(const NodeChannel& ch, std::size_t bytes) {
-  return bytes <= ch.slotBytes() || ch.singleCopy();
+  // The slots path needs bytes <= slotBytes(); the pipelined one any size, as long as the
+  // region holds two blocks of one 8-byte element per rank.
+  return bytes <= ch.slotBytes() || ch.region(ch.rank()).size() >= 16 * std::size_t(ch.size());
 }
 
 void nodeAllreduce(NodeChannel& ch, std::uint64_t seq, BufferView input, BufferView output,
@@ -162,7 +187,8 @@ void nodeAllreduce(NodeChannel& ch, std::uint64_t seq, BufferView input, BufferV
   }
   if (input.bytes() <= params.smallBytes) {
     slotsAllreduce(ch, seq, mine, input, output, op, deadline);
-  } else if (input.bytes() <= ch.slotBytes()) {
+  } else if (params.singleCopyBytes == 0 || input.bytes() < params.singleCopyBytes ||
+             !ch.singleCopy()) {
     stagedAllreduce(ch, seq, mine, input, output, op, deadline, params);
   } else {
     singleCopyAllreduce(ch, seq, mine, input, output, op, deadline, params, scratch);

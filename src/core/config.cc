@@ -88,15 +88,22 @@ const std::vector<ParameterSpec>& specs() {
          c.shmSlotBytes = static_cast<std::size_t>(
              parseInteger("SKYRING_SHM_SLOT_BYTES", v, 64, std::int64_t{1} << 30));
        }},
-      {{"SKYRING_SHM_STAGE_BYTES", "4194304",
-        "Largest node allreduce staged through shared memory (copy in, reduce a segment, "
-        "copy out); larger ones use single-copy reads and writes."},
+      {{"SKYRING_SHM_RING_BYTES", "1048576",
+        "Shared memory per rank for the pipelined node allreduce: a ring of blocks, each "
+        "one chunk per rank."},
        [](Config& c, const std::string& v) {
-         c.shmStageBytes = static_cast<std::size_t>(
-             parseInteger("SKYRING_SHM_STAGE_BYTES", v, 0, std::int64_t{1} << 32));
+         c.shmRingBytes = static_cast<std::size_t>(
+             parseInteger("SKYRING_SHM_RING_BYTES", v, 1024, std::int64_t{1} << 32));
        }},
-      {{"SKYRING_SHM_CHUNK_BYTES", "524288",
-        "Bytes a rank reduces per step of the single-copy node allreduce (fits in L2)."},
+      {{"SKYRING_SHM_SINGLE_COPY_BYTES", "0",
+        "0: never. Else node allreduces of at least this many bytes read and write each "
+        "other's buffers directly (process_vm_readv/writev) instead of pipelining."},
+       [](Config& c, const std::string& v) {
+         c.shmSingleCopyBytes = static_cast<std::size_t>(
+             parseInteger("SKYRING_SHM_SINGLE_COPY_BYTES", v, 0, std::int64_t{1} << 40));
+       }},
+      {{"SKYRING_SHM_CHUNK_BYTES", "131072",
+        "Bytes per rank per round of the pipelined (and single-copy) node allreduce."},
        [](Config& c, const std::string& v) {
          c.shmChunkBytes = static_cast<std::size_t>(
              parseInteger("SKYRING_SHM_CHUNK_BYTES", v, 64, std::int64_t{1} << 30));

@@ -95,12 +95,12 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
     };
     try {
       node = transport::NodeChannel::openShared(
-          nodeIndex, nodeRanks, std::max(rt->config_.shmSlotBytes, rt->config_.shmStageBytes),
+          nodeIndex, nodeRanks, std::max(rt->config_.shmSlotBytes, rt->config_.shmRingBytes / 2),
           exchange);
-      if (!node->singleCopy()) {
+      if (!node->singleCopy() && rt->config_.shmSingleCopyBytes != 0) {
         SKYRING_LOG(Logger(rt->config_.logLevel, rt->rank_), warn,
-                    "cross-memory attach (process_vm_readv) is not permitted here; large "
-                    "allreduces inside the node go through the transport");
+                    "cross-memory attach (process_vm_readv) is not permitted here: "
+                    "SKYRING_SHM_SINGLE_COPY_BYTES has no effect");
       }
     } catch (const TransportError& e) {
       SKYRING_LOG(Logger(rt->config_.logLevel, rt->rank_), warn,

@@ -40,9 +40,12 @@ struct alignas(kLine) Header {
   alignas(kLine) std::atomic<std::uint32_t> sleepers;  // ranks asleep on bell
 };
 
+struct alignas(kLine) Counter {
+  std::atomic<std::uint64_t> value;
+};
+
 struct alignas(kLine) RankBlock {
-  alignas(kLine) std::atomic<std::uint64_t> arrived;
-  alignas(kLine) std::atomic<std::uint64_t> finished;
+  Counter counters[NodeChannel::kCounters];  // indexed by NodeChannel::Counter
   alignas(kLine) NodeCall calls[2];
 };
 
@@ -305,12 +308,16 @@ void NodeChannel::ring() noexcept {
 void NodeChannel::arrive(std::uint64_t seq, const NodeCall& call) noexcept {
   RankBlock& me = shared_->rank(rank_);
   me.calls[seq & 1] = call;
-  me.arrived.store(seq, std::memory_order_seq_cst);
-  ring();
+  post(Counter::arrived, seq);
 }
 
 void NodeChannel::finish(std::uint64_t seq) noexcept {
-  shared_->rank(rank_).finished.store(seq, std::memory_order_seq_cst);
+  post(Counter::finished, seq);
+}
+
+void NodeChannel::post(Counter counter, std::uint64_t value) noexcept {
+  shared_->rank(rank_).counters[static_cast<std::size_t>(counter)].value.store(
+      value, std::memory_order_seq_cst);
   ring();
 }
 
@@ -323,22 +330,26 @@ std::span<std::byte> NodeChannel::slot(int peer, std::uint64_t seq) const noexce
   return {shared_->slots() + (static_cast<std::size_t>(peer) * 2 + (seq & 1)) * bytes, bytes};
 }
 
+std::span<std::byte> NodeChannel::region(int peer) const noexcept {
+  return {slot(peer, 0).data(), 2 * slotBytes()};
+}
+
 void NodeChannel::waitArrived(std::uint64_t seq, Clock::time_point deadline, const char* op) {
-  waitAll(seq, false, deadline, op);
+  waitAll(Counter::arrived, seq, deadline, op);
 }
 
 void NodeChannel::waitFinished(std::uint64_t seq, Clock::time_point deadline, const char* op) {
-  waitAll(seq, true, deadline, op);
+  waitAll(Counter::finished, seq, deadline, op);
 }
 
 // Spin a little (a peer on another core answers within a microsecond), then yield (with
 // more ranks than cores the peer needs this core), then sleep on the futex, waking to
 // check the deadline, the abort flag and the peers' processes.
-void NodeChannel::waitAll(std::uint64_t seq, bool finished, Clock::time_point deadline,
+void NodeChannel::waitAll(Counter counter, std::uint64_t value, Clock::time_point deadline,
                           const char* op) {
+  const auto index = static_cast<std::size_t>(counter);
   auto ready = [&](int p) {
-    const RankBlock& b = shared_->rank(p);
-    return (finished ? b.finished : b.arrived).load(std::memory_order_seq_cst) >= seq;
+    return shared_->rank(p).counters[index].value.load(std::memory_order_seq_cst) >= value;
   };
   auto allReady = [&] {
     for (int p = 0; p < size_; ++p)
@@ -391,10 +402,12 @@ void NodeChannel::waitAll(std::uint64_t seq, bool finished, Clock::time_point de
         std::ostringstream os;
         for (std::size_t i = 0; i < missing.size(); ++i)
           os << (i ? ", " : "") << worldRank(missing[i]);
-        SKYRING_THROW(Timeout, context(missing.size() == 1 ? missing.front() : -1, op), "rank",
-                      missing.size() > 1 ? "s " : " ", os.str(), " did not ",
-                      finished ? "finish" : "arrive", " at node call #", seq,
-                      " within the timeout");
+        SKYRING_THROW(
+            Timeout, context(missing.size() == 1 ? missing.front() : -1, op), "rank",
+            missing.size() > 1 ? "s " : " ", os.str(), " did not ",
+            counter == Counter::arrived ? "arrive at" : "progress in", " node call #",
+            counter == Counter::arrived || counter == Counter::finished ? value : value >> 32,
+            " within the timeout");
       }
     }
     const auto until = std::min({deadline, nextCheck, now + std::chrono::milliseconds(10)});

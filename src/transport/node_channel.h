@@ -56,6 +56,11 @@ class NodeChannel {
  public:
   struct Shared;  // the block all local ranks map (layout in node_channel.cc)
 
+  // Monotonic per-rank counters in the shared block, each on its own cache line. arrived
+  // and finished count calls; the pipeline counters carry (call << 32 | round + 1).
+  enum class Counter : std::uint8_t { arrived, finished, copied, reduced, consumed };
+  static constexpr std::size_t kCounters = 5;
+
   ~NodeChannel();
   NodeChannel(const NodeChannel&) = delete;
   NodeChannel& operator=(const NodeChannel&) = delete;
@@ -99,9 +104,16 @@ class NodeChannel {
   // Announces that this rank is done touching peers' buffers for seq.
   void finish(std::uint64_t seq) noexcept;
   void waitFinished(std::uint64_t seq, Clock::time_point deadline, const char* op);
+  // Sets this rank's counter (values only grow) and wakes sleepers.
+  void post(Counter counter, std::uint64_t value) noexcept;
+  // Waits until every other local rank's counter reached value; fails like waitArrived.
+  void waitAll(Counter counter, std::uint64_t value, Clock::time_point deadline, const char* op);
 
   // Slot of `peer` for seq (slotBytes() long).
   std::span<std::byte> slot(int peer, std::uint64_t seq) const noexcept;
+  // Both slots of `peer` as one region (2 x slotBytes()), for algorithms that end with a
+  // synchronisation after which nobody reads it (so the parity rule does not apply).
+  std::span<std::byte> region(int peer) const noexcept;
 
   // Copies between this rank's memory and a peer's own buffers (addresses it published).
   void read(int peer, std::uint64_t remote, void* local, std::size_t bytes, const char* op);
@@ -116,7 +128,6 @@ class NodeChannel {
  private:
   NodeChannel(std::shared_ptr<Shared> shared, int rank, std::vector<int> worldRanks,
               std::vector<int> pids, bool singleCopy);
-  void waitAll(std::uint64_t seq, bool finished, Clock::time_point deadline, const char* op);
   void ring() noexcept;
   ErrorContext context(int peer, const char* op) const;
 

@@ -22,13 +22,16 @@ using testing::viewOf;
 const std::size_t kCounts[] = {0, 1, 2, 7, 13, 97, 1029, 20011};
 
 // With tinyChunks() and a channel of kCapacity bytes per slot, calls up to 64 bytes take
-// the slots path, up to kCapacity the staged path, larger ones the single-copy path, the
-// last two with many 256-byte chunks and a partial last one.
+// the slots path, up to 512 bytes the pipelined (staged) path through a 2 KiB ring (so
+// blocks are reused within a call), larger ones the single-copy path, the last two with
+// many chunks of at most 256 bytes and a partial last one.
 constexpr std::size_t kCapacity = 1024;
+constexpr std::size_t kStageBytes = 512;
 Config tinyChunks() {
   Config c = LocalWorld::defaultConfig();
   c.shmChunkBytes = 256;
   c.shmSlotBytes = 64;
+  c.shmSingleCopyBytes = kStageBytes + 1;
   return c;
 }
 
@@ -63,7 +66,7 @@ TEST_P(NodeCollectives, AllreduceExact) {
 
 TEST_P(NodeCollectives, AllreduceDefaultsLargeCount) {
   LocalWorld world(GetParam());
-  world.shareMemory(std::max(Config{}.shmSlotBytes, Config{}.shmStageBytes));
+  world.shareMemory(std::max(Config{}.shmSlotBytes, Config{}.shmRingBytes / 2));
   world.run([&](Communicator& comm) {
     for (DType d : {DType::f32, DType::bf16}) {
       const std::size_t count = (1u << 20) + 3;
@@ -213,9 +216,9 @@ TEST(NodeFailuresMixed, BarrierAgainstAllreduceIsReported) {
 INSTANTIATE_TEST_SUITE_P(Paths, NodeFailures,
                          ::testing::Values(std::size_t{10}, std::size_t{100}, std::size_t{5000}),
                          [](const auto& info) {
-                           return info.param * 4 <= 64          ? std::string("slots")
-                                  : info.param * 4 <= kCapacity ? std::string("staged")
-                                                                : std::string("single_copy");
+                           return info.param * 4 <= 64            ? std::string("slots")
+                                  : info.param * 4 <= kStageBytes ? std::string("staged")
+                                                                  : std::string("single_copy");
                          });
 
 }  // namespace

@@ -77,10 +77,12 @@ void runAll(Runtime& rt) {
 int runKill(Runtime& rt, int victim) {
   Communicator& comm = rt.world();
   std::vector<float> data(1 << 20, 1.0f);
-  comm.allreduce(view(std::span(data)), ReduceOp::sum);
-  if (comm.rank() == victim) ::raise(SIGKILL);
   const auto start = std::chrono::steady_clock::now();
   try {
+    // The victim dies as soon as its first allreduce returns; a slower rank may still be
+    // finishing that same call when the news arrives, so it is inside the try too.
+    comm.allreduce(view(std::span(data)), ReduceOp::sum);
+    if (comm.rank() == victim) ::raise(SIGKILL);
     for (int i = 0; i < 1000; ++i)
       comm.allreduce(view(std::span(data)), ReduceOp::sum);
   } catch (const Error& e) {
