@@ -21,6 +21,7 @@
 
 #include "skyring/communicator.h"
 #include "skyring/config.h"
+#include "skyring/metering_transport.h"
 
 namespace skyring {
 
@@ -39,6 +40,10 @@ class Runtime {
   // Where every rank is (node, cloud, region), gathered at init. With more than one cloud
   // the world's allreduce is hierarchical (SKYRING_ALLREDUCE).
   const topology::Topology& topology() const noexcept { return *topology_; }
+  // Bytes and messages this rank has sent per link class (intra-node, intra-cloud,
+  // cross-cloud) and their egress price by the cost model. Counts what goes through the
+  // transport; the node channel's shared memory is not a link and is not counted.
+  transport::TrafficStats stats() const;
   const Config& config() const noexcept { return config_; }
 
   struct Parts;

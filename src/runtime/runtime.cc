@@ -9,6 +9,7 @@
 
 #include "bootstrap/out_of_band.h"
 #include "skyring/inprocess_transport.h"
+#include "skyring/metering_transport.h"
 #include "skyring/topology.h"
 #include "skyring/ucx_transport.h"
 #include "transport/node_channel.h"
@@ -20,6 +21,7 @@ struct Runtime::Parts {
   std::unique_ptr<transport::InProcessWorld> alone;  // the world of one
   std::shared_ptr<transport::Transport> transport;
   std::shared_ptr<transport::NodeChannel> node;
+  std::shared_ptr<transport::MeteringTransport> meter;  // wraps transport
 };
 
 namespace {
@@ -82,6 +84,10 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
         rt->rank_, rt->size_,
         [oob](std::span<const std::byte> mine) { return oob->allgather(mine); }, options);
   }
+  // Every byte the transport sends is attributed to its link class (stats()).
+  parts.meter = std::make_shared<transport::MeteringTransport>(parts.transport, rt->topology_);
+  parts.transport = parts.meter;
+
   // Shared memory among the ranks of this node. Every rank takes part in the setup (it is
   // two allgathers); if it fails, every rank learns so and all fall back to the transport.
   std::shared_ptr<transport::NodeChannel> node;
@@ -110,6 +116,10 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
   parts.node = node;
   rt->world_ = std::make_unique<Communicator>(parts.transport, rt->config_, node, rt->topology_);
   return rt;
+}
+
+transport::TrafficStats Runtime::stats() const {
+  return parts_->meter ? parts_->meter->stats() : transport::TrafficStats{};
 }
 
 }  // namespace skyring

@@ -107,9 +107,15 @@ int main(int argc, char** argv) {
     auto rt = Runtime::init();
     if (argc == 3 && std::strcmp(argv[1], "--kill") == 0) return runKill(*rt, std::atoi(argv[2]));
     runAll(*rt);
-    std::printf("rank %d/%d (local %d/%d, cloud %s of %d): %d checks passed\n", rt->rank(),
-                rt->size(), rt->localRank(), rt->localSize(),
-                rt->topology().record(rt->rank()).cloud.c_str(), rt->topology().clouds(), checks);
+    const auto sent = rt->stats();
+    std::printf(
+        "rank %d/%d (local %d/%d, cloud %s of %d): %d checks passed; sent %llu bytes "
+        "cross-cloud, %llu intra-cloud\n",
+        rt->rank(), rt->size(), rt->localRank(), rt->localSize(),
+        rt->topology().record(rt->rank()).cloud.c_str(), rt->topology().clouds(), checks,
+        static_cast<unsigned long long>(sent.bytesOver(topology::LinkClass::crossCloud)),
+        static_cast<unsigned long long>(sent.bytesOver(topology::LinkClass::intraCloud) +
+                                        sent.bytesOver(topology::LinkClass::intraNode)));
     return 0;
   } catch (const std::exception& e) {
     std::fprintf(stderr, "collectives_main: %s\n", e.what());
