@@ -421,45 +421,37 @@ void NodeChannel::waitAll(Counter counter, std::uint64_t value, Clock::time_poin
 
 void NodeChannel::read(int peer, std::uint64_t remote, void* local, std::size_t bytes,
                        const char* op) {
-  const int pid = pids_[static_cast<std::size_t>(peer)];
-  if (pid == 0) {
-    std::memcpy(local, reinterpret_cast<const void*>(remote), bytes);
-    return;
-  }
-  auto* dst = static_cast<std::byte*>(local);
-  while (bytes > 0) {
-    iovec l{dst, bytes};
-    iovec r{reinterpret_cast<void*>(remote), bytes};
-    const ssize_t n = ::process_vm_readv(pid, &l, 1, &r, 1, 0);
-    if (n <= 0) {
-      SKYRING_THROW(TransportError, context(peer, op), "reading ", bytes, " bytes from rank ",
-                    worldRank(peer), " failed: ", n < 0 ? std::strerror(errno) : "no progress",
-                    errno == ESRCH ? " (its process is gone)" : "");
-    }
-    dst += n;
-    remote += static_cast<std::uint64_t>(n);
-    bytes -= static_cast<std::size_t>(n);
-  }
+  transfer(peer, remote, static_cast<std::byte*>(local), bytes, false, op);
 }
 
 void NodeChannel::write(int peer, std::uint64_t remote, const void* local, std::size_t bytes,
                         const char* op) {
+  transfer(peer, remote, const_cast<std::byte*>(static_cast<const std::byte*>(local)), bytes, true,
+           op);
+}
+
+// One copy between this rank's memory and a peer's: memcpy within this process, else
+// cross-memory attach, which may move fewer bytes than asked and is then called again.
+void NodeChannel::transfer(int peer, std::uint64_t remote, std::byte* local, std::size_t bytes,
+                           bool toPeer, const char* op) {
   const int pid = pids_[static_cast<std::size_t>(peer)];
   if (pid == 0) {
-    std::memcpy(reinterpret_cast<void*>(remote), local, bytes);
+    auto* theirs = reinterpret_cast<std::byte*>(remote);
+    std::memcpy(toPeer ? theirs : local, toPeer ? local : theirs, bytes);
     return;
   }
-  const auto* src = static_cast<const std::byte*>(local);
   while (bytes > 0) {
-    iovec l{const_cast<std::byte*>(src), bytes};
+    iovec l{local, bytes};
     iovec r{reinterpret_cast<void*>(remote), bytes};
-    const ssize_t n = ::process_vm_writev(pid, &l, 1, &r, 1, 0);
+    const ssize_t n = toPeer ? ::process_vm_writev(pid, &l, 1, &r, 1, 0)
+                             : ::process_vm_readv(pid, &l, 1, &r, 1, 0);
     if (n <= 0) {
-      SKYRING_THROW(TransportError, context(peer, op), "writing ", bytes, " bytes to rank ",
-                    worldRank(peer), " failed: ", n < 0 ? std::strerror(errno) : "no progress",
-                    errno == ESRCH ? " (its process is gone)" : "");
+      SKYRING_THROW(TransportError, context(peer, op), toPeer ? "writing " : "reading ", bytes,
+                    toPeer ? " bytes to rank " : " bytes from rank ", worldRank(peer),
+                    " failed: ", n < 0 ? std::strerror(errno) : "no progress",
+                    n < 0 && errno == ESRCH ? " (its process is gone)" : "");
     }
-    src += n;
+    local += n;
     remote += static_cast<std::uint64_t>(n);
     bytes -= static_cast<std::size_t>(n);
   }

@@ -129,6 +129,8 @@ class NodeChannel {
   NodeChannel(std::shared_ptr<Shared> shared, int rank, std::vector<int> worldRanks,
               std::vector<int> pids, bool singleCopy);
   void ring() noexcept;
+  void transfer(int peer, std::uint64_t remote, std::byte* local, std::size_t bytes, bool toPeer,
+                const char* op);
   ErrorContext context(int peer, const char* op) const;
 
   std::shared_ptr<Shared> shared_;
