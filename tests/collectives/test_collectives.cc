@@ -5,6 +5,7 @@
 #include <atomic>
 #include <cstring>
 
+#include "common/allreduce_checks.h"
 #include "common/exact_data.h"
 #include "common/local_world.h"
 
@@ -15,6 +16,7 @@ using testing::expectedResult;
 using testing::LocalWorld;
 using testing::makeInput;
 using testing::viewOf;
+using testing::where;
 
 const std::size_t kCounts[] = {0, 1, 2, 7, 13, 97, 1029, 20011};
 
@@ -27,32 +29,11 @@ Config smallChunks() {
   return c;
 }
 
-std::string where(int rank, DType d, ReduceOp op, std::size_t count, const char* mode) {
-  return "rank " + std::to_string(rank) + " " + std::string(dtypeName(d)) + " " +
-         std::string(reduceOpName(op)) + " count " + std::to_string(count) + " " + mode;
-}
-
 class Collectives : public ::testing::TestWithParam<int> {};
 
 TEST_P(Collectives, AllreduceExact) {
   LocalWorld world(GetParam(), smallChunks());
-  world.run([&](Communicator& comm) {
-    const int n = comm.size();
-    for (DType d : kAllDTypes) {
-      for (ReduceOp op : kAllReduceOps) {
-        for (std::size_t count : kCounts) {
-          const auto expected = expectedResult(op, d, n, count);
-          auto input = makeInput(op, d, comm.rank(), count);
-          std::vector<std::byte> output(input.size(), std::byte{0x5a});
-          comm.allreduce(viewOf(input, d), viewOf(output, d), op);
-          ASSERT_TRUE(output == expected) << where(comm.rank(), d, op, count, "out of place");
-          ASSERT_TRUE(input == makeInput(op, d, comm.rank(), count)) << "input was modified";
-          comm.allreduce(viewOf(input, d), op);
-          ASSERT_TRUE(input == expected) << where(comm.rank(), d, op, count, "in place");
-        }
-      }
-    }
-  });
+  world.run([&](Communicator& comm) { testing::expectAllreduceExact(comm, kCounts); });
 }
 
 TEST_P(Collectives, AllreduceDefaultChunkingLargeCount) {

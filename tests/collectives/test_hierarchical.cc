@@ -9,6 +9,7 @@
 #include <thread>
 
 #include "collectives/hierarchical.h"
+#include "common/allreduce_checks.h"
 #include "common/exact_data.h"
 #include "skyring/communicator.h"
 #include "skyring/inprocess_transport.h"
@@ -98,11 +99,6 @@ void runRanks(const std::shared_ptr<const Topology>& topo, const Config& config,
   if (first) std::rethrow_exception(first);
 }
 
-std::string where(int rank, DType d, ReduceOp op, std::size_t count, const char* mode) {
-  return "rank " + std::to_string(rank) + " " + std::string(dtypeName(d)) + " " +
-         std::string(reduceOpName(op)) + " count " + std::to_string(count) + " " + mode;
-}
-
 class Hierarchical : public ::testing::TestWithParam<Layout> {};
 
 TEST_P(Hierarchical, AllreduceExactAndEqualToRing) {
@@ -113,24 +109,16 @@ TEST_P(Hierarchical, AllreduceExactAndEqualToRing) {
   CollectiveOptions flat;
   flat.tag = 1;  // the communicator keeps the flat ring on other tags
   runRanks(topo, testConfig(algorithm), [&](Communicator& comm) {
-    const int n = comm.size();
-    for (DType d : kAllDTypes) {
-      for (ReduceOp op : kAllReduceOps) {
-        for (std::size_t count : kCounts) {
-          const auto expected = expectedResult(op, d, n, count);
-          auto input = makeInput(op, d, comm.rank(), count);
-          std::vector<std::byte> output(input.size(), std::byte{0x5a});
-          comm.allreduce(viewOf(input, d), viewOf(output, d), op);
-          ASSERT_TRUE(output == expected) << where(comm.rank(), d, op, count, "out of place");
-          ASSERT_TRUE(input == makeInput(op, d, comm.rank(), count)) << "input was modified";
+    testing::expectAllreduceExact(
+        comm, kCounts,
+        [&](DType d, ReduceOp op, std::size_t count, const std::vector<std::byte>& input,
+            const std::vector<std::byte>& output) {
+          auto in = input;
           std::vector<std::byte> ring(input.size(), std::byte{0x33});
-          comm.allreduce(viewOf(input, d), viewOf(ring, d), op, flat);
-          ASSERT_TRUE(output == ring) << where(comm.rank(), d, op, count, "differs from ring");
-          comm.allreduce(viewOf(input, d), op);
-          ASSERT_TRUE(input == expected) << where(comm.rank(), d, op, count, "in place");
-        }
-      }
-    }
+          comm.allreduce(viewOf(in, d), viewOf(ring, d), op, flat);
+          ASSERT_TRUE(output == ring)
+              << testing::where(comm.rank(), d, op, count, "differs from ring");
+        });
   });
 }
 
