@@ -17,6 +17,8 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string_view>
 #include <vector>
 
 #include "skyring/buffer_view.h"
@@ -30,12 +32,27 @@ namespace skyring {
 namespace transport {
 class NodeChannel;
 }
+namespace collectives {
+struct HierarchicalCall;
+}
 
 struct CollectiveOptions {
   // Longest wait without progress; zero means Config::timeout.
   std::chrono::milliseconds timeout{0};
   // Separates concurrent streams of collectives (e.g. two threads); 0..4095.
   std::uint32_t tag = 0;
+  // allreduce only. The algorithm of this call, instead of Config::allreduceAlgorithm
+  // (which applies on tag 0 only; this applies on any tag). Without a topology every
+  // choice is the ring.
+  std::optional<AllreduceAlgorithm> algorithm;
+  // allreduce only. The codec of this call's cross-cloud hop, as a compression spec
+  // (skyring/compression.h), instead of Config::compression; empty: the config's.
+  std::string_view compression;
+  // allreduce with a codec only. Which tensor this call reduces: codecs keep state per
+  // tensor (the error-feedback residual, PowerSGD's factors) from one call to the next.
+  // 0: the output buffer's address and count name the tensor, which suits gradients that
+  // stay in place from step to step; give distinct keys when buffers are reused.
+  std::uint64_t tensorKey = 0;
 };
 
 class Communicator {
@@ -81,8 +98,11 @@ class Communicator {
   std::uint32_t sequenceFor(const CollectiveOptions& options, const char* op);
   // True when this call goes through the node channel.
   bool onNode(const CollectiveOptions& options) const noexcept;
-  // True when this allreduce runs hierarchically over topology_.
-  bool hierarchical(const CollectiveOptions& options) const noexcept;
+  // The algorithm this allreduce runs: ring, topologyRing or hierarchical.
+  AllreduceAlgorithm algorithmFor(const CollectiveOptions& options) const noexcept;
+  // Sets call's codec and tensor state from options and the config (none: leaves them).
+  void compressionFor(const CollectiveOptions& options, const BufferView& output,
+                      collectives::HierarchicalCall& call);
   std::chrono::steady_clock::time_point deadline(const CollectiveOptions& options) const;
   // Runs fn; on failure aborts the node channel and the transport, so no rank waits on.
   template <typename Fn>
@@ -99,6 +119,9 @@ class Communicator {
   std::shared_ptr<const topology::Topology> topology_;  // null: flat algorithms only
   std::uint64_t nodeSequence_ = 0;
   std::vector<std::byte> nodeScratch_;
+  // Codecs by spec and their per-tensor state (communicator.cc).
+  struct CompressionCache;
+  std::unique_ptr<CompressionCache> compression_;
 };
 
 }  // namespace skyring

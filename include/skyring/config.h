@@ -31,8 +31,11 @@ struct LaunchEnvironment {
 };
 
 // Which allreduce algorithm a Communicator with a topology runs (SKYRING_ALLREDUCE):
-// automatic picks hierarchical when the topology spans more than one cloud.
-enum class AllreduceAlgorithm : std::uint8_t { automatic, ring, hierarchical };
+// automatic picks hierarchical when the topology spans more than one cloud. ring keeps
+// the ranks' own order (as the launcher numbered them); topologyRing is the same flat
+// ring over Topology::ringOrder (clouds and nodes contiguous, each cloud boundary crossed
+// once).
+enum class AllreduceAlgorithm : std::uint8_t { automatic, ring, topologyRing, hierarchical };
 
 struct Config {
   // How long a collective may wait without progress before the ranks diagnose who is
@@ -51,6 +54,10 @@ struct Config {
   std::size_t shmChunkBytes = 128 * 1024;  // SKYRING_SHM_CHUNK_BYTES
   // The allreduce of a communicator that knows its topology (tag 0, host memory).
   AllreduceAlgorithm allreduceAlgorithm = AllreduceAlgorithm::automatic;  // SKYRING_ALLREDUCE
+  // Codec of the cross-cloud level of hierarchical allreduce (f32 sum and avg), as a
+  // compression spec (skyring/compression.h); "none" sends full precision. Checked when a
+  // Communicator is made. SKYRING_COMPRESSION.
+  std::string compression = "none";
 
   // Where this rank runs (docs/topology.md): read by topology::localRecord.
   std::string node;               // SKYRING_NODE; empty: the hostname

@@ -1,13 +1,27 @@
 #include "skyring/communicator.h"
 
 #include <cstring>
+#include <string>
+#include <tuple>
 
 #include "collectives/algorithms.h"
 #include "collectives/exchange.h"
 #include "collectives/hierarchical.h"
 #include "collectives/node_algorithms.h"
+#include "skyring/compression.h"
+#include "transport/subgroup_transport.h"
 
 namespace skyring {
+
+// Codecs by spec, made on first use, and the state of every tensor compressed so far.
+struct Communicator::CompressionCache {
+  std::mutex mutex;
+  std::map<std::string, std::unique_ptr<compression::Compressor>, std::less<>> codecs;
+  // (spec, tensor key, count) -> state; node-based map, so references stay valid.
+  std::map<std::tuple<std::string, std::uint64_t, std::size_t>, collectives::TensorCompressionState>
+      tensors;
+};
+
 namespace {
 
 using collectives::CallSignature;
@@ -45,21 +59,30 @@ Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Conf
   SKYRING_CHECK_ARG(topology_ == nullptr || topology_->size() == size_,
                     (ErrorContext{rank_, -1, "communicator"}), "topology of ", topology_->size(),
                     " ranks for a group of ", size_);
+  compression_ = std::make_unique<CompressionCache>();
+  try {
+    compression_->codecs.emplace(config_.compression,
+                                 compression::makeCompressor(config_.compression));
+  } catch (const InvalidArgument& e) {
+    SKYRING_THROW(InvalidArgument, (ErrorContext{rank_, -1, "communicator"}),
+                  "SKYRING_COMPRESSION: ", e.detail());
+  }
 }
 
-bool Communicator::hierarchical(const CollectiveOptions& options) const noexcept {
-  // Tag 0 only, as the node channel: other tags keep the flat ring (and so serve as the
-  // reference the hierarchical result is checked against).
-  if (topology_ == nullptr || options.tag != 0 || size_ == 1) return false;
-  switch (config_.allreduceAlgorithm) {
-    case AllreduceAlgorithm::hierarchical:
-      return true;
-    case AllreduceAlgorithm::ring:
-      return false;
-    case AllreduceAlgorithm::automatic:
-      break;
+AllreduceAlgorithm Communicator::algorithmFor(const CollectiveOptions& options) const noexcept {
+  // Config::allreduceAlgorithm applies to tag 0 only, as the node channel: other tags keep
+  // the flat ring (and so serve as the reference the others are checked against).
+  if (topology_ == nullptr || size_ == 1) return AllreduceAlgorithm::ring;
+  AllreduceAlgorithm a = config_.allreduceAlgorithm;
+  if (options.algorithm) {
+    a = *options.algorithm;
+  } else if (options.tag != 0) {
+    return AllreduceAlgorithm::ring;
   }
-  return topology_->clouds() > 1;
+  if (a == AllreduceAlgorithm::automatic) {
+    a = topology_->clouds() > 1 ? AllreduceAlgorithm::hierarchical : AllreduceAlgorithm::ring;
+  }
+  return a;
 }
 
 bool Communicator::onNode(const CollectiveOptions& options) const noexcept {
@@ -125,8 +148,10 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
       makeExchange(*transport_, logger_, config_, sequence,
                    CallSignature{Opcode::allreduce, input.dtype, op, input.count, -1}, options);
   if (input.count == 0) return;
-  if (hierarchical(options)) {
-    const collectives::HierarchicalCall call{
+  const collectives::RingParams ring{config_.ringChunkBytes, config_.ringPipelineDepth};
+  const AllreduceAlgorithm algorithm = algorithmFor(options);
+  if (algorithm == AllreduceAlgorithm::hierarchical) {
+    collectives::HierarchicalCall call{
         transport_,
         *topology_,
         logger_,
@@ -134,8 +159,10 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
         options.tag,
         sequence,
         options.timeout.count() > 0 ? options.timeout : config_.timeout};
-    collectives::hierarchicalAllreduce(call, input, output, op,
-                                       {config_.ringChunkBytes, config_.ringPipelineDepth});
+    if (input.dtype == DType::f32 && (op == ReduceOp::sum || op == ReduceOp::avg)) {
+      compressionFor(options, output, call);
+    }
+    collectives::hierarchicalAllreduce(call, input, output, op, ring);
     return;
   }
   if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
@@ -146,8 +173,38 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
     });
     return;
   }
-  collectives::ringAllreduce(ex, input, output, op,
-                             {config_.ringChunkBytes, config_.ringPipelineDepth});
+  if (algorithm == AllreduceAlgorithm::topologyRing) {
+    // The flat ring, numbered in ring order (clouds and nodes contiguous); it uses the
+    // cloud ring's subgroup bits, which no other call of this tag and sequence uses.
+    transport::SubgroupTransport ordered(
+        transport_, topology_->ringOrder(),
+        transport::Tag{collectives::kCloudGroupId} << collectives::kSubgroupIdShift,
+        collectives::kSubgroupIdMask);
+    auto orderedEx =
+        collectives::Exchange(ordered, logger_, ex.signature(), options.tag, sequence,
+                              options.timeout.count() > 0 ? options.timeout : config_.timeout);
+    collectives::ringAllreduce(orderedEx, input, output, op, ring);
+    return;
+  }
+  collectives::ringAllreduce(ex, input, output, op, ring);
+}
+
+void Communicator::compressionFor(const CollectiveOptions& options, const BufferView& output,
+                                  collectives::HierarchicalCall& call) {
+  const std::string_view spec =
+      options.compression.empty() ? std::string_view(config_.compression) : options.compression;
+  std::lock_guard lock(compression_->mutex);
+  auto it = compression_->codecs.find(spec);
+  if (it == compression_->codecs.end()) {
+    it = compression_->codecs.emplace(std::string(spec), compression::makeCompressor(spec)).first;
+  }
+  if (it->second->codec() == compression::Codec::none) return;
+  const std::uint64_t key =
+      options.tensorKey != 0
+          ? options.tensorKey
+          : static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(output.data));
+  call.codec = it->second.get();
+  call.codecState = &compression_->tensors[{it->first, key, output.count}];
 }
 
 void Communicator::reduceScatter(BufferView input, BufferView output, ReduceOp op,

@@ -7,6 +7,7 @@
 #include <memory>
 
 #include "collectives/algorithms.h"
+#include "collectives/compressed_allreduce.h"
 #include "collectives/exchange.h"
 #include "skyring/logging.h"
 #include "skyring/topology.h"
@@ -38,10 +39,16 @@ struct HierarchicalCall {
   std::uint32_t userTag;
   std::uint32_t sequence;
   std::chrono::milliseconds timeout;
+  // The cross-cloud level's codec (null: full precision) and the tensor's state; used for
+  // f32 sum and avg only (the caller checks).
+  const compression::Compressor* codec = nullptr;
+  TensorCompressionState* codecState = nullptr;
 };
 
 // output = op over every rank of input, bit for bit what ringAllreduce gives on exactly
 // representable data (avg is one division by the world size). input may equal output.
+// With a codec the cross-cloud level is compressed (compressed_allreduce.h): every rank
+// still ends with the same bytes, approximately the reduction.
 // Throws InvalidArgument for a level group larger than kMaxSubgroupSize.
 void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, BufferView output,
                            ReduceOp op, const RingParams& params);

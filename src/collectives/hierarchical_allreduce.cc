@@ -31,10 +31,14 @@
 // to finish before the next, so per-pair FIFO matching pairs every message with the right
 // receive regardless.
 //
+// Compression (SKYRING_COMPRESSION): only step 2 crosses clouds, so only step 2 is
+// compressed, per piece, by compressedPieceAllreduce; the cloud levels stay exact.
+//
 // Exactness: lower levels combine with sum where the op is avg, and the single division
 // happens on the fully reduced sub-segment as in ringAllreduce, so on exactly
 // representable inputs the bytes equal the flat ring's.
 #include <algorithm>
+#include <string>
 #include <vector>
 
 #include "collectives/hierarchical.h"
@@ -113,6 +117,12 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
   std::sort(cuts.begin(), cuts.end());
   cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
 
+  TensorCompressionState* codecState = call.codec != nullptr ? call.codecState : nullptr;
+  if (codecState != nullptr && codecState->count != count) {
+    codecState->pieces.clear();
+    codecState->count = count;
+  }
+
   const std::size_t segBegin = cloudPart.offset(pos);
   const std::size_t segEnd = segBegin + cloudPart.size(pos);
   for (std::size_t j = 0; j + 1 < cuts.size(); ++j) {
@@ -128,6 +138,19 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     SubgroupTransport shardGroup(call.world, std::move(owners), subgroupBits(id), kSubgroupIdMask);
     Exchange shardEx = exchangeOver(shardGroup, call);
     const BufferView piece = output.slice(lo, len);
+    if (codecState != nullptr) {
+      // The same seed on every owner of the piece: PowerSGD's first Q depends on it.
+      const std::uint64_t seed = (std::uint64_t{lo} << 20) ^ len;
+      try {
+        compressedPieceAllreduce(shardEx, static_cast<float*>(piece.data), len,
+                                 op == ReduceOp::avg ? static_cast<std::size_t>(topo.size()) : 1,
+                                 *call.codec, codecState->pieces[lo], seed, params);
+      } catch (const InvalidArgument& e) {  // a corrupt encoding: nobody may wait for us
+        call.world->abort(e.kind(), "rank " + std::to_string(me) + ": " + e.detail());
+        throw;
+      }
+      continue;
+    }
     const Partition sub{len, shardGroup.size()};
     const int g = shardGroup.rank();
     const BufferView owned = piece.slice(sub.offset(g), sub.size(g));

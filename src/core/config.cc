@@ -109,20 +109,26 @@ const std::vector<ParameterSpec>& specs() {
              parseInteger("SKYRING_SHM_CHUNK_BYTES", v, 64, std::int64_t{1} << 30));
        }},
       {{"SKYRING_ALLREDUCE", "auto",
-        "auto, ring or hierarchical: the allreduce of a communicator that knows its "
-        "topology; auto is hierarchical across more than one cloud."},
+        "auto, ring, topology_ring or hierarchical: the allreduce of a communicator that "
+        "knows its topology; auto is hierarchical across more than one cloud."},
        [](Config& c, const std::string& v) {
          if (v == "auto") {
            c.allreduceAlgorithm = AllreduceAlgorithm::automatic;
          } else if (v == "ring") {
            c.allreduceAlgorithm = AllreduceAlgorithm::ring;
+         } else if (v == "topology_ring") {
+           c.allreduceAlgorithm = AllreduceAlgorithm::topologyRing;
          } else if (v == "hierarchical") {
            c.allreduceAlgorithm = AllreduceAlgorithm::hierarchical;
          } else {
            SKYRING_THROW(InvalidArgument, {}, "SKYRING_ALLREDUCE='", v,
-                         "': expected auto, ring or hierarchical");
+                         "': expected auto, ring, topology_ring or hierarchical");
          }
        }},
+      {{"SKYRING_COMPRESSION", "none",
+        "Codec of the cross-cloud hop of hierarchical allreduce (f32 sum and avg): none, "
+        "fp16, bf16, int8, sign, topk:FRACTION, powersgd:RANK, with options."},
+       [](Config& c, const std::string& v) { c.compression = v; }},
       {{"SKYRING_NODE", "(hostname)",
         "Name of this rank's node; ranks with equal node and cloud share a node."},
        [](Config& c, const std::string& v) { c.node = v; }},

@@ -10,6 +10,7 @@
 
 #include "collectives/hierarchical.h"
 #include "common/allreduce_checks.h"
+#include "common/cloud_world.h"
 #include "common/exact_data.h"
 #include "skyring/communicator.h"
 #include "skyring/inprocess_transport.h"
@@ -54,10 +55,7 @@ const Layout kLayouts[] = {
 };
 
 std::shared_ptr<const Topology> topologyOf(const Layout& layout) {
-  std::vector<RankRecord> records;
-  for (const char* w : layout.where)
-    records.push_back({std::string("n") + w, std::string(1, w[0]), ""});
-  return std::make_shared<const Topology>(std::move(records));
+  return testing::topologyOf(layout.where);
 }
 
 Config testConfig(AllreduceAlgorithm algorithm) {
@@ -69,34 +67,10 @@ Config testConfig(AllreduceAlgorithm algorithm) {
   return c;
 }
 
-using Wrap = std::function<std::shared_ptr<transport::Transport>(
-    int rank, std::shared_ptr<transport::Transport>)>;
-
-// One thread per rank, each with a Communicator that knows the topology; rethrows the
-// first failure after aborting the group so no rank waits for its timeout.
 void runRanks(const std::shared_ptr<const Topology>& topo, const Config& config,
-              const std::function<void(Communicator&)>& fn, const Wrap& wrap = nullptr) {
-  transport::InProcessWorld world(topo->size());
-  std::mutex mu;
-  std::exception_ptr first;
-  std::vector<std::thread> threads;
-  for (int r = 0; r < topo->size(); ++r) {
-    threads.emplace_back([&, r] {
-      std::shared_ptr<transport::Transport> t = world.transport(r);
-      if (wrap) t = wrap(r, t);
-      try {
-        Communicator comm(t, config, nullptr, topo);
-        fn(comm);
-      } catch (const std::exception& e) {
-        t->abort(ErrorKind::aborted, "rank " + std::to_string(r) + " failed: " + e.what());
-        std::lock_guard lock(mu);
-        if (!first) first = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads)
-    t.join();
-  if (first) std::rethrow_exception(first);
+              const std::function<void(Communicator&)>& fn,
+              const testing::WrapTransport& wrap = nullptr) {
+  testing::runCloudRanks(topo, config, fn, wrap);
 }
 
 class Hierarchical : public ::testing::TestWithParam<Layout> {};
@@ -120,6 +94,13 @@ TEST_P(Hierarchical, AllreduceExactAndEqualToRing) {
               << testing::where(comm.rank(), d, op, count, "differs from ring");
         });
   });
+}
+
+// The flat ring in topology order: exact, whatever the layout.
+TEST_P(Hierarchical, TopologyRingExact) {
+  auto topo = topologyOf(GetParam());
+  runRanks(topo, testConfig(AllreduceAlgorithm::topologyRing),
+           [&](Communicator& comm) { testing::expectAllreduceExact(comm, kCounts); });
 }
 
 INSTANTIATE_TEST_SUITE_P(Layouts, Hierarchical, ::testing::ValuesIn(kLayouts),
@@ -176,6 +157,19 @@ TEST(HierarchicalTraffic, CrossCloudBytesPerRank) {
   }
 }
 
+// With clouds interleaved in rank order, the ring in rank order crosses the WAN at every
+// hop; in topology order it crosses each cloud boundary once, as the hierarchy's bound
+// for a flat ring says: 2(N-1)/N of the buffer over each of the G boundary hops.
+TEST(HierarchicalTraffic, TopologyRingCrossesEachBoundaryOnce) {
+  auto topo = topologyOf(kLayouts[1]);  // 2 x 4, interleaved
+  const std::size_t count = 4800;
+  const std::uint64_t n = 8;
+  const CrossCloud ordered = meterAllreduce(topo, AllreduceAlgorithm::topologyRing, count);
+  const CrossCloud rankOrder = meterAllreduce(topo, AllreduceAlgorithm::ring, count);
+  EXPECT_EQ(ordered.total(), 2 * 2 * (n - 1) * count * sizeof(float) / n);
+  EXPECT_EQ(rankOrder.total(), n * 2 * (n - 1) * count * sizeof(float) / n);
+}
+
 // Uneven clouds still cross the WAN with 2(G-1)/G of the buffer per cloud in total.
 TEST(HierarchicalTraffic, UnevenCloudsSendTheMinimumPerCloud) {
   auto topo = topologyOf(kLayouts[3]);  // clouds of 3 and 2
@@ -230,6 +224,8 @@ TEST(HierarchicalConfig, ReadsAllreduceVariable) {
             AllreduceAlgorithm::ring);
   EXPECT_EQ(Config::fromMap({{"SKYRING_ALLREDUCE", "hierarchical"}}).allreduceAlgorithm,
             AllreduceAlgorithm::hierarchical);
+  EXPECT_EQ(Config::fromMap({{"SKYRING_ALLREDUCE", "topology_ring"}}).allreduceAlgorithm,
+            AllreduceAlgorithm::topologyRing);
   EXPECT_EQ(Config::fromMap({{"SKYRING_ALLREDUCE", "auto"}}).allreduceAlgorithm,
             AllreduceAlgorithm::automatic);
   EXPECT_THROW(Config::fromMap({{"SKYRING_ALLREDUCE", "tree"}}), InvalidArgument);

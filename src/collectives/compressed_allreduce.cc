@@ -1,0 +1,206 @@
+// Compressed allreduce of one piece among G ranks (one per cloud), the cross-cloud level of
+// hierarchical allreduce.
+//
+// Elementwise codecs (fp16, bf16, int8, sign, topk): a reduce-scatter and an allgather of
+// encoded blocks, each one exchange among all G ranks at once.
+//   1. The piece is cut into G blocks (Partition). Rank g encodes block j with its own
+//      state toOwner[j] (error feedback per block) and sends it to rank j, for every j != g.
+//   2. Rank g decodes the G - 1 blocks it received, adds them and its own block in group
+//      order (0, 1, ..., G - 1: the result does not depend on arrival order), and divides
+//      once for avg.
+//   3. It encodes that sum with its state `reduced` (error feedback on the server side, as
+//      1-bit Adam does: what the re-encoding drops is added next step) and sends the bytes
+//      to every other rank; every rank, the owner included, decodes those same bytes into
+//      block g. So all ranks end with identical bytes.
+// Each rank sends 2(G-1) encoded blocks of len/G elements: 2(G-1)/G of the piece at the
+// codec's ratio plus 2(G-1) headers, the bound the uncompressed ring meets, in two
+// latencies instead of the ring's 2(G-1). Linear codecs (fp16, bf16) could be summed in
+// their own format instead; decoding and summing in f32 costs no bytes and rounds once
+// rather than at every hop, so they take this path too.
+//
+// topk's size depends on the data, and a receive must be posted with the exact size: for
+// it an 8-byte length goes first on its own step and the payload follows at once, so the
+// extra message costs no extra latency. Every other codec's size is known from the count.
+//
+// PowerSGD: the two linear phases of powersgd.h around ring allreduces of the factors P
+// and Q among the group (their sum is exact enough: they are small and in f32). Q is
+// averaged over the G ranks as powerSgdDecompress expects, so the result approximates the
+// mean of the G contributions, then scaled by G / divisor.
+#include "collectives/compressed_allreduce.h"
+
+#include <cstring>
+#include <span>
+
+#include "collectives/ring.h"
+#include "compression/powersgd.h"
+#include "compression/reduce.h"
+
+namespace skyring::collectives {
+namespace {
+
+using compression::Codec;
+using compression::Compressor;
+
+std::uint64_t mix(std::uint64_t x) {  // splitmix64 finaliser
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+struct Outgoing {
+  int peer;
+  std::span<const std::byte> bytes;
+};
+struct Incoming {
+  int peer;
+  std::vector<std::byte>* bytes;  // sized to the largest possible; shrunk to what came
+};
+
+// Sends every outgoing encoding and receives every incoming one, all at once. With
+// variableSize each payload is preceded by its length (step) and travels on step + 1.
+void swapEncoded(Exchange& ex, std::uint32_t step, bool variableSize,
+                 const std::vector<Outgoing>& out, const std::vector<Incoming>& in) {
+  std::vector<std::unique_ptr<transport::Request>> sends;
+  std::vector<std::unique_ptr<transport::Request>> recvs;
+  std::vector<std::uint64_t> outLengths(out.size());
+  std::vector<std::uint64_t> inLengths(in.size());
+  if (variableSize) {
+    std::vector<std::unique_ptr<transport::Request>> lengthRecvs;
+    for (std::size_t i = 0; i < in.size(); ++i) {
+      lengthRecvs.push_back(
+          ex.recv(in[i].peer, step, std::as_writable_bytes(std::span(&inLengths[i], 1))));
+    }
+    for (std::size_t i = 0; i < out.size(); ++i) {
+      outLengths[i] = out[i].bytes.size();
+      sends.push_back(ex.send(out[i].peer, step, std::as_bytes(std::span(&outLengths[i], 1))));
+      sends.push_back(ex.send(out[i].peer, step + 1, out[i].bytes));
+    }
+    for (std::size_t i = 0; i < in.size(); ++i) {
+      ex.wait(lengthRecvs[i]);
+      SKYRING_CHECK_ARG(inLengths[i] <= in[i].bytes->size(), ex.context(in[i].peer),
+                        "an encoded block of ", inLengths[i], " bytes where at most ",
+                        in[i].bytes->size(), " fit");
+      in[i].bytes->resize(inLengths[i]);
+      recvs.push_back(ex.recv(in[i].peer, step + 1, std::span(*in[i].bytes)));
+    }
+  } else {
+    for (const auto& r : in)
+      recvs.push_back(ex.recv(r.peer, step, std::span(*r.bytes)));
+    for (const auto& s : out)
+      sends.push_back(ex.send(s.peer, step, s.bytes));
+  }
+  ex.waitAll(recvs);
+  ex.waitAll(sends);
+}
+
+void powerSgdPiece(Exchange& ex, float* piece, std::size_t len, std::size_t divisor,
+                   const Compressor& codec, PieceCompressionState& state, std::uint64_t seed,
+                   const RingParams& params) {
+  const auto shape = compression::powerSgdShape(len, codec.options().rank);
+  if (state.toOwner.size() != 1) state.toOwner.assign(1, codec.makeState(len, seed));
+  auto& st = state.toOwner[0];
+  std::vector<float> p(shape.pSize());
+  std::vector<float> q(shape.qSize());
+  const bool ef = codec.errorFeedback();
+  const std::span<float> data(piece, len);
+  compression::powerSgdComputeP(data, ef, shape, st, p);
+  ringAllreduce(ex, view(std::span(p)), view(std::span(p)), ReduceOp::sum, params);
+  compression::powerSgdComputeQ(shape, st, p, q);
+  ringAllreduce(ex, view(std::span(q)), view(std::span(q)), ReduceOp::sum, params);
+  compression::divideBy(DType::f32, q.data(), q.size(), static_cast<std::size_t>(ex.size()));
+  compression::powerSgdDecompress(ef, shape, st, p, q, data);
+  // The mean over the group, scaled to its sum (and divided once more for avg).
+  const auto groupSize = static_cast<float>(ex.size());
+  for (float& v : data)
+    v *= groupSize;
+  if (divisor != 1) compression::divideBy(DType::f32, piece, len, divisor);
+}
+
+}  // namespace
+
+void compressedPieceAllreduce(Exchange& ex, float* piece, std::size_t len, std::size_t divisor,
+                              const Compressor& codec, PieceCompressionState& state,
+                              std::uint64_t seed, const RingParams& params) {
+  const int groupSize = ex.size();
+  if (groupSize == 1) {
+    if (divisor != 1) compression::divideBy(DType::f32, piece, len, divisor);
+    return;
+  }
+  if (codec.codec() == Codec::powersgd) {
+    powerSgdPiece(ex, piece, len, divisor, codec, state, seed, params);
+    return;
+  }
+  const int me = ex.rank();
+  const Partition blocks{len, groupSize};
+  const auto at = [&](int j) { return std::span<float>(piece + blocks.offset(j), blocks.size(j)); };
+  if (state.toOwner.size() != static_cast<std::size_t>(groupSize)) {
+    state.toOwner.clear();
+    for (int j = 0; j < groupSize; ++j)
+      state.toOwner.push_back(codec.makeState(blocks.size(j), mix(seed ^ mix(j + 1))));
+    state.reduced = codec.makeState(blocks.size(me), mix(seed ^ 0x5e7e7ull));
+  }
+  const bool variableSize = codec.codec() == Codec::topk;
+  const std::size_t mine = blocks.size(me);
+
+  // 1. Each block to its owner, encoded; this rank's own block from everyone.
+  std::vector<std::vector<std::byte>> sent(static_cast<std::size_t>(groupSize));
+  std::vector<std::vector<std::byte>> got(static_cast<std::size_t>(groupSize));
+  std::vector<Outgoing> out;
+  std::vector<Incoming> in;
+  for (int j = 0; j < groupSize; ++j) {
+    if (j == me) continue;
+    const auto ju = static_cast<std::size_t>(j);
+    if (blocks.size(j) > 0) {
+      sent[ju].resize(codec.maxEncodedBytes(blocks.size(j)));
+      sent[ju].resize(codec.encode(at(j), state.toOwner[ju], sent[ju]));
+      out.push_back({j, sent[ju]});
+    }
+    if (mine > 0) {
+      got[ju].resize(codec.maxEncodedBytes(mine));
+      in.push_back({j, &got[ju]});
+    }
+  }
+  swapEncoded(ex, 0, variableSize, out, in);
+
+  // 2. The sum of this rank's block, in group order.
+  std::vector<float> sum(mine);
+  std::vector<float> decoded(mine);
+  for (int h = 0; h < groupSize && mine > 0; ++h) {
+    const float* term = at(me).data();
+    if (h != me) {
+      codec.decode(got[static_cast<std::size_t>(h)], decoded);
+      term = decoded.data();
+    }
+    if (h == 0) {
+      std::memcpy(sum.data(), term, mine * sizeof(float));
+    } else {
+      compression::reduce(ReduceOp::sum, DType::f32, sum.data(), sum.data(), term, mine);
+    }
+  }
+  if (divisor != 1) compression::divideBy(DType::f32, sum.data(), mine, divisor);
+
+  // 3. The sum, encoded once, to everyone; every rank decodes the same bytes.
+  std::vector<std::byte> reduced;
+  out.clear();
+  in.clear();
+  if (mine > 0) {
+    reduced.resize(codec.maxEncodedBytes(mine));
+    reduced.resize(codec.encode(sum, state.reduced, reduced));
+    codec.decode(reduced, at(me));
+  }
+  for (int j = 0; j < groupSize; ++j) {
+    if (j == me) continue;
+    const auto ju = static_cast<std::size_t>(j);
+    if (mine > 0) out.push_back({j, reduced});
+    if (blocks.size(j) > 0) {
+      got[ju].resize(codec.maxEncodedBytes(blocks.size(j)));
+      in.push_back({j, &got[ju]});
+    }
+  }
+  swapEncoded(ex, 2, variableSize, out, in);
+  for (const auto& r : in)
+    codec.decode(*r.bytes, at(r.peer));
+}
+
+}  // namespace skyring::collectives
