@@ -11,6 +11,7 @@
 // sends read whichever buffer holds the segment's latest value.
 #include <cstring>
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "collectives/algorithms.h"
@@ -82,11 +83,14 @@ void ringReduceScatter(Exchange& ex, BufferView input, BufferView output, Reduce
   if (n > 1) {
     // Intermediate results alternate between two scratch segments: the sends of step s+1
     // read buffer s%2 while step s+1 reduces into the other.
+    // (Not value-initialised, and not at all with two ranks, whose one step writes output:
+    // zeroing two segments of a large buffer cost more than the step itself.)
     const std::size_t segBytes = part.size(0) * dtypeSize(input.dtype);
-    std::vector<std::byte> scratch(2 * segBytes);
+    std::unique_ptr<std::byte[]> scratch;
+    if (n > 2) scratch.reset(new std::byte[2 * segBytes]);
     reduceScatterSteps(ex, input, part, op, params, [&](int step, int segment) {
       if (step == n - 2) return output;
-      return BufferView{scratch.data() + static_cast<std::size_t>(step % 2) * segBytes,
+      return BufferView{scratch.get() + static_cast<std::size_t>(step % 2) * segBytes,
                         part.size(segment), input.dtype, MemoryKind::host};
     });
   } else if (output.data != input.data && output.count > 0) {
