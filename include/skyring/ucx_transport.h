@@ -66,6 +66,14 @@ struct UcxOptions {
   // Spin on the worker instead of sleeping on its event fd (lowest latency, one busy core
   // per waiting thread).
   bool busyPoll = false;
+  // Send every message eagerly: UCX's rendezvous threshold set to infinity, unless the
+  // user set UCX_RNDV_THRESH. For groups that span clouds: a rendezvous costs a round trip
+  // before the data moves, and its control messages queue behind data on a loaded WAN
+  // link; on a 1 Gbit/s link shaped with a 50 ms queue a two-rank ring used 63% of the
+  // link with rendezvous and 95% without (docs/topology.md). The price: a receiver buffers
+  // messages that arrive before their receive is posted, and large messages inside a
+  // cloud lose zero-copy.
+  bool eagerOnly = false;
 };
 
 // Out-of-band exchange supplied by the bootstrap (MPI allgather, TCP store, or threads in

@@ -80,6 +80,7 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
     bootstrap::OutOfBand* oob = parts.oob.get();
     transport::UcxOptions options;
     options.connectTimeout = rt->config_.timeout;
+    options.eagerOnly = rt->topology_->clouds() > 1;  // no rendezvous round trips over a WAN
     parts.transport = transport::makeUcxTransport(
         rt->rank_, rt->size_,
         [oob](std::span<const std::byte> mine) { return oob->allgather(mine); }, options);

@@ -2,6 +2,7 @@
 #include "transport/ucx_core.h"
 
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
 #include <sstream>
 
@@ -59,6 +60,11 @@ void Core::initUcx(const AllgatherFn& oob) {
   const ErrorContext ctx{rank_, -1, "ucx setup"};
   ucp_config_t* config = nullptr;
   SKYRING_UCX_CHECK(ucp_config_read(nullptr, nullptr, &config), ctx, "reading UCX configuration");
+  if (options_.eagerOnly && std::getenv("UCX_RNDV_THRESH") == nullptr) {
+    const ucs_status_t modified = ucp_config_modify(config, "RNDV_THRESH", "inf");
+    if (modified != UCS_OK) ucp_config_release(config);
+    SKYRING_UCX_CHECK(modified, ctx, "setting UCX's rendezvous threshold");
+  }
   ucp_params_t params{};
   params.field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_TAG_SENDER_MASK |
                       UCP_PARAM_FIELD_MT_WORKERS_SHARED | UCP_PARAM_FIELD_ESTIMATED_NUM_EPS;
