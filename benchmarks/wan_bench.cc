@@ -1,0 +1,349 @@
+// wan_bench: allreduce across emulated clouds. Flat ring (in rank order, and in topology
+// order) beside hierarchical, optionally with a codec on the cross-cloud hop, printing
+// what crosses clouds and how well the WAN link is used.
+//
+// Two ways to run it:
+//   benchmarks/wan_netns.sh --clouds 2 --ranks-per-cloud 4 --order interleaved
+//       -- wan_bench --link-gbit 1 [options]
+//     real processes, one network namespace per cloud joined by tc-tbf-shaped links
+//     (UCX over TCP); any launcher that sets SKYRING_CLOUD per rank works the same.
+//   wan_bench --inprocess 2x4 [--order interleaved] --link-gbit 1 --latency-ms 40 [options]
+//     threads of one process over the in-process transport, the cross-cloud hop shaped
+//     by ShapingTransport (bandwidth per rank and one-way latency): deterministic, and the
+//     only way to get latency here (this kernel has no netem).
+//
+// Options: --sizes 1M,4M,... (bytes, K/M/G suffixes), --algorithms ring,topology_ring,
+// hierarchical, --compression none,fp16,... (codecs for hierarchical; each adds a row),
+// -n timed iterations (default 5), -w warmup iterations (default 1).
+//
+// Columns, one row per algorithm, codec and size (rank 0 prints):
+//   time_ms    median over iterations of the slowest rank's time
+//   busbw      2(N-1)/N * S / time, GB/s (nccl-tests' bus bandwidth)
+//   wan_MB     bytes one cloud sent to other clouds per allreduce, the largest over clouds
+//              (per direction: what its uplink carried), in MB (1e6)
+//   /bound     wan_MB / (2(G-1)/G * S), the least any uncompressed allreduce must send
+//   util%      wan bytes / (time * link rate): how busy that cloud's uplink was
+//   floor_ms   (--latency-ms, hierarchical rows) 2(G-1) latencies + this rank's WAN bytes / link
+//   rate:
+//              the least a hierarchical allreduce can take under the shaping model
+// With --inprocess the link rate is per rank (each rank its own WAN NIC), so util% and
+// wan_MB are per rank too: the busiest rank.
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "skyring/inprocess_transport.h"
+#include "skyring/metering_transport.h"
+#include "skyring/runtime.h"
+#include "skyring/shaping_transport.h"
+
+namespace {
+
+using namespace skyring;
+using Clock = std::chrono::steady_clock;
+using topology::LinkClass;
+
+struct Options {
+  std::vector<std::size_t> sizes{1u << 20, 4u << 20, 16u << 20, 64u << 20, 256u << 20};
+  std::vector<std::string> algorithms{"ring", "topology_ring", "hierarchical"};
+  std::vector<std::string> codecs;  // empty: none only
+  int iters = 5;
+  int warmup = 1;
+  double linkGbit = 1;
+  double latencyMs = 0;
+  int inprocessClouds = 0;  // 0: real processes
+  int inprocessRanks = 0;
+  bool interleaved = false;  // --inprocess: rank r in cloud r % G instead of r / C
+};
+
+std::vector<std::string> split(const std::string& s) {
+  std::vector<std::string> out;
+  std::stringstream in(s);
+  std::string item;
+  while (std::getline(in, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::size_t parseSize(std::string s) {
+  std::size_t mult = 1;
+  switch (s.empty() ? ' ' : s.back()) {
+    case 'K':
+    case 'k':
+      mult = 1u << 10;
+      break;
+    case 'M':
+    case 'm':
+      mult = 1u << 20;
+      break;
+    case 'G':
+    case 'g':
+      mult = 1u << 30;
+      break;
+    default:
+      break;
+  }
+  if (mult != 1) s.pop_back();
+  return static_cast<std::size_t>(std::stoull(s)) * mult;
+}
+
+[[noreturn]] void usage(const char* why) {
+  std::fprintf(stderr,
+               "wan_bench: %s\nusage: wan_bench [--inprocess GxC [--order blocked|interleaved]] "
+               "[--link-gbit R] "
+               "[--latency-ms L] [--sizes 1M,4M] [--algorithms ring,topology_ring,hierarchical] "
+               "[--compression none,fp16,int8,...] [-n ITERS] [-w WARMUP]\n",
+               why);
+  std::exit(2);
+}
+
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) usage(("missing value after " + a).c_str());
+      return argv[++i];
+    };
+    try {
+      if (a == "--sizes") {
+        o.sizes.clear();
+        for (const auto& s : split(value()))
+          o.sizes.push_back(parseSize(s));
+      } else if (a == "--algorithms") {
+        o.algorithms = split(value());
+      } else if (a == "--compression") {
+        o.codecs = split(value());
+      } else if (a == "-n") {
+        o.iters = std::stoi(value());
+      } else if (a == "-w") {
+        o.warmup = std::stoi(value());
+      } else if (a == "--link-gbit") {
+        o.linkGbit = std::stod(value());
+      } else if (a == "--latency-ms") {
+        o.latencyMs = std::stod(value());
+      } else if (a == "--order") {
+        const std::string v = value();
+        if (v != "blocked" && v != "interleaved") usage("--order wants blocked or interleaved");
+        o.interleaved = v == "interleaved";
+      } else if (a == "--inprocess") {
+        const std::string v = value();
+        if (std::sscanf(v.c_str(), "%dx%d", &o.inprocessClouds, &o.inprocessRanks) != 2 ||
+            o.inprocessClouds < 1 || o.inprocessRanks < 1) {
+          usage("--inprocess wants GxC, e.g. 2x4");
+        }
+      } else {
+        usage(("unknown option " + a).c_str());
+      }
+    } catch (const std::logic_error&) {
+      usage(("bad value for " + a).c_str());
+    }
+  }
+  if (o.iters < 1 || o.warmup < 0 || o.linkGbit <= 0 || o.latencyMs < 0) usage("bad numbers");
+  return o;
+}
+
+AllreduceAlgorithm algorithmNamed(const std::string& name) {
+  if (name == "ring") return AllreduceAlgorithm::ring;
+  if (name == "topology_ring") return AllreduceAlgorithm::topologyRing;
+  if (name == "hierarchical") return AllreduceAlgorithm::hierarchical;
+  usage(("unknown algorithm " + name).c_str());
+}
+
+// One rank's view of the job: its communicator, where everyone is, and its traffic meter.
+struct RankContext {
+  Communicator& comm;
+  const topology::Topology& topo;
+  std::function<transport::TrafficStats()> stats;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const std::size_t n = v.size();
+  return n % 2 == 1 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
+}
+
+double seconds() {
+  return std::chrono::duration<double>(Clock::now().time_since_epoch()).count();
+}
+
+// Every rank starts the timed allreduce at the same moment of the machine's monotonic clock
+// (shared by all processes of one machine, as in the namespace and in-process runs): the
+// latest barrier exit plus a margin that covers the agreement's own delivery. Times are
+// then measured from that start to each rank's end, without the barrier's exit skew.
+double commonStart(Communicator& comm, const Options& o) {
+  comm.barrier();
+  double exitAt = seconds();
+  CollectiveOptions exact;
+  exact.compression = "none";
+  comm.allreduce(view(std::span(&exitAt, 1)), ReduceOp::max, exact);
+  return exitAt + 4 * o.latencyMs / 1e3 + 0.02;
+}
+
+// Runs every configuration on one rank (collectively); rank 0 prints the rows.
+void runBench(const Options& o, RankContext& ctx, bool perRankLink) {
+  Communicator& comm = ctx.comm;
+  const int n = comm.size();
+  const int me = comm.rank();
+  const int g = ctx.topo.clouds();
+  const double linkBytesPerSec = o.linkGbit * 1e9 / 8;
+  if (me == 0) {
+    std::string order;
+    for (int r = 0; r < n; ++r)
+      order +=
+          std::to_string(ctx.topo.groupIndex(topology::Level::cloud, r)) + (r + 1 < n ? "," : "");
+    char latency[64] = "";
+    if (o.latencyMs > 0) std::snprintf(latency, sizeof(latency), ", %g ms one way", o.latencyMs);
+    std::printf(
+        "# wan_bench: %d clouds, %d ranks (cloud of each rank: %s); cross-cloud link %.3g "
+        "Gbit/s%s%s, %d iterations (median), %d warmup\n",
+        g, n, order.c_str(), o.linkGbit, perRankLink ? " per rank" : " per cloud", latency, o.iters,
+        o.warmup);
+    std::printf("%-14s %-18s %10s %10s %9s %9s %7s %6s%s\n", "algorithm", "codec", "size",
+                "time_ms", "busbw", "wan_MB", "/bound", "util%",
+                o.latencyMs > 0 ? "  floor_ms  /floor" : "");
+  }
+  std::vector<std::pair<std::string, std::string>> rows;  // (algorithm, codec)
+  for (const auto& a : o.algorithms) {
+    if (a == "hierarchical" && !o.codecs.empty()) {
+      for (const auto& c : o.codecs)
+        rows.emplace_back(a, c);
+    } else {
+      rows.emplace_back(a, "none");
+    }
+  }
+  for (std::size_t bytes : o.sizes) {
+    const std::size_t count = bytes / sizeof(float);
+    std::vector<float> input(count);
+    for (std::size_t i = 0; i < count; ++i)
+      input[i] = static_cast<float>((i * 7 + static_cast<std::size_t>(me)) % 97) * 0.01f;
+    std::vector<float> buffer(count);
+    for (const auto& [algorithm, codec] : rows) {
+      CollectiveOptions options;
+      options.algorithm = algorithmNamed(algorithm);
+      options.compression = codec;
+      options.tensorKey = 1 + bytes;
+      std::vector<double> times;
+      double late = 0;
+      std::uint64_t wanBefore = 0;
+      for (int it = 0; it < o.warmup + o.iters; ++it) {
+        buffer = input;
+        const double start = commonStart(comm, o);
+        if (it == o.warmup) wanBefore = ctx.stats().bytesOver(LinkClass::crossCloud);
+        std::this_thread::sleep_until(Clock::time_point(
+            std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(start))));
+        late = std::max(late, seconds() - start);
+        comm.allreduce(view(std::span(buffer)), ReduceOp::sum, options);
+        if (it >= o.warmup) times.push_back(seconds() - start);
+      }
+      const double wanMine =
+          static_cast<double>(ctx.stats().bytesOver(LinkClass::crossCloud) - wanBefore) / o.iters;
+      // Slowest rank per iteration, and the WAN bytes of every rank (one allreduce each).
+      comm.allreduce(view(std::span(times)), ReduceOp::max);
+      comm.allreduce(view(std::span(&late, 1)), ReduceOp::max);
+      if (me == 0 && late > 5e-3) {
+        std::fprintf(stderr, "wan_bench: a rank started up to %.1f ms late (busy machine?)\n",
+                     late * 1e3);
+      }
+      std::vector<double> wan(static_cast<std::size_t>(n), 0.0);
+      wan[static_cast<std::size_t>(me)] = wanMine;
+      comm.allreduce(view(std::span(wan)), ReduceOp::sum);
+      if (me != 0) continue;
+      double wanMax = 0;  // per direction: the busiest cloud's uplink (or rank's)
+      if (perRankLink) {
+        wanMax = *std::max_element(wan.begin(), wan.end());
+      } else {
+        std::vector<double> perCloud(static_cast<std::size_t>(g), 0.0);
+        for (int r = 0; r < n; ++r)
+          perCloud[static_cast<std::size_t>(ctx.topo.groupIndex(topology::Level::cloud, r))] +=
+              wan[static_cast<std::size_t>(r)];
+        wanMax = *std::max_element(perCloud.begin(), perCloud.end());
+      }
+      const double t = median(times);
+      const double s = static_cast<double>(count * sizeof(float));
+      const double busbw = 2.0 * (n - 1) / n * s / t / 1e9;
+      // The least an uncompressed allreduce sends per cloud; per rank, that divided by c.
+      double bound = 2.0 * (g - 1) / g * s;
+      if (perRankLink) bound /= static_cast<double>(n) / g;
+      std::printf("%-14s %-18s %10zu %10.2f %9.4f %9.3f %7.3f %6.1f", algorithm.c_str(),
+                  codec.c_str(), count * sizeof(float), t * 1e3, busbw, wanMax / 1e6,
+                  g > 1 ? wanMax / bound : 0.0, 100.0 * wanMax / (t * linkBytesPerSec));
+      if (o.latencyMs > 0 && algorithm == "hierarchical") {
+        const double floor = 2.0 * (g - 1) * o.latencyMs / 1e3 + wanMax / linkBytesPerSec;
+        std::printf("  %8.2f %7.3f", floor * 1e3, t / floor);
+      }
+      std::printf("\n");
+      std::fflush(stdout);
+    }
+  }
+}
+
+int runInProcess(const Options& o) {
+  const int g = o.inprocessClouds;
+  const int c = o.inprocessRanks;
+  const int n = g * c;
+  std::vector<topology::RankRecord> records;
+  for (int r = 0; r < n; ++r) {
+    const int cloudIndex = o.interleaved ? r % g : r / c;
+    const std::string cloud = "cloud" + std::to_string(cloudIndex);
+    records.push_back({cloud + "-node" + std::to_string(r), cloud, ""});
+  }
+  auto topo = std::make_shared<const topology::Topology>(std::move(records));
+  transport::LinkShapes shapes{};
+  shapes[topology::index(LinkClass::crossCloud)] = {
+      o.linkGbit * 1e9 / 8, std::chrono::duration_cast<transport::Clock::duration>(
+                                std::chrono::duration<double, std::milli>(o.latencyMs))};
+  transport::InProcessWorld world(n);
+  Config config = Config::fromEnvironment();
+  std::mutex mu;
+  std::string failure;
+  std::vector<std::thread> threads;
+  for (int r = 0; r < n; ++r) {
+    threads.emplace_back([&, r] {
+      auto shaped = std::make_shared<transport::ShapingTransport>(world.transport(r), topo, shapes);
+      auto meter = std::make_shared<transport::MeteringTransport>(shaped, topo);
+      try {
+        Communicator comm(meter, config, nullptr, topo);
+        RankContext ctx{comm, *topo, [&] { return meter->stats(); }};
+        runBench(o, ctx, /*perRankLink=*/true);
+      } catch (const std::exception& e) {
+        meter->abort(ErrorKind::aborted, e.what());
+        std::lock_guard lock(mu);
+        if (failure.empty()) failure = e.what();
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  if (!failure.empty()) {
+    std::fprintf(stderr, "wan_bench: %s\n", failure.c_str());
+    return 1;
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const Options o = parse(argc, argv);
+  if (o.inprocessClouds > 0) return runInProcess(o);
+  try {
+    auto rt = Runtime::init();
+    RankContext ctx{rt->world(), rt->topology(), [&] { return rt->stats(); }};
+    runBench(o, ctx, /*perRankLink=*/false);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "wan_bench: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}
