@@ -6,7 +6,10 @@
 //   benchmarks/wan_netns.sh --clouds 2 --ranks-per-cloud 4 --order interleaved
 //       -- wan_bench --link-gbit 1 [options]
 //     real processes, one network namespace per cloud joined by tc-tbf-shaped links
-//     (UCX over TCP); any launcher that sets SKYRING_CLOUD per rank works the same.
+//     (UCX over TCP); any launcher that sets SKYRING_CLOUD per rank works the same. Tell
+//     the cost model what the link is (--env SKYRING_LINK_CROSS_CLOUD_GBPS=1 --env
+//     SKYRING_LINK_CROSS_CLOUD_LATENCY_MS=0.1 for the script's default): large calls are
+//     pipelined only when it says the WAN is bandwidth-bound.
 //   wan_bench --inprocess 2x4 [--order interleaved] --link-gbit 1 --latency-ms 40 [options]
 //     threads of one process over the in-process transport, the cross-cloud hop shaped
 //     by ShapingTransport (bandwidth per rank and one-way latency): deterministic, and the
@@ -298,13 +301,18 @@ int runInProcess(const Options& o) {
     const std::string cloud = "cloud" + std::to_string(cloudIndex);
     records.push_back({cloud + "-node" + std::to_string(r), cloud, ""});
   }
-  auto topo = std::make_shared<const topology::Topology>(std::move(records));
+  // The cost model describes the emulated link (it decides, e.g., how the hierarchy
+  // pipelines large calls).
+  Config config = Config::fromEnvironment();
+  config.crossCloudLink.gbitPerSec = o.linkGbit;
+  config.crossCloudLink.latencyMs = o.latencyMs;
+  auto topo =
+      std::make_shared<const topology::Topology>(std::move(records), topology::CostModel(config));
   transport::LinkShapes shapes{};
   shapes[topology::index(LinkClass::crossCloud)] = {
       o.linkGbit * 1e9 / 8, std::chrono::duration_cast<transport::Clock::duration>(
                                 std::chrono::duration<double, std::milli>(o.latencyMs))};
   transport::InProcessWorld world(n);
-  Config config = Config::fromEnvironment();
   std::mutex mu;
   std::string failure;
   std::vector<std::thread> threads;

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <memory>
 
@@ -23,11 +24,18 @@ namespace skyring::collectives {
 inline constexpr transport::Tag kSubgroupIdShift = 12;
 inline constexpr transport::Tag kSubgroupIdMask = transport::Tag{0xf} << kSubgroupIdShift;
 // Id 0 is the parent itself (never used by a hierarchical call, which sends nothing on
-// the parent directly); 1 is the ring inside a cloud; 2..15 the cross-cloud groups of the
-// shards, cycling (see hierarchical_allreduce.cc for why a repeat is harmless).
+// the parent directly); 1 is the ring inside a cloud for the reduce-scatter, 15 the same
+// ring for the allgather (they run at once when the call is pipelined); 2..14 the
+// cross-cloud groups of the shards, cycling (see hierarchical_allreduce.cc for why a
+// repeat is harmless).
 inline constexpr std::uint32_t kCloudGroupId = 1;
+inline constexpr std::uint32_t kCloudAllgatherGroupId = 15;
 inline constexpr std::uint32_t kFirstShardGroupId = 2;
-inline constexpr std::uint32_t kShardGroupIds = 14;
+inline constexpr std::uint32_t kShardGroupIds = 13;
+// Pipelining of large calls (hierarchical_allreduce.cc): at most this many slices, and
+// none below this many bytes.
+inline constexpr int kMaxSlices = 8;
+inline constexpr std::size_t kMinPipelinedBytes = std::size_t{4} << 20;
 // Largest group a level may have (ring allreduce steps run to 2n - 3).
 inline constexpr int kMaxSubgroupSize = 2048;
 

@@ -24,12 +24,22 @@
 // all its owners are in it and it completes; by induction every piece does.
 //
 // Tags: every level uses the call's user tag and sequence number, with its subgroup id in
-// bits 12..15 of the step (hierarchical.h). The cloud ring (id 1) and the shard groups
-// never share a pair of ranks (one is inside a cloud, the other across), so they cannot
-// be confused. Shard groups cycle through ids 2..15: two pieces with one id may share a
-// pair of ranks, but both ranks handle their pieces in the same order and wait for a piece
-// to finish before the next, so per-pair FIFO matching pairs every message with the right
-// receive regardless.
+// bits 12..15 of the step (hierarchical.h). The cloud ring has two ids, 1 for the
+// reduce-scatter and 15 for the allgather (they run at the same time when pipelined); a
+// cloud ring and a shard group never share a pair of ranks (one is inside a cloud, the
+// other across), so they cannot be confused. Shard groups cycle through ids 2..14: two
+// pieces with one id may share a pair of ranks, but both ranks handle their pieces in the
+// same order and wait for a piece to finish before the next, so per-pair FIFO matching
+// pairs every message with the right receive regardless.
+//
+// Pipelining: a call of at least kMinPipelinedBytes whose WAN share takes long against
+// the cost model's cross-cloud latency is cut into up to kMaxSlices slices, and the three
+// steps run as three stages in three threads, each taking the slices in order: slice s
+// crosses clouds while slice s + 1 is reduced and slice s - 1 gathered inside the cloud,
+// so the levels inside the cloud hide behind the WAN. Each slice is a complete
+// hierarchical allreduce of its elements; the stages are ordered per slice by two
+// counters. With a small latency-to-bandwidth product only (each slice pays the WAN's
+// latencies again).
 //
 // Compression (SKYRING_COMPRESSION): only step 2 crosses clouds, so only step 2 is
 // compressed, per piece, by compressedPieceAllreduce; the cloud levels stay exact.
@@ -38,7 +48,10 @@
 // happens on the fully reduced sub-segment as in ringAllreduce, so on exactly
 // representable inputs the bytes equal the flat ring's.
 #include <algorithm>
+#include <atomic>
+#include <exception>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "collectives/hierarchical.h"
@@ -74,6 +87,112 @@ int segmentAt(const Partition& part, std::size_t pos) {
   return lo;
 }
 
+// What every stage of one call needs: the rings, this rank's place, the op.
+struct Plan {
+  const HierarchicalCall& call;
+  const RingParams& params;
+  ReduceOp op;
+  ReduceOp combine;                     // what the levels below the top combine with (sum for avg)
+  std::vector<std::vector<int>> rings;  // every cloud's ring, in cloud order
+  int myCloud = 0;
+  int me = 0;
+
+  const std::vector<int>& myRing() const { return rings[static_cast<std::size_t>(myCloud)]; }
+  Partition cloudPart(std::size_t count) const {
+    return {count, static_cast<int>(myRing().size())};
+  }
+  int pos() const {
+    const auto& r = myRing();
+    return static_cast<int>(std::find(r.begin(), r.end(), me) - r.begin());
+  }
+};
+
+// 1. Reduce-scatter of in inside the cloud; this rank's segment lands in out.
+void reduceScatterInCloud(const Plan& plan, Exchange& ex, BufferView in, BufferView out) {
+  const Partition part = plan.cloudPart(in.count);
+  const int pos = plan.pos();
+  ringReduceScatter(ex, in, out.slice(part.offset(pos), part.size(pos)), plan.combine, plan.params);
+}
+
+// 2. Each piece of this rank's segment of `slice` (which starts at element `base` of the
+// whole buffer), allreduced with its owners in the other clouds.
+void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
+  const HierarchicalCall& call = plan.call;
+  const std::size_t count = slice.count;
+  std::vector<std::size_t> cuts;
+  for (const auto& ring : plan.rings) {
+    const Partition p{count, static_cast<int>(ring.size())};
+    for (int s = 0; s < p.parts; ++s)
+      cuts.push_back(p.offset(s));
+  }
+  cuts.push_back(count);
+  std::sort(cuts.begin(), cuts.end());
+  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+
+  const Partition cloudPart = plan.cloudPart(count);
+  const int pos = plan.pos();
+  const std::size_t segBegin = cloudPart.offset(pos);
+  const std::size_t segEnd = segBegin + cloudPart.size(pos);
+  for (std::size_t j = 0; j + 1 < cuts.size(); ++j) {
+    const std::size_t lo = cuts[j];
+    if (lo < segBegin || lo >= segEnd) continue;  // pieces never straddle a segment edge
+    const std::size_t len = cuts[j + 1] - lo;
+    std::vector<int> owners;
+    for (const auto& ring : plan.rings) {
+      const Partition p{count, static_cast<int>(ring.size())};
+      owners.push_back(ring[static_cast<std::size_t>(segmentAt(p, lo))]);
+    }
+    const auto id = kFirstShardGroupId + static_cast<std::uint32_t>(j % kShardGroupIds);
+    SubgroupTransport shardGroup(call.world, std::move(owners), subgroupBits(id), kSubgroupIdMask);
+    Exchange shardEx = exchangeOver(shardGroup, call);
+    const BufferView piece = slice.slice(lo, len);
+    const std::size_t divisor =
+        plan.op == ReduceOp::avg ? static_cast<std::size_t>(call.topology.size()) : 1;
+    if (call.codec != nullptr) {
+      // The same seed on every owner of the piece: PowerSGD's first Q depends on it.
+      const std::size_t at = base + lo;
+      const std::uint64_t seed = (std::uint64_t{at} << 20) ^ len;
+      try {
+        compressedPieceAllreduce(shardEx, static_cast<float*>(piece.data), len, divisor,
+                                 *call.codec, call.codecState->pieces[at], seed, plan.params);
+      } catch (const InvalidArgument& e) {  // a corrupt encoding: nobody may wait for us
+        call.world->abort(e.kind(), "rank " + std::to_string(plan.me) + ": " + e.detail());
+        throw;
+      }
+      continue;
+    }
+    const Partition sub{len, shardGroup.size()};
+    const int g = shardGroup.rank();
+    const BufferView owned = piece.slice(sub.offset(g), sub.size(g));
+    ringReduceScatter(shardEx, piece, owned, plan.combine, plan.params);
+    if (divisor != 1) compression::divideBy(owned.dtype, owned.data, owned.count, divisor);
+    ringAllgather(shardEx, piece, plan.params, static_cast<std::uint32_t>(shardGroup.size() - 1));
+  }
+}
+
+// 3. Allgather of the segments inside the cloud.
+void allgatherInCloud(const Plan& plan, Exchange& ex, BufferView slice) {
+  ringAllgather(ex, slice, plan.params, 0);
+}
+
+// How many slices to pipeline: enough that the stages inside a cloud hide behind the
+// WAN, but each slice's WAN transfer (this rank's 2(G-1)/G of its share) must take at
+// least four one-way latencies of the cost model, or the per-slice latencies would cost
+// more than the overlap saves.
+int sliceCount(const Plan& plan, std::size_t bytes) {
+  const auto& wan = plan.call.topology.costs()[topology::LinkClass::crossCloud];
+  const double g = static_cast<double>(plan.rings.size());
+  const double share =
+      2 * (g - 1) / g * static_cast<double>(bytes) / static_cast<double>(plan.myRing().size());
+  const double minSliceSec = 4 * wan.latencySec;
+  if (plan.rings.size() < 2 || wan.bandwidthBytesPerSec <= 0 || bytes < kMinPipelinedBytes) {
+    return 1;
+  }
+  const double wanSec = share / wan.bandwidthBytesPerSec;
+  const double slices = minSliceSec > 0 ? wanSec / minSliceSec : kMaxSlices;
+  return static_cast<int>(std::clamp(slices, 1.0, double{kMaxSlices}));
+}
+
 }  // namespace
 
 void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, BufferView output,
@@ -83,87 +202,97 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
   const ErrorContext ctx{me, -1, "hierarchical allreduce"};
   SKYRING_CHECK_ARG(topo.size() == call.world->size(), ctx, "topology of ", topo.size(),
                     " ranks for a group of ", call.world->size());
-  const ReduceOp combine = op == ReduceOp::avg ? ReduceOp::sum : op;
   const std::size_t count = input.count;
-
-  // Every cloud's ring, in cloud order: the same on every rank.
-  std::vector<std::vector<int>> rings;
+  Plan plan{call, params, op, op == ReduceOp::avg ? ReduceOp::sum : op, {}, 0, me};
   for (const auto& group : topo.groups(Level::cloud)) {
     SKYRING_CHECK_ARG(static_cast<int>(group.size()) <= kMaxSubgroupSize, ctx, "a cloud of ",
                       group.size(), " ranks exceeds ", kMaxSubgroupSize);
-    rings.push_back(topo.ringOrder(group));
+    plan.rings.push_back(topo.ringOrder(group));
   }
-  const int clouds = static_cast<int>(rings.size());
+  const int clouds = static_cast<int>(plan.rings.size());
   SKYRING_CHECK_ARG(clouds <= kMaxSubgroupSize, ctx, clouds, " clouds exceed ", kMaxSubgroupSize);
-  const int myCloud = topo.groupIndex(Level::cloud, me);
-
-  // 1. Reduce-scatter inside the cloud.
-  SubgroupTransport cloudGroup(call.world, rings[static_cast<std::size_t>(myCloud)],
-                               subgroupBits(kCloudGroupId), kSubgroupIdMask);
-  Exchange cloudEx = exchangeOver(cloudGroup, call);
-  const Partition cloudPart{count, cloudGroup.size()};
-  const int pos = cloudGroup.rank();
-  ringReduceScatter(cloudEx, input, output.slice(cloudPart.offset(pos), cloudPart.size(pos)),
-                    combine, params);
-
-  // 2. Each piece of this rank's segment, allreduced with its owners in the other clouds.
-  std::vector<std::size_t> cuts;
-  for (const auto& ring : rings) {
-    const Partition p{count, static_cast<int>(ring.size())};
-    for (int s = 0; s < p.parts; ++s)
-      cuts.push_back(p.offset(s));
-  }
-  cuts.push_back(count);
-  std::sort(cuts.begin(), cuts.end());
-  cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
-
-  TensorCompressionState* codecState = call.codec != nullptr ? call.codecState : nullptr;
-  if (codecState != nullptr && codecState->count != count) {
-    codecState->pieces.clear();
-    codecState->count = count;
+  plan.myCloud = topo.groupIndex(Level::cloud, me);
+  if (call.codec != nullptr && call.codecState->count != count) {
+    call.codecState->pieces.clear();
+    call.codecState->count = count;
   }
 
-  const std::size_t segBegin = cloudPart.offset(pos);
-  const std::size_t segEnd = segBegin + cloudPart.size(pos);
-  for (std::size_t j = 0; j + 1 < cuts.size(); ++j) {
-    const std::size_t lo = cuts[j];
-    if (lo < segBegin || lo >= segEnd) continue;  // pieces never straddle a segment edge
-    const std::size_t len = cuts[j + 1] - lo;
-    std::vector<int> owners;
-    for (const auto& ring : rings) {
-      const Partition p{count, static_cast<int>(ring.size())};
-      owners.push_back(ring[static_cast<std::size_t>(segmentAt(p, lo))]);
+  SubgroupTransport rsGroup(call.world, plan.myRing(), subgroupBits(kCloudGroupId),
+                            kSubgroupIdMask);
+  SubgroupTransport agGroup(call.world, plan.myRing(), subgroupBits(kCloudAllgatherGroupId),
+                            kSubgroupIdMask);
+  Exchange rsEx = exchangeOver(rsGroup, call);
+  Exchange agEx = exchangeOver(agGroup, call);
+
+  // Every rank computes the same slicing (from the topology's cost model and the count).
+  const int slices = sliceCount(plan, input.bytes());
+  const Partition sliced{count, slices};
+  if (slices == 1) {
+    reduceScatterInCloud(plan, rsEx, input, output);
+    acrossClouds(plan, output, 0);
+    allgatherInCloud(plan, agEx, output);
+    return;
+  }
+  // Pipelined: slice s goes through the three stages in order, each stage (its own thread,
+  // its own subgroup tag bits) takes the slices in order, so the levels inside the cloud
+  // overlap with the WAN. A stage that fails aborts the world, which fails the others.
+  std::atomic<int> reduced{0};
+  std::atomic<int> crossed{0};
+  std::atomic<bool> failed{false};
+  const auto waitFor = [&](std::atomic<int>& done, int s) {
+    while (done.load() <= s) {
+      if (failed.load()) return false;
+      done.wait(done.load());
     }
-    const auto id = kFirstShardGroupId + static_cast<std::uint32_t>(j % kShardGroupIds);
-    SubgroupTransport shardGroup(call.world, std::move(owners), subgroupBits(id), kSubgroupIdMask);
-    Exchange shardEx = exchangeOver(shardGroup, call);
-    const BufferView piece = output.slice(lo, len);
-    if (codecState != nullptr) {
-      // The same seed on every owner of the piece: PowerSGD's first Q depends on it.
-      const std::uint64_t seed = (std::uint64_t{lo} << 20) ^ len;
-      try {
-        compressedPieceAllreduce(shardEx, static_cast<float*>(piece.data), len,
-                                 op == ReduceOp::avg ? static_cast<std::size_t>(topo.size()) : 1,
-                                 *call.codec, codecState->pieces[lo], seed, params);
-      } catch (const InvalidArgument& e) {  // a corrupt encoding: nobody may wait for us
-        call.world->abort(e.kind(), "rank " + std::to_string(me) + ": " + e.detail());
-        throw;
+    return true;
+  };
+  std::exception_ptr errors[3];
+  std::atomic<int> firstFailure{-1};  // the stage whose error is the cause, not an echo
+  const auto stage = [&](int which, auto&& fn) {
+    try {
+      fn();
+    } catch (...) {
+      errors[which] = std::current_exception();
+      int none = -1;
+      firstFailure.compare_exchange_strong(none, which);
+      failed.store(true);
+      call.world->abort(ErrorKind::aborted, "rank " + std::to_string(me) +
+                                                ": a stage of hierarchical allreduce failed");
+      reduced.fetch_add(slices);  // wake every waiter
+      reduced.notify_all();
+      crossed.fetch_add(slices);
+      crossed.notify_all();
+    }
+  };
+  std::thread first([&] {
+    stage(0, [&] {
+      for (int s = 0; s < slices; ++s) {
+        reduceScatterInCloud(plan, rsEx, input.slice(sliced.offset(s), sliced.size(s)),
+                             output.slice(sliced.offset(s), sliced.size(s)));
+        reduced.fetch_add(1);
+        reduced.notify_all();
       }
-      continue;
+    });
+  });
+  std::thread last([&] {
+    stage(2, [&] {
+      for (int s = 0; s < slices; ++s) {
+        if (!waitFor(crossed, s)) return;
+        allgatherInCloud(plan, agEx, output.slice(sliced.offset(s), sliced.size(s)));
+      }
+    });
+  });
+  stage(1, [&] {
+    for (int s = 0; s < slices; ++s) {
+      if (!waitFor(reduced, s)) return;
+      acrossClouds(plan, output.slice(sliced.offset(s), sliced.size(s)), sliced.offset(s));
+      crossed.fetch_add(1);
+      crossed.notify_all();
     }
-    const Partition sub{len, shardGroup.size()};
-    const int g = shardGroup.rank();
-    const BufferView owned = piece.slice(sub.offset(g), sub.size(g));
-    ringReduceScatter(shardEx, piece, owned, combine, params);
-    if (op == ReduceOp::avg) {
-      compression::divideBy(owned.dtype, owned.data, owned.count,
-                            static_cast<std::size_t>(topo.size()));
-    }
-    ringAllgather(shardEx, piece, params, static_cast<std::uint32_t>(shardGroup.size() - 1));
-  }
-
-  // 3. Allgather inside the cloud; its steps follow the reduce-scatter's.
-  ringAllgather(cloudEx, output, params, static_cast<std::uint32_t>(cloudGroup.size() - 1));
+  });
+  first.join();
+  last.join();
+  if (firstFailure.load() >= 0) std::rethrow_exception(errors[firstFailure.load()]);
 }
 
 }  // namespace skyring::collectives
