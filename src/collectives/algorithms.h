@@ -25,6 +25,12 @@ void ringAllreduce(Exchange& ex, BufferView input, BufferView output, ReduceOp o
 void ringReduceScatter(Exchange& ex, BufferView input, BufferView output, ReduceOp op,
                        const RingParams& params);
 
+// The reduce-scatter of ringAllreduce: output (input's count; may be input) serves as the
+// scratch, so segment rank() of output ends reduced and the others hold partial sums. No
+// division for avg.
+void ringReduceScatterInPlace(Exchange& ex, BufferView input, BufferView output, ReduceOp op,
+                              const RingParams& params);
+
 // Ring allgather in place over Partition{buffer.count, n}: segment rank() is filled,
 // the others arrive. Steps are tagged from firstStep on.
 void ringAllgather(Exchange& ex, BufferView buffer, const RingParams& params,

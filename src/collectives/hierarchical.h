@@ -32,10 +32,10 @@ inline constexpr std::uint32_t kCloudGroupId = 1;
 inline constexpr std::uint32_t kCloudAllgatherGroupId = 15;
 inline constexpr std::uint32_t kFirstShardGroupId = 2;
 inline constexpr std::uint32_t kShardGroupIds = 13;
-// Pipelining of large calls (hierarchical_allreduce.cc): at most this many slices, and
-// none below this many bytes.
+// Pipelining of large calls (hierarchical_allreduce.cc): at most this many slices, each
+// of at least this many bytes.
 inline constexpr int kMaxSlices = 8;
-inline constexpr std::size_t kMinPipelinedBytes = std::size_t{4} << 20;
+inline constexpr std::size_t kMinSliceBytes = std::size_t{4} << 20;
 // Largest group a level may have (ring allreduce steps run to 2n - 3).
 inline constexpr int kMaxSubgroupSize = 2048;
 

@@ -101,17 +101,23 @@ void ringReduceScatter(Exchange& ex, BufferView input, BufferView output, Reduce
   }
 }
 
-void ringAllreduce(Exchange& ex, BufferView input, BufferView output, ReduceOp op,
-                   const RingParams& params) {
-  const int n = ex.size();
-  const Partition part{input.count, n};
-  if (n > 1) {
+void ringReduceScatterInPlace(Exchange& ex, BufferView input, BufferView output, ReduceOp op,
+                              const RingParams& params) {
+  const Partition part{input.count, ex.size()};
+  if (ex.size() > 1) {
     reduceScatterSteps(ex, input, part, op, params, [&](int, int segment) {
       return output.slice(part.offset(segment), part.size(segment));
     });
   } else if (output.data != input.data && output.count > 0) {
     std::memcpy(output.data, input.data, output.bytes());
   }
+}
+
+void ringAllreduce(Exchange& ex, BufferView input, BufferView output, ReduceOp op,
+                   const RingParams& params) {
+  const int n = ex.size();
+  const Partition part{input.count, n};
+  ringReduceScatterInPlace(ex, input, output, op, params);
   if (op == ReduceOp::avg) {
     const int r = ex.rank();
     compression::divideBy(output.dtype, output.slice(part.offset(r), part.size(r)).data,

@@ -162,7 +162,7 @@ TEST(HierarchicalTraffic, CrossCloudBytesPerRank) {
 // bit for bit, for even and uneven clouds, with a codec too.
 TEST(HierarchicalPipelined, ExactInSlices) {
   Config costs = Config::fromMap({{"SKYRING_LINK_CROSS_CLOUD_LATENCY_MS", "0"}});
-  const std::size_t count = (std::size_t{5} << 20) / 4 + 3;  // above kMinPipelinedBytes
+  const std::size_t count = (std::size_t{13} << 20) / 4 + 3;  // 3 slices of kMinSliceBytes
   for (const Layout& layout : {kLayouts[1], kLayouts[3], kLayouts[5]}) {
     std::vector<topology::RankRecord> records;
     for (const char* w : layout.where)
