@@ -224,6 +224,11 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
 
   SubgroupTransport rsGroup(call.world, plan.myRing(), subgroupBits(kCloudGroupId),
                             kSubgroupIdMask);
+  if (clouds == 1) {  // no level above the cloud: the cloud's ring allreduce is all there is
+    Exchange ex = exchangeOver(rsGroup, call);
+    ringAllreduce(ex, input, output, op, params);
+    return;
+  }
   SubgroupTransport agGroup(call.world, plan.myRing(), subgroupBits(kCloudAllgatherGroupId),
                             kSubgroupIdMask);
   Exchange rsEx = exchangeOver(rsGroup, call);
