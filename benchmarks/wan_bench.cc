@@ -26,9 +26,13 @@
 //              (per direction: what its uplink carried), in MB (1e6)
 //   /bound     wan_MB / (2(G-1)/G * S), the least any uncompressed allreduce must send
 //   util%      wan bytes / (time * link rate): how busy that cloud's uplink was
+//   usd/1k     egress the whole job pays per 1000 allreduces, every rank's bytes priced by
+//              its link class (SKYRING_LINK_*_DOLLARS_PER_GB, docs/configuration.md)
 //   floor_ms   (--latency-ms, hierarchical rows) 2(G-1) latencies + this rank's WAN bytes / link
 //   rate:
 //              the least a hierarchical allreduce can take under the shaping model
+// After the rows, one line per link class: bytes every rank sent over it during the whole
+// run (warmups and the benchmark's own small allreduces included) and their egress price.
 // With --inprocess the link rate is per rank (each rank its own WAN NIC), so util% and
 // wan_MB are per rank too: the busiest rank.
 #include <algorithm>
@@ -212,8 +216,8 @@ void runBench(const Options& o, RankContext& ctx, bool perRankLink) {
         "Gbit/s%s%s, %d iterations (median), %d warmup\n",
         g, n, order.c_str(), o.linkGbit, perRankLink ? " per rank" : " per cloud", latency, o.iters,
         o.warmup);
-    std::printf("%-14s %-18s %10s %10s %9s %9s %7s %6s%s\n", "algorithm", "codec", "size",
-                "time_ms", "busbw", "wan_MB", "/bound", "util%",
+    std::printf("%-14s %-18s %10s %10s %9s %9s %7s %6s %8s%s\n", "algorithm", "codec", "size",
+                "time_ms", "busbw", "wan_MB", "/bound", "util%", "usd/1k",
                 o.latencyMs > 0 ? "  floor_ms  /floor" : "");
   }
   std::vector<std::pair<std::string, std::string>> rows;  // (algorithm, codec)
@@ -239,18 +243,25 @@ void runBench(const Options& o, RankContext& ctx, bool perRankLink) {
       std::vector<double> times;
       double late = 0;
       std::uint64_t wanBefore = 0;
+      double egressBefore = 0;
       for (int it = 0; it < o.warmup + o.iters; ++it) {
         buffer = input;
         const double start = commonStart(comm, o);
-        if (it == o.warmup) wanBefore = ctx.stats().bytesOver(LinkClass::crossCloud);
+        if (it == o.warmup) {
+          const auto before = ctx.stats();
+          wanBefore = before.bytesOver(LinkClass::crossCloud);
+          egressBefore = before.egressDollars;
+        }
         std::this_thread::sleep_until(Clock::time_point(
             std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(start))));
         late = std::max(late, seconds() - start);
         comm.allreduce(view(std::span(buffer)), ReduceOp::sum, options);
         if (it >= o.warmup) times.push_back(seconds() - start);
       }
+      const auto after = ctx.stats();
       const double wanMine =
-          static_cast<double>(ctx.stats().bytesOver(LinkClass::crossCloud) - wanBefore) / o.iters;
+          static_cast<double>(after.bytesOver(LinkClass::crossCloud) - wanBefore) / o.iters;
+      double egress = (after.egressDollars - egressBefore) / o.iters;
       // Slowest rank per iteration, and the WAN bytes of every rank (one allreduce each).
       comm.allreduce(view(std::span(times)), ReduceOp::max);
       comm.allreduce(view(std::span(&late, 1)), ReduceOp::max);
@@ -261,6 +272,7 @@ void runBench(const Options& o, RankContext& ctx, bool perRankLink) {
       std::vector<double> wan(static_cast<std::size_t>(n), 0.0);
       wan[static_cast<std::size_t>(me)] = wanMine;
       comm.allreduce(view(std::span(wan)), ReduceOp::sum);
+      comm.allreduce(view(std::span(&egress, 1)), ReduceOp::sum);
       if (me != 0) continue;
       double wanMax = 0;  // per direction: the busiest cloud's uplink (or rank's)
       if (perRankLink) {
@@ -278,9 +290,10 @@ void runBench(const Options& o, RankContext& ctx, bool perRankLink) {
       // The least an uncompressed allreduce sends per cloud; per rank, that divided by c.
       double bound = 2.0 * (g - 1) / g * s;
       if (perRankLink) bound /= static_cast<double>(n) / g;
-      std::printf("%-14s %-18s %10zu %10.2f %9.4f %9.3f %7.3f %6.1f", algorithm.c_str(),
+      std::printf("%-14s %-18s %10zu %10.2f %9.4f %9.3f %7.3f %6.1f %8.3f", algorithm.c_str(),
                   codec.c_str(), count * sizeof(float), t * 1e3, busbw, wanMax / 1e6,
-                  g > 1 ? wanMax / bound : 0.0, 100.0 * wanMax / (t * linkBytesPerSec));
+                  g > 1 ? wanMax / bound : 0.0, 100.0 * wanMax / (t * linkBytesPerSec),
+                  egress * 1e3);
       if (o.latencyMs > 0 && algorithm == "hierarchical") {
         const double floor = 2.0 * (g - 1) * o.latencyMs / 1e3 + wanMax / linkBytesPerSec;
         std::printf("  %8.2f %7.3f", floor * 1e3, t / floor);
@@ -289,6 +302,20 @@ void runBench(const Options& o, RankContext& ctx, bool perRankLink) {
       std::fflush(stdout);
     }
   }
+  // Bytes per link class over the whole run, summed over ranks, and the egress bill.
+  const auto total = ctx.stats();
+  std::vector<double> perClass(topology::kLinkClassCount + 1, 0.0);
+  for (std::size_t c = 0; c < topology::kLinkClassCount; ++c)
+    perClass[c] = static_cast<double>(total.bytes[c]);
+  perClass.back() = total.egressDollars;
+  comm.allreduce(view(std::span(perClass)), ReduceOp::sum);
+  if (me != 0) return;
+  for (std::size_t c = 0; c < topology::kLinkClassCount; ++c) {
+    std::printf("# traffic %-11s %14.0f bytes\n",
+                std::string(topology::linkClassName(static_cast<LinkClass>(c))).c_str(),
+                perClass[c]);
+  }
+  std::printf("# egress estimate for the whole run: $%.4f\n", perClass.back());
 }
 
 int runInProcess(const Options& o) {
