@@ -45,9 +45,11 @@ struct CollectiveOptions {
   // (which applies on tag 0 only; this applies on any tag). Without a topology every
   // choice is the ring.
   std::optional<AllreduceAlgorithm> algorithm;
-  // allreduce only. The codec of this call's cross-cloud hop, as a compression spec
+  // allreduce only. The codec of this call's compressed levels, as a compression spec
   // (skyring/compression.h), instead of Config::compression; empty: the config's.
   std::string_view compression;
+  // allreduce only. The levels that codec compresses, instead of Config::compressionLevels.
+  std::optional<CompressionLevels> compressionLevels;
   // allreduce with a codec only. Which tensor this call reduces: codecs keep state per
   // tensor (the error-feedback residual, PowerSGD's factors) from one call to the next.
   // 0: the output buffer's address and count name the tensor, which suits gradients that

@@ -37,6 +37,14 @@ struct LaunchEnvironment {
 // once).
 enum class AllreduceAlgorithm : std::uint8_t { automatic, ring, topologyRing, hierarchical };
 
+// Which levels of hierarchical allreduce a codec compresses (docs/compression.md): the
+// reduce-scatter and allgather inside each cloud, and the allreduce across clouds.
+struct CompressionLevels {
+  bool cloud = false;
+  bool crossCloud = true;
+  bool operator==(const CompressionLevels&) const = default;
+};
+
 struct Config {
   // How long a collective may wait without progress before the ranks diagnose who is
   // missing and fail with Timeout. SKYRING_TIMEOUT_MS.
@@ -54,10 +62,13 @@ struct Config {
   std::size_t shmChunkBytes = 128 * 1024;  // SKYRING_SHM_CHUNK_BYTES
   // The allreduce of a communicator that knows its topology (tag 0, host memory).
   AllreduceAlgorithm allreduceAlgorithm = AllreduceAlgorithm::automatic;  // SKYRING_ALLREDUCE
-  // Codec of the cross-cloud level of hierarchical allreduce (f32 sum and avg), as a
+  // Codec of the compressed levels of hierarchical allreduce (f32 sum and avg), as a
   // compression spec (skyring/compression.h); "none" sends full precision. Checked when a
   // Communicator is made. SKYRING_COMPRESSION.
   std::string compression = "none";
+  // The levels that codec applies to. SKYRING_COMPRESSION_LEVELS: cross_cloud (default),
+  // cloud, or cloud,cross_cloud.
+  CompressionLevels compressionLevels;
 
   // Where this rank runs (docs/topology.md): read by topology::localRecord.
   std::string node;               // SKYRING_NODE; empty: the hostname

@@ -67,6 +67,12 @@ Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Conf
     SKYRING_THROW(InvalidArgument, (ErrorContext{rank_, -1, "communicator"}),
                   "SKYRING_COMPRESSION: ", e.detail());
   }
+  SKYRING_CHECK_ARG(
+      !config_.compressionLevels.cloud ||
+          compression_->codecs.begin()->second->codec() != compression::Codec::powersgd,
+      (ErrorContext{rank_, -1, "communicator"}), "SKYRING_COMPRESSION=", config_.compression,
+      " with SKYRING_COMPRESSION_LEVELS including cloud: PowerSGD compresses the "
+      "cross_cloud level only");
 }
 
 AllreduceAlgorithm Communicator::algorithmFor(const CollectiveOptions& options) const noexcept {
@@ -198,12 +204,20 @@ void Communicator::compressionFor(const CollectiveOptions& options, const Buffer
   if (it == compression_->codecs.end()) {
     it = compression_->codecs.emplace(std::string(spec), compression::makeCompressor(spec)).first;
   }
-  if (it->second->codec() == compression::Codec::none) return;
+  const CompressionLevels levels = options.compressionLevels.value_or(config_.compressionLevels);
+  if (it->second->codec() == compression::Codec::none || (!levels.cloud && !levels.crossCloud)) {
+    return;
+  }
+  SKYRING_CHECK_ARG(!levels.cloud || it->second->codec() != compression::Codec::powersgd,
+                    (ErrorContext{rank_, -1, "allreduce"}), "compression '", spec,
+                    "' at the cloud level: PowerSGD compresses the cross_cloud level only");
   const std::uint64_t key =
       options.tensorKey != 0
           ? options.tensorKey
           : static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(output.data));
   call.codec = it->second.get();
+  call.compressCloud = levels.cloud;
+  call.compressCrossCloud = levels.crossCloud;
   call.codecState = &compression_->tensors[{it->first, key, output.count}];
 }
 

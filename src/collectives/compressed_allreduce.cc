@@ -22,6 +22,11 @@
 // it an 8-byte length goes first on its own step and the payload follows at once, so the
 // extra message costs no extra latency. Every other codec's size is known from the count.
 //
+// Inside a cloud (SKYRING_COMPRESSION_LEVELS=cloud) the two halves run apart, with the
+// level across clouds between them: compressedReduceScatter is steps 1 and 2;
+// compressedAllgather is step 3 for a rank that owns several pieces, each encoded alone so
+// that owners in other clouds, holding the same piece, send the same bytes.
+//
 // PowerSGD: the two linear phases of powersgd.h around ring allreduces of the factors P
 // and Q among the group (their sum is exact enough: they are small and in f32). Q is
 // averaged over the G ranks as powerSgdDecompress expects, so the result approximates the
@@ -119,18 +124,9 @@ void powerSgdPiece(Exchange& ex, float* piece, std::size_t len, std::size_t divi
 
 }  // namespace
 
-void compressedPieceAllreduce(Exchange& ex, float* piece, std::size_t len, std::size_t divisor,
-                              const Compressor& codec, PieceCompressionState& state,
-                              std::uint64_t seed, const RingParams& params) {
+void compressedReduceScatter(Exchange& ex, float* piece, std::size_t len, const Compressor& codec,
+                             PieceCompressionState& state, std::uint64_t seed) {
   const int groupSize = ex.size();
-  if (groupSize == 1) {
-    if (divisor != 1) compression::divideBy(DType::f32, piece, len, divisor);
-    return;
-  }
-  if (codec.codec() == Codec::powersgd) {
-    powerSgdPiece(ex, piece, len, divisor, codec, state, seed, params);
-    return;
-  }
   const int me = ex.rank();
   const Partition blocks{len, groupSize};
   const auto at = [&](int j) { return std::span<float>(piece + blocks.offset(j), blocks.size(j)); };
@@ -138,8 +134,8 @@ void compressedPieceAllreduce(Exchange& ex, float* piece, std::size_t len, std::
     state.toOwner.clear();
     for (int j = 0; j < groupSize; ++j)
       state.toOwner.push_back(codec.makeState(blocks.size(j), mix(seed ^ mix(j + 1))));
-    state.reduced = codec.makeState(blocks.size(me), mix(seed ^ 0x5e7e7ull));
   }
+  if (groupSize == 1) return;
   const bool variableSize = codec.codec() == Codec::topk;
   const std::size_t mine = blocks.size(me);
 
@@ -163,7 +159,7 @@ void compressedPieceAllreduce(Exchange& ex, float* piece, std::size_t len, std::
   }
   swapEncoded(ex, 0, variableSize, out, in);
 
-  // 2. The sum of this rank's block, in group order.
+  // 2. The sum of this rank's block, in group order, in place of its own contribution.
   std::vector<float> sum(mine);
   std::vector<float> decoded(mine);
   for (int h = 0; h < groupSize && mine > 0; ++h) {
@@ -178,15 +174,42 @@ void compressedPieceAllreduce(Exchange& ex, float* piece, std::size_t len, std::
       compression::reduce(ReduceOp::sum, DType::f32, sum.data(), sum.data(), term, mine);
     }
   }
-  if (divisor != 1) compression::divideBy(DType::f32, sum.data(), mine, divisor);
+  if (mine > 0) std::memcpy(at(me).data(), sum.data(), mine * sizeof(float));
+}
+
+void compressedPieceAllreduce(Exchange& ex, float* piece, std::size_t len, std::size_t divisor,
+                              const Compressor& codec, PieceCompressionState& state,
+                              std::uint64_t seed, const RingParams& params) {
+  const int groupSize = ex.size();
+  if (groupSize == 1) {
+    if (divisor != 1) compression::divideBy(DType::f32, piece, len, divisor);
+    return;
+  }
+  if (codec.codec() == Codec::powersgd) {
+    powerSgdPiece(ex, piece, len, divisor, codec, state, seed, params);
+    return;
+  }
+  const int me = ex.rank();
+  const Partition blocks{len, groupSize};
+  const auto at = [&](int j) { return std::span<float>(piece + blocks.offset(j), blocks.size(j)); };
+  if (state.toOwner.size() != static_cast<std::size_t>(groupSize)) {
+    state.reduced = codec.makeState(blocks.size(me), mix(seed ^ 0x5e7e7ull));
+  }
+  const std::size_t mine = blocks.size(me);
+
+  // 1, 2. Each block to its owner, encoded, and summed there.
+  compressedReduceScatter(ex, piece, len, codec, state, seed);
+  if (divisor != 1) compression::divideBy(DType::f32, at(me).data(), mine, divisor);
 
   // 3. The sum, encoded once, to everyone; every rank decodes the same bytes.
+  const bool variableSize = codec.codec() == Codec::topk;
   std::vector<std::byte> reduced;
-  out.clear();
-  in.clear();
+  std::vector<std::vector<std::byte>> got(static_cast<std::size_t>(groupSize));
+  std::vector<Outgoing> out;
+  std::vector<Incoming> in;
   if (mine > 0) {
     reduced.resize(codec.maxEncodedBytes(mine));
-    reduced.resize(codec.encode(sum, state.reduced, reduced));
+    reduced.resize(codec.encode(at(me), state.reduced, reduced));
     codec.decode(reduced, at(me));
   }
   for (int j = 0; j < groupSize; ++j) {
@@ -201,6 +224,76 @@ void compressedPieceAllreduce(Exchange& ex, float* piece, std::size_t len, std::
   swapEncoded(ex, 2, variableSize, out, in);
   for (const auto& r : in)
     codec.decode(*r.bytes, at(r.peer));
+}
+
+void compressedAllgather(Exchange& ex, float* buffer,
+                         const std::vector<std::vector<OwnedPiece>>& owned,
+                         const Compressor& codec) {
+  const int groupSize = ex.size();
+  const int me = ex.rank();
+  // A message is the sender's non-empty pieces encoded back to back, each behind an
+  // 8-byte length when the codec's size depends on the data (the message's own length
+  // goes first then, see swapEncoded).
+  const bool variableSize = codec.codec() == Codec::topk;
+  const std::size_t prefix = variableSize ? sizeof(std::uint64_t) : 0;
+  const auto maxBytes = [&](const std::vector<OwnedPiece>& pieces) {
+    std::size_t n = 0;
+    for (const auto& p : pieces)
+      n += p.len > 0 ? prefix + codec.maxEncodedBytes(p.len) : 0;
+    return n;
+  };
+  const auto decodeAll = [&](std::span<const std::byte> bytes,
+                             const std::vector<OwnedPiece>& pieces, int from) {
+    std::size_t at = 0;
+    for (const auto& p : pieces) {
+      if (p.len == 0) continue;
+      std::size_t size = codec.maxEncodedBytes(p.len);
+      if (variableSize) {
+        std::uint64_t n = 0;
+        SKYRING_CHECK_ARG(at + prefix <= bytes.size(), ex.context(from),
+                          "an encoded allgather message ends inside a length");
+        std::memcpy(&n, bytes.data() + at, prefix);
+        at += prefix;
+        size = static_cast<std::size_t>(n);
+      }
+      SKYRING_CHECK_ARG(size <= bytes.size() - at, ex.context(from), "an encoded piece of ", size,
+                        " bytes where ", bytes.size() - at, " are left");
+      codec.decode(bytes.subspan(at, size), std::span<float>(buffer + p.offset, p.len));
+      at += size;
+    }
+    SKYRING_CHECK_ARG(at == bytes.size(), ex.context(from), bytes.size() - at,
+                      " bytes after the last encoded piece");
+  };
+
+  const auto& myPieces = owned[static_cast<std::size_t>(me)];
+  std::vector<std::byte> mine(maxBytes(myPieces));
+  std::size_t used = 0;
+  for (const auto& p : myPieces) {
+    if (p.len == 0) continue;
+    const std::size_t size = codec.encode(std::span<const float>(buffer + p.offset, p.len),
+                                          *p.state, std::span(mine).subspan(used + prefix));
+    if (variableSize) {
+      const std::uint64_t n = size;
+      std::memcpy(mine.data() + used, &n, prefix);
+    }
+    used += prefix + size;
+  }
+  mine.resize(used);
+  decodeAll(mine, myPieces, me);  // the owner keeps what the others get
+
+  std::vector<std::vector<std::byte>> got(static_cast<std::size_t>(groupSize));
+  std::vector<Outgoing> out;
+  std::vector<Incoming> in;
+  for (int j = 0; j < groupSize; ++j) {
+    if (j == me) continue;
+    const auto ju = static_cast<std::size_t>(j);
+    if (!mine.empty()) out.push_back({j, mine});
+    got[ju].resize(maxBytes(owned[ju]));
+    if (!got[ju].empty()) in.push_back({j, &got[ju]});
+  }
+  swapEncoded(ex, 0, variableSize, out, in);
+  for (const auto& r : in)
+    decodeAll(*r.bytes, owned[static_cast<std::size_t>(r.peer)], r.peer);
 }
 
 }  // namespace skyring::collectives

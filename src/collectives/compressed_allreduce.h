@@ -24,10 +24,15 @@ struct PieceCompressionState {
 };
 
 // Every piece of one tensor, by its offset in the tensor; reset when the layout changes.
+// Each map is used by one stage of a pipelined call only (hierarchical_allreduce.cc).
 struct TensorCompressionState {
   std::size_t count = 0;
   int groupShape = 0;  // hash of the owners' group sizes, to notice a different layout
-  std::map<std::size_t, PieceCompressionState> pieces;
+  std::map<std::size_t, PieceCompressionState> pieces;  // across clouds, by piece offset
+  // With the cloud level compressed: its reduce-scatter, by slice offset, and its
+  // allgather, by piece offset.
+  std::map<std::size_t, PieceCompressionState> cloudSlices;
+  std::map<std::size_t, compression::CompressorState> cloudPieces;
 };
 
 // piece (f32, len elements) holds this rank's contribution on entry and, on return, the
@@ -38,5 +43,30 @@ struct TensorCompressionState {
 void compressedPieceAllreduce(Exchange& ex, float* piece, std::size_t len, std::size_t divisor,
                               const compression::Compressor& codec, PieceCompressionState& state,
                               std::uint64_t seed, const RingParams& params);
+
+// The first half of compressedPieceAllreduce, for a level whose result is not final: on
+// return block ex.rank() of Partition{len, ex.size()} of piece holds the sum over the
+// group (the others' contributions decoded, this rank's own exact); the rest of piece is
+// left as it was. seed as above (it seeds the per-block states).
+void compressedReduceScatter(Exchange& ex, float* piece, std::size_t len,
+                             const compression::Compressor& codec, PieceCompressionState& state,
+                             std::uint64_t seed);
+
+// A region of the buffer that one rank owns and encodes as a unit in compressedAllgather.
+struct OwnedPiece {
+  std::size_t offset;
+  std::size_t len;
+  compression::CompressorState* state;  // the owner's (null on the other ranks)
+};
+
+// Allgather of encoded pieces: owned[r] lists, in increasing offset, the pieces of buffer
+// that group rank r holds; it encodes each with its state (error feedback on the sender,
+// as step 3 above) and every rank, r included, decodes those bytes into place. An
+// elementwise codec only (not PowerSGD). Pieces that hold the same values with the same
+// state history on other ranks encode to the same bytes, which is what keeps clouds of
+// different sizes identical (hierarchical_allreduce.cc).
+void compressedAllgather(Exchange& ex, float* buffer,
+                         const std::vector<std::vector<OwnedPiece>>& owned,
+                         const compression::Compressor& codec);
 
 }  // namespace skyring::collectives

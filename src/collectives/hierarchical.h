@@ -47,16 +47,18 @@ struct HierarchicalCall {
   std::uint32_t userTag;
   std::uint32_t sequence;
   std::chrono::milliseconds timeout;
-  // The cross-cloud level's codec (null: full precision) and the tensor's state; used for
-  // f32 sum and avg only (the caller checks).
+  // The codec (null: full precision) and the tensor's state, and the levels it compresses;
+  // used for f32 sum and avg only (the caller checks, and rejects PowerSGD in a cloud).
   const compression::Compressor* codec = nullptr;
   TensorCompressionState* codecState = nullptr;
+  bool compressCloud = false;
+  bool compressCrossCloud = true;
 };
 
 // output = op over every rank of input, bit for bit what ringAllreduce gives on exactly
 // representable data (avg is one division by the world size). input may equal output.
-// With a codec the cross-cloud level is compressed (compressed_allreduce.h): every rank
-// still ends with the same bytes, approximately the reduction.
+// With a codec the levels it is given compress (compressed_allreduce.h): every rank still
+// ends with the same bytes, approximately the reduction.
 // Throws InvalidArgument for a level group larger than kMaxSubgroupSize.
 void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, BufferView output,
                            ReduceOp op, const RingParams& params);

@@ -41,14 +41,18 @@
 // counters. With a small latency-to-bandwidth product only (each slice pays the WAN's
 // latencies again).
 //
-// Compression (SKYRING_COMPRESSION): only step 2 crosses clouds, so only step 2 is
-// compressed, per piece, by compressedPieceAllreduce; the cloud levels stay exact.
+// Compression (SKYRING_COMPRESSION, at the levels of SKYRING_COMPRESSION_LEVELS): step 2
+// per piece by compressedPieceAllreduce (by default the only compressed level: it is the
+// one that crosses clouds); steps 1 and 3 by compressedReduceScatter over the cloud and
+// compressedAllgather of the pieces (each piece encoded alone, see allgatherInCloud). The
+// codec states live in the tensor's TensorCompressionState, one map per stage.
 //
 // Exactness: lower levels combine with sum where the op is avg, and the single division
 // happens on the fully reduced sub-segment as in ringAllreduce, so on exactly
 // representable inputs the bytes equal the flat ring's.
 #include <algorithm>
 #include <atomic>
+#include <cstring>
 #include <exception>
 #include <string>
 #include <thread>
@@ -107,17 +111,25 @@ struct Plan {
   }
 };
 
-// 1. Reduce-scatter of in inside the cloud; this rank's segment lands in out (the rest of
-// out, this slice's, is scratch until the allgather).
-void reduceScatterInCloud(const Plan& plan, Exchange& ex, BufferView in, BufferView out) {
-  ringReduceScatterInPlace(ex, in, out, plan.combine, plan.params);
+// Codec states start from seeds that every rank computes alike for the same place in the
+// buffer (and the same level), so that owners in different clouds stay in step.
+std::uint64_t seedOf(std::size_t offset, std::size_t len, std::uint64_t level) {
+  return ((std::uint64_t{offset} << 20) ^ len) + (level << 58);
 }
 
-// 2. Each piece of this rank's segment of `slice` (which starts at element `base` of the
-// whole buffer), allreduced with its owners in the other clouds.
-void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
-  const HierarchicalCall& call = plan.call;
-  const std::size_t count = slice.count;
+// A corrupt encoding in a stage: abort the world so that nobody waits for this rank.
+template <typename Fn>
+void abortingOnBadBytes(const Plan& plan, Fn&& fn) {
+  try {
+    fn();
+  } catch (const InvalidArgument& e) {
+    plan.call.world->abort(e.kind(), "rank " + std::to_string(plan.me) + ": " + e.detail());
+    throw;
+  }
+}
+
+// The cuts of `count` elements at every cloud's segment boundaries, and count itself.
+std::vector<std::size_t> piecesCuts(const Plan& plan, std::size_t count) {
   std::vector<std::size_t> cuts;
   for (const auto& ring : plan.rings) {
     const Partition p{count, static_cast<int>(ring.size())};
@@ -127,6 +139,32 @@ void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
   cuts.push_back(count);
   std::sort(cuts.begin(), cuts.end());
   cuts.erase(std::unique(cuts.begin(), cuts.end()), cuts.end());
+  return cuts;
+}
+
+// 1. Reduce-scatter of in inside the cloud; this rank's segment lands in out (the rest of
+// out, this slice's, is scratch until the allgather). `base`: the slice's offset.
+void reduceScatterInCloud(const Plan& plan, Exchange& ex, BufferView in, BufferView out,
+                          std::size_t base) {
+  const HierarchicalCall& call = plan.call;
+  if (call.codec == nullptr || !call.compressCloud) {
+    ringReduceScatterInPlace(ex, in, out, plan.combine, plan.params);
+    return;
+  }
+  if (in.data != out.data) std::memcpy(out.data, in.data, in.bytes());
+  auto& state = call.codecState->cloudSlices[base];
+  abortingOnBadBytes(plan, [&] {
+    compressedReduceScatter(ex, static_cast<float*>(out.data), out.count, *call.codec, state,
+                            seedOf(base, out.count, 1));
+  });
+}
+
+// 2. Each piece of this rank's segment of `slice` (which starts at element `base` of the
+// whole buffer), allreduced with its owners in the other clouds.
+void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
+  const HierarchicalCall& call = plan.call;
+  const std::size_t count = slice.count;
+  const std::vector<std::size_t> cuts = piecesCuts(plan, count);
 
   const Partition cloudPart = plan.cloudPart(count);
   const int pos = plan.pos();
@@ -147,17 +185,14 @@ void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
     const BufferView piece = slice.slice(lo, len);
     const std::size_t divisor =
         plan.op == ReduceOp::avg ? static_cast<std::size_t>(call.topology.size()) : 1;
-    if (call.codec != nullptr) {
+    if (call.codec != nullptr && call.compressCrossCloud) {
       // The same seed on every owner of the piece: PowerSGD's first Q depends on it.
       const std::size_t at = base + lo;
-      const std::uint64_t seed = (std::uint64_t{at} << 20) ^ len;
-      try {
+      abortingOnBadBytes(plan, [&] {
         compressedPieceAllreduce(shardEx, static_cast<float*>(piece.data), len, divisor,
-                                 *call.codec, call.codecState->pieces[at], seed, plan.params);
-      } catch (const InvalidArgument& e) {  // a corrupt encoding: nobody may wait for us
-        call.world->abort(e.kind(), "rank " + std::to_string(plan.me) + ": " + e.detail());
-        throw;
-      }
+                                 *call.codec, call.codecState->pieces[at], seedOf(at, len, 0),
+                                 plan.params);
+      });
       continue;
     }
     const Partition sub{len, shardGroup.size()};
@@ -169,9 +204,34 @@ void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
   }
 }
 
-// 3. Allgather of the segments inside the cloud.
-void allgatherInCloud(const Plan& plan, Exchange& ex, BufferView slice) {
-  ringAllgather(ex, slice, plan.params, 0);
+// 3. Allgather of the segments inside the cloud. Compressed, each rank encodes every piece
+// of its segment on its own (the pieces of acrossClouds): a piece has one owner per cloud,
+// all holding the same values and the same codec state, so every cloud decodes the same
+// bytes even where clouds cut the buffer differently.
+void allgatherInCloud(const Plan& plan, Exchange& ex, BufferView slice, std::size_t base) {
+  const HierarchicalCall& call = plan.call;
+  if (call.codec == nullptr || !call.compressCloud) {
+    ringAllgather(ex, slice, plan.params, 0);
+    return;
+  }
+  const std::size_t count = slice.count;
+  const std::vector<std::size_t> cuts = piecesCuts(plan, count);
+  const Partition cloudPart = plan.cloudPart(count);
+  const int pos = plan.pos();
+  std::vector<std::vector<OwnedPiece>> owned(static_cast<std::size_t>(cloudPart.parts));
+  for (std::size_t j = 0; j + 1 < cuts.size(); ++j) {
+    const std::size_t lo = cuts[j];
+    const std::size_t len = cuts[j + 1] - lo;
+    const int owner = segmentAt(cloudPart, lo);
+    compression::CompressorState* state = nullptr;
+    if (owner == pos) {
+      state = &call.codecState->cloudPieces[base + lo];
+      if (state->count != len) *state = call.codec->makeState(len, seedOf(base + lo, len, 2));
+    }
+    owned[static_cast<std::size_t>(owner)].push_back({lo, len, state});
+  }
+  abortingOnBadBytes(
+      plan, [&] { compressedAllgather(ex, static_cast<float*>(slice.data), owned, *call.codec); });
 }
 
 // How many slices to pipeline: enough that the stages inside a cloud hide behind the
@@ -219,6 +279,8 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
   plan.myCloud = topo.groupIndex(Level::cloud, me);
   if (call.codec != nullptr && call.codecState->count != count) {
     call.codecState->pieces.clear();
+    call.codecState->cloudSlices.clear();
+    call.codecState->cloudPieces.clear();
     call.codecState->count = count;
   }
 
@@ -226,6 +288,15 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
                             kSubgroupIdMask);
   if (clouds == 1) {  // no level above the cloud: the cloud's ring allreduce is all there is
     Exchange ex = exchangeOver(rsGroup, call);
+    if (call.codec != nullptr && call.compressCloud) {
+      if (input.data != output.data) std::memcpy(output.data, input.data, input.bytes());
+      const std::size_t divisor = op == ReduceOp::avg ? static_cast<std::size_t>(topo.size()) : 1;
+      abortingOnBadBytes(plan, [&] {
+        compressedPieceAllreduce(ex, static_cast<float*>(output.data), count, divisor, *call.codec,
+                                 call.codecState->cloudSlices[0], seedOf(0, count, 1), params);
+      });
+      return;
+    }
     ringAllreduce(ex, input, output, op, params);
     return;
   }
@@ -238,9 +309,9 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
   const int slices = sliceCount(plan, input.bytes());
   const Partition sliced{count, slices};
   if (slices == 1) {
-    reduceScatterInCloud(plan, rsEx, input, output);
+    reduceScatterInCloud(plan, rsEx, input, output, 0);
     acrossClouds(plan, output, 0);
-    allgatherInCloud(plan, agEx, output);
+    allgatherInCloud(plan, agEx, output, 0);
     return;
   }
   // Pipelined: slice s goes through the three stages in order, each stage (its own thread,
@@ -278,7 +349,7 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     stage(0, [&] {
       for (int s = 0; s < slices; ++s) {
         reduceScatterInCloud(plan, rsEx, input.slice(sliced.offset(s), sliced.size(s)),
-                             output.slice(sliced.offset(s), sliced.size(s)));
+                             output.slice(sliced.offset(s), sliced.size(s)), sliced.offset(s));
         reduced.fetch_add(1);
         reduced.notify_all();
       }
@@ -288,7 +359,8 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     stage(2, [&] {
       for (int s = 0; s < slices; ++s) {
         if (!waitFor(crossed, s)) return;
-        allgatherInCloud(plan, agEx, output.slice(sliced.offset(s), sliced.size(s)));
+        allgatherInCloud(plan, agEx, output.slice(sliced.offset(s), sliced.size(s)),
+                         sliced.offset(s));
       }
     });
   });

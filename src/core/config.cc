@@ -1,6 +1,7 @@
 // The one place where SKYRING_* environment variables are read.
 #include "skyring/config.h"
 
+#include <algorithm>
 #include <charconv>
 #include <cstdlib>
 #include <functional>
@@ -39,6 +40,25 @@ double parseDecimal(std::string_view name, const std::string& value, double min,
                   max, "]");
   }
   return v;
+}
+
+CompressionLevels parseCompressionLevels(const std::string& value) {
+  CompressionLevels levels{false, false};
+  std::size_t begin = 0;
+  while (true) {
+    const std::size_t end = std::min(value.find(',', begin), value.size());
+    const std::string_view item = std::string_view(value).substr(begin, end - begin);
+    bool* level = item == "cloud"         ? &levels.cloud
+                  : item == "cross_cloud" ? &levels.crossCloud
+                                          : nullptr;
+    if (level == nullptr || *level) {
+      SKYRING_THROW(InvalidArgument, {}, "SKYRING_COMPRESSION_LEVELS='", value,
+                    "': expected cross_cloud, cloud or cloud,cross_cloud");
+    }
+    *level = true;
+    if (end == value.size()) return levels;
+    begin = end + 1;
+  }
 }
 
 // One SKYRING_LINK_* parameter: a field of one link class of the cost model.
@@ -126,9 +146,13 @@ const std::vector<ParameterSpec>& specs() {
          }
        }},
       {{"SKYRING_COMPRESSION", "none",
-        "Codec of the cross-cloud hop of hierarchical allreduce (f32 sum and avg): none, "
+        "Codec of hierarchical allreduce's compressed levels (f32 sum and avg): none, "
         "fp16, bf16, int8, sign, topk:FRACTION, powersgd:RANK, with options."},
        [](Config& c, const std::string& v) { c.compression = v; }},
+      {{"SKYRING_COMPRESSION_LEVELS", "cross_cloud",
+        "Levels of hierarchical allreduce that SKYRING_COMPRESSION compresses: cross_cloud, "
+        "cloud (inside each cloud), or both, comma-separated."},
+       [](Config& c, const std::string& v) { c.compressionLevels = parseCompressionLevels(v); }},
       {{"SKYRING_NODE", "(hostname)",
         "Name of this rank's node; ranks with equal node and cloud share a node."},
        [](Config& c, const std::string& v) { c.node = v; }},

@@ -29,6 +29,9 @@ const std::vector<const char*> k2x2 = {"A0", "A1", "B0", "B1"};
 const std::vector<const char*> k2x4 = {"A0", "B0", "A1", "B1", "A2", "B2", "A3", "B3"};
 const std::vector<const char*> k4x1 = {"A0", "B0", "C0", "D0"};
 const std::vector<const char*> k3_2 = {"A0", "B0", "A1", "B1", "A2"};
+const std::vector<const char*> k1x3 = {"A0", "A1", "A2"};
+constexpr CompressionLevels kCloudOnly{true, false};
+constexpr CompressionLevels kEveryLevel{true, true};
 
 Config testConfig(const std::string& compression = "none") {
   Config c;
@@ -76,7 +79,8 @@ struct Outcome {
 // steps allreduces (sum) of each rank's gradient in one buffer, compressed with spec per
 // call; the outputs of every rank are returned.
 Outcome run(const std::vector<const char*>& where, const std::string& spec, std::size_t count,
-            int steps, ReduceOp op = ReduceOp::sum) {
+            int steps, ReduceOp op = ReduceOp::sum,
+            CompressionLevels levels = CompressionLevels{}) {
   auto topo = topologyOf(where);
   Outcome out;
   out.last.resize(where.size());
@@ -87,6 +91,8 @@ Outcome run(const std::vector<const char*>& where, const std::string& spec, std:
     std::vector<float> buffer(count);
     CollectiveOptions options;
     options.compression = spec;
+    options.compressionLevels = levels;
+    options.algorithm = AllreduceAlgorithm::hierarchical;  // also with a single cloud
     for (int s = 0; s < steps; ++s) {
       buffer = input;
       comm.allreduce(view(std::span(buffer)), op, options);
@@ -224,6 +230,107 @@ TEST(CompressedAllreduce, CrossCloudBytesAreTheCodecs) {
   }
 }
 
+// The cloud level compressed too (SKYRING_COMPRESSION_LEVELS): still the same bytes on
+// every rank, also where clouds of different sizes cut the buffer differently (3 + 2) and
+// with a single cloud; one call is close, and error feedback at every level makes the
+// lossy codecs exact on average.
+TEST(CompressedAllreduce, CloudLevelKeepsEveryRankIdentical) {
+  const SingleShot cases[] = {
+      {"fp16", 4e-3}, {"bf16", 3e-2}, {"int8", 4e-2}, {"int8:stochastic", 8e-2}};
+  for (const auto& where : {k2x2, k2x4, k4x1, k3_2, k1x3}) {
+    for (const CompressionLevels levels : {kCloudOnly, kEveryLevel}) {
+      for (const auto& c : cases) {
+        for (std::size_t count : {std::size_t{1}, std::size_t{3}, std::size_t{20011}}) {
+          const std::string what =
+              std::string(c.spec) + (levels.crossCloud ? " everywhere" : " in clouds") + " on " +
+              std::to_string(where.size()) + " ranks, count " + std::to_string(count);
+          const Outcome o = run(where, c.spec, count, 1, ReduceOp::sum, levels);
+          expectSameOnEveryRank(o, what);
+          EXPECT_LT(relativeError(o.mean, exactSum(static_cast<int>(where.size()), count)),
+                    c.tolerance)
+              << what;
+        }
+      }
+    }
+  }
+  const std::size_t count = 4096;
+  for (const auto& where : {k2x2, k3_2}) {
+    const auto want = exactSum(static_cast<int>(where.size()), count);
+    for (const char* spec : {"sign", "topk:0.1"}) {
+      const std::string what = std::string(spec) + " everywhere on " + std::to_string(where.size());
+      const Outcome ef = run(where, spec, count, 200, ReduceOp::sum, kEveryLevel);
+      expectSameOnEveryRank(ef, what);
+      const double errEf = relativeError(ef.mean, want);
+      EXPECT_LT(errEf, 0.2) << what;
+      const std::string off = std::string(spec) + (std::string(spec) == "sign" ? ":ef=0" : ",ef=0");
+      const double errNoEf =
+          relativeError(run(where, off, count, 200, ReduceOp::sum, kEveryLevel).mean, want);
+      EXPECT_GT(errNoEf, 2 * errEf) << what;
+      std::printf("%-8s everywhere, %zu ranks: mean error %.4f with error feedback, %.4f without\n",
+                  spec, where.size(), errEf, errNoEf);
+    }
+  }
+  const Outcome avg = run(k3_2, "fp16", 5000, 1, ReduceOp::avg, kEveryLevel);
+  expectSameOnEveryRank(avg, "fp16 avg everywhere");
+  auto want = exactSum(5, 5000);
+  for (double& v : want)
+    v /= 5;
+  EXPECT_LT(relativeError(avg.mean, want), 4e-3);
+}
+
+// Bytes per level: the compressed level sends the codec's bytes, the other one the
+// uncompressed hierarchy's.
+TEST(CompressedAllreduce, CloudLevelBytes) {
+  const std::size_t count = 48000;
+  auto topo = topologyOf(k2x4);
+  const std::size_t g = 2;
+  const std::size_t c = 4;
+  const auto codec = compression::makeCompressor("int8");
+  const std::size_t block = count / (g * c);
+  struct Sent {
+    std::uint64_t inCloud = 0;
+    std::uint64_t acrossClouds = 0;
+  };
+  const auto meter = [&](CompressionLevels levels, const char* spec) {
+    std::vector<std::shared_ptr<transport::MeteringTransport>> meters(g * c);
+    runCloudRanks(
+        topo, testConfig(),
+        [&](Communicator& comm) {
+          auto data = gradientOf(comm.rank(), count);
+          CollectiveOptions options;
+          options.compression = spec;
+          options.compressionLevels = levels;
+          comm.allreduce(view(std::span(data)), ReduceOp::sum, options);
+        },
+        [&](int r, std::shared_ptr<transport::Transport> t) {
+          auto m = std::make_shared<transport::MeteringTransport>(std::move(t), topo);
+          meters[static_cast<std::size_t>(r)] = m;
+          return m;
+        });
+    std::vector<Sent> sent;
+    for (const auto& m : meters) {
+      const auto st = m->stats();
+      sent.push_back({st.bytesOver(LinkClass::intraNode) + st.bytesOver(LinkClass::intraCloud),
+                      st.bytesOver(LinkClass::crossCloud)});
+    }
+    return sent;
+  };
+  const auto plain = meter(CompressionLevels{}, "none");
+  const auto cloudOnly = meter(kCloudOnly, "int8");
+  const auto every = meter(kEveryLevel, "int8");
+  // Inside a cloud each rank sends c - 1 encoded blocks of its cloud's partition (count / c
+  // each) to their owners, then its own segment, encoded per piece (one piece here), to the
+  // c - 1 others.
+  const std::uint64_t inCloud = 2 * (c - 1) * codec->maxEncodedBytes(count / c);
+  for (std::size_t r = 0; r < g * c; ++r) {
+    EXPECT_EQ(plain[r].inCloud, 2 * (c - 1) * (count / c) * sizeof(float)) << r;
+    EXPECT_EQ(cloudOnly[r].inCloud, inCloud) << r;
+    EXPECT_EQ(cloudOnly[r].acrossClouds, plain[r].acrossClouds) << r;
+    EXPECT_EQ(every[r].inCloud, inCloud) << r;
+    EXPECT_EQ(every[r].acrossClouds, 2 * (g - 1) * codec->maxEncodedBytes(block)) << r;
+  }
+}
+
 // Other dtypes and ops are not compressed: exact as without a codec.
 TEST(CompressedAllreduce, OtherDtypesAndOpsStayExact) {
   auto topo = topologyOf(k2x2);
@@ -259,6 +366,37 @@ TEST(CompressedAllreduce, BadSpecsAreRejected) {
       comm.allreduce(view(std::span(data)), ReduceOp::sum, options);
     } catch (const InvalidArgument&) {
       threw[static_cast<std::size_t>(comm.rank())] = 1;
+    }
+  });
+  EXPECT_EQ(std::accumulate(threw.begin(), threw.end(), 0), 4);
+}
+
+// PowerSGD is not an elementwise codec: it has no reduce-scatter form, so it cannot
+// compress the levels inside a cloud; asking for it is a clear error, at construction for
+// the configuration and on every rank for a call.
+TEST(CompressedAllreduce, PowerSgdOnlyAcrossClouds) {
+  transport::InProcessWorld world(1);
+  Config config = testConfig("powersgd:4");
+  config.compressionLevels = kEveryLevel;
+  try {
+    Communicator comm(world.transport(0), config, nullptr, topologyOf({"A0"}));
+    FAIL() << "PowerSGD inside clouds was accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("SKYRING_COMPRESSION_LEVELS"), std::string::npos)
+        << e.what();
+  }
+  auto topo = topologyOf(k2x2);
+  std::vector<int> threw(4, 0);
+  runCloudRanks(topo, testConfig(), [&](Communicator& comm) {
+    std::vector<float> data(100, 1.0f);
+    CollectiveOptions options;
+    options.compression = "powersgd:2";
+    options.compressionLevels = kCloudOnly;
+    try {
+      comm.allreduce(view(std::span(data)), ReduceOp::sum, options);
+    } catch (const InvalidArgument& e) {
+      threw[static_cast<std::size_t>(comm.rank())] =
+          std::string(e.what()).find("cross_cloud") != std::string::npos;
     }
   });
   EXPECT_EQ(std::accumulate(threw.begin(), threw.end(), 0), 4);

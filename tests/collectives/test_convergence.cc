@@ -175,7 +175,7 @@ double accuracy(const std::vector<float>& w, const Dataset& d) {
 
 // Trains with spec on the cross-cloud hop; returns the test accuracy (%) of the weights,
 // after checking that all ranks hold the same ones.
-double train(const std::string& spec) {
+double train(const std::string& spec, CompressionLevels levels = CompressionLevels{}) {
   static const Dataset test = makeData(kTest, 999);
   auto topo = testing::topologyOf({"A0", "A1", "B0", "B1"});
   Config config;
@@ -189,6 +189,7 @@ double train(const std::string& spec) {
     CollectiveOptions options;
     options.compression = spec;
     options.tensorKey = 1;
+    options.compressionLevels = levels;
     for (int step = 0; step < kSteps; ++step) {
       gradient(w, mine, (step * kBatch) % kTrainPerRank, kBatch, g);
       comm.allreduce(view(std::span(g)), ReduceOp::avg, options);
@@ -207,7 +208,9 @@ double train(const std::string& spec) {
         << spec << ": rank " << r << " ended with other weights than rank 0";
   }
   const double acc = accuracy(finalWeights[0], test);
-  std::printf("%-22s test accuracy %.2f%%\n", spec.c_str(), acc);
+  std::printf(
+      "%-22s %-18s test accuracy %.2f%%\n", spec.c_str(),
+      levels.cloud ? (levels.crossCloud ? "every level" : "inside clouds") : "across clouds", acc);
   return acc;
 }
 
@@ -220,6 +223,13 @@ TEST(Convergence, CodecsWithErrorFeedbackMatchUncompressed) {
   }
   EXPECT_LT(train("topk:0.01,ef=0"), baseline - 2.0) << "top-k without error feedback";
   train("sign:ef=0");  // printed for the record
+}
+
+// The levels inside the clouds compressed too (SKYRING_COMPRESSION_LEVELS=cloud,cross_cloud).
+TEST(Convergence, EveryLevelCompressed) {
+  const double baseline = train("none");
+  for (const char* spec : {"fp16", "int8", "sign", "topk:0.01"})
+    EXPECT_GE(train(spec, CompressionLevels{true, true}), baseline - 1.0) << spec;
 }
 
 }  // namespace

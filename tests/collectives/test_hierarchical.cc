@@ -186,6 +186,12 @@ TEST(HierarchicalPipelined, ExactInSlices) {
                          static_cast<float>(comm.size() * (comm.size() - 1) / 2);
       for (float v : grad)
         ASSERT_EQ(v, want) << layout.name << " fp16";
+      // And inside the clouds too (every value stays exact in fp16).
+      std::fill(grad.begin(), grad.end(), 0.5f + static_cast<float>(comm.rank()));
+      options.compressionLevels = CompressionLevels{true, true};
+      comm.allreduce(view(std::span(grad)), ReduceOp::sum, options);
+      for (float v : grad)
+        ASSERT_EQ(v, want) << layout.name << " fp16 at every level";
     });
   }
 }

@@ -48,6 +48,20 @@ TEST(Config, BadValuesNameTheVariable) {
   }
 }
 
+TEST(Config, CompressionLevels) {
+  EXPECT_EQ(Config::fromMap({}).compressionLevels, (CompressionLevels{false, true}));
+  const auto levels = [](const char* v) {
+    return Config::fromMap({{"SKYRING_COMPRESSION_LEVELS", v}}).compressionLevels;
+  };
+  EXPECT_EQ(levels("cross_cloud"), (CompressionLevels{false, true}));
+  EXPECT_EQ(levels("cloud"), (CompressionLevels{true, false}));
+  EXPECT_EQ(levels("cloud,cross_cloud"), (CompressionLevels{true, true}));
+  EXPECT_EQ(levels("cross_cloud,cloud"), (CompressionLevels{true, true}));
+  for (const char* bad : {"", "node", "cloud,", ",cloud", "cloud,cloud", "cloud cross_cloud"}) {
+    EXPECT_THROW(levels(bad), InvalidArgument) << "'" << bad << "'";
+  }
+}
+
 TEST(Config, UnknownVariablesWarn) {
   const Config c = Config::fromMap({{"SKYRING_TIMEOUT", "5"}});
   ASSERT_EQ(c.warnings.size(), 1u);
