@@ -230,8 +230,9 @@ void Core::handleControlLocked() {
     if (from >= 0 && from < size_ && from != rank_) {
       auto& failure = peers_[static_cast<std::size_t>(from)].failure;
       if (!failure) {
-        failure = Failure{ErrorKind::transport,
-                          detail::concat("rank ", from, " has left the group (shut down)")};
+        failure =
+            Failure{ErrorKind::transport,
+                    detail::concat("rank ", from, " has left the group (shut down)"), false, true};
       }
       events_ = true;
     }
@@ -241,7 +242,7 @@ void Core::handleControlLocked() {
     lost_ = false;
     for (Peer& peer : peers_) {
       if (peer.lost != UCS_OK && !peer.failure) {
-        peer.failure = Failure{ErrorKind::transport, deathOf(peer.rank, peer.lost)};
+        peer.failure = Failure{ErrorKind::transport, deathOf(peer.rank, peer.lost), false, true};
         events_ = true;
       }
     }
@@ -265,6 +266,7 @@ void Core::abort(ErrorKind kind, const std::string& reason) noexcept {
     std::unique_lock lock(mu_);
     if (abort_ || closing_) return;
     abort_ = Failure{kind, reason, true};
+    abortedHere_ = true;
     abortPayload_ = encodeAbort(kind, rank_, reason);
     std::vector<Op*> sent;
     for (int p = 0; p < size_; ++p) {
@@ -322,6 +324,18 @@ void Core::closeEndpointsLocked(std::unique_lock<std::mutex>& lock) {
     return std::all_of(goodbyes.begin(), goodbyes.end(),
                        [](const Op* op) { return op->request == nullptr; });
   });
+  // After this rank's own abort(), keep the connections until the peers have left too
+  // (their goodbye, or their loss), within the bound. A process that exits right after
+  // aborting would otherwise reset connections on which its abort may still lie unread
+  // (TCP resets when unread data is left behind), and a peer would report this rank's
+  // death instead of the cause the abort names (integration.killed_rank_transport).
+  if (abortedHere_) {
+    waitLocked(lock, Clock::now() + kCloseTimeout, [&] {
+      return std::all_of(peers_.begin(), peers_.end(), [&](const Peer& peer) {
+        return peer.rank == rank_ || peer.ep == nullptr || peer.failure.has_value();
+      });
+    });
+  }
 
   ucp_request_param_t force{};
   force.op_attr_mask = UCP_OP_ATTR_FIELD_FLAGS;

@@ -32,6 +32,7 @@ struct Failure {
   ErrorKind kind;
   std::string detail;
   bool remote = false;  // from another rank's abort(): raised with peer -1
+  bool lost = false;    // a peer's connection lost or closed: maybe the echo of an abort
 };
 
 class Core;
@@ -145,6 +146,9 @@ class Core {
   std::vector<Peer> peers_;
 
   std::optional<Failure> abort_;
+  // When this rank first saw a lost connection that no abort explained (checkLocked).
+  std::optional<Clock::time_point> lossSeen_;
+  bool abortedHere_ = false;  // this rank's abort() sent the news: linger at close
   bool closing_ = false;
   bool controlClosed_ = false;  // control receives cancelled: not reposted any more
   bool closed_ = false;

@@ -13,6 +13,8 @@ namespace {
 // way; sleeping in slices bounds how long a missed wake-up can cost.
 constexpr auto kSpin = std::chrono::microseconds(30);
 constexpr auto kSleepSlice = std::chrono::milliseconds(100);
+// How long a lost connection waits for an abort that explains it (checkLocked).
+constexpr auto kLossGrace = std::chrono::milliseconds(300);
 // How long a destroyed send may take to complete on its own in a healthy group.
 constexpr auto kAbandonGrace = std::chrono::seconds(1);
 
@@ -133,7 +135,9 @@ Failure Core::failureLocked(const Op& op, ucs_status_t status) const {
   if (op.peer >= 0) {
     const Peer& peer = peers_[static_cast<std::size_t>(op.peer)];
     if (peer.failure) return *peer.failure;
-    if (peer.lost != UCS_OK) return Failure{ErrorKind::transport, deathOf(op.peer, peer.lost)};
+    if (peer.lost != UCS_OK) {
+      return Failure{ErrorKind::transport, deathOf(op.peer, peer.lost), false, true};
+    }
   }
   return Failure{ErrorKind::transport,
                  detail::concat(op.isRecv ? "receive from" : "send to", " rank ", op.peer,
@@ -148,10 +152,20 @@ std::optional<Failure> Core::blockerLocked(int peer) const {
 }
 
 bool Core::checkLocked(const Op& op) {
-  if (op.failure) raise(*op.failure, op.peer);
-  if (op.done) return true;
-  if (auto why = blockerLocked(op.peer)) raise(*why, op.peer);
-  return false;
+  std::optional<Failure> why = op.failure;
+  if (!why && op.done) return true;
+  if (!why) why = blockerLocked(op.peer);
+  if (!why) return false;
+  if (why->lost) {
+    // A peer that exits right after an abort (its own, or one it heard of) can reset the
+    // connection before its abort, or the originator's, is read here: the loss would then
+    // hide the cause. Wait up to kLossGrace from the first loss for an abort to explain it.
+    if (abort_) raise(*abort_, op.peer);
+    const auto now = Clock::now();
+    if (!lossSeen_) lossSeen_ = now;
+    if (now < *lossSeen_ + kLossGrace) return false;
+  }
+  raise(*why, op.peer);
 }
 
 unsigned Core::progressLocked() {
