@@ -33,6 +33,7 @@
 // mean of the G contributions, then scaled by G / divisor.
 #include "collectives/compressed_allreduce.h"
 
+#include <algorithm>
 #include <cstring>
 #include <span>
 
@@ -202,53 +203,42 @@ void compressedPieceAllreduce(Exchange& ex, float* piece, std::size_t len, std::
   if (divisor != 1) compression::divideBy(DType::f32, at(me).data(), mine, divisor);
 
   // 3. The sum, encoded once, to everyone; every rank decodes the same bytes.
-  const bool variableSize = codec.codec() == Codec::topk;
-  std::vector<std::byte> reduced;
-  std::vector<std::vector<std::byte>> got(static_cast<std::size_t>(groupSize));
-  std::vector<Outgoing> out;
-  std::vector<Incoming> in;
-  if (mine > 0) {
-    reduced.resize(codec.maxEncodedBytes(mine));
-    reduced.resize(codec.encode(at(me), state.reduced, reduced));
-    codec.decode(reduced, at(me));
-  }
+  std::vector<std::vector<OwnedPiece>> owned(static_cast<std::size_t>(groupSize));
   for (int j = 0; j < groupSize; ++j) {
-    if (j == me) continue;
-    const auto ju = static_cast<std::size_t>(j);
-    if (mine > 0) out.push_back({j, reduced});
-    if (blocks.size(j) > 0) {
-      got[ju].resize(codec.maxEncodedBytes(blocks.size(j)));
-      in.push_back({j, &got[ju]});
-    }
+    owned[static_cast<std::size_t>(j)].push_back(
+        {blocks.offset(j), blocks.size(j), j == me ? &state.reduced : nullptr});
   }
-  swapEncoded(ex, 2, variableSize, out, in);
-  for (const auto& r : in)
-    codec.decode(*r.bytes, at(r.peer));
+  compressedAllgather(ex, piece, owned, codec, 2);
 }
 
 void compressedAllgather(Exchange& ex, float* buffer,
-                         const std::vector<std::vector<OwnedPiece>>& owned,
-                         const Compressor& codec) {
+                         const std::vector<std::vector<OwnedPiece>>& owned, const Compressor& codec,
+                         std::uint32_t step) {
   const int groupSize = ex.size();
   const int me = ex.rank();
-  // A message is the sender's non-empty pieces encoded back to back, each behind an
-  // 8-byte length when the codec's size depends on the data (the message's own length
-  // goes first then, see swapEncoded).
+  // A message is the sender's non-empty pieces encoded back to back. When the codec's size
+  // depends on the data the message's own length goes first (see swapEncoded), and each
+  // piece is behind an 8-byte length of its own if there are several.
   const bool variableSize = codec.codec() == Codec::topk;
-  const std::size_t prefix = variableSize ? sizeof(std::uint64_t) : 0;
+  const auto prefixOf = [&](const std::vector<OwnedPiece>& pieces) {
+    const auto nonEmpty =
+        std::count_if(pieces.begin(), pieces.end(), [](const OwnedPiece& p) { return p.len > 0; });
+    return variableSize && nonEmpty > 1 ? sizeof(std::uint64_t) : std::size_t{0};
+  };
   const auto maxBytes = [&](const std::vector<OwnedPiece>& pieces) {
     std::size_t n = 0;
     for (const auto& p : pieces)
-      n += p.len > 0 ? prefix + codec.maxEncodedBytes(p.len) : 0;
+      n += p.len > 0 ? prefixOf(pieces) + codec.maxEncodedBytes(p.len) : 0;
     return n;
   };
   const auto decodeAll = [&](std::span<const std::byte> bytes,
                              const std::vector<OwnedPiece>& pieces, int from) {
+    const std::size_t prefix = prefixOf(pieces);
     std::size_t at = 0;
     for (const auto& p : pieces) {
       if (p.len == 0) continue;
-      std::size_t size = codec.maxEncodedBytes(p.len);
-      if (variableSize) {
+      std::size_t size = variableSize ? bytes.size() - at : codec.maxEncodedBytes(p.len);
+      if (prefix > 0) {
         std::uint64_t n = 0;
         SKYRING_CHECK_ARG(at + prefix <= bytes.size(), ex.context(from),
                           "an encoded allgather message ends inside a length");
@@ -266,13 +256,14 @@ void compressedAllgather(Exchange& ex, float* buffer,
   };
 
   const auto& myPieces = owned[static_cast<std::size_t>(me)];
+  const std::size_t prefix = prefixOf(myPieces);
   std::vector<std::byte> mine(maxBytes(myPieces));
   std::size_t used = 0;
   for (const auto& p : myPieces) {
     if (p.len == 0) continue;
     const std::size_t size = codec.encode(std::span<const float>(buffer + p.offset, p.len),
                                           *p.state, std::span(mine).subspan(used + prefix));
-    if (variableSize) {
+    if (prefix > 0) {
       const std::uint64_t n = size;
       std::memcpy(mine.data() + used, &n, prefix);
     }
@@ -291,7 +282,7 @@ void compressedAllgather(Exchange& ex, float* buffer,
     got[ju].resize(maxBytes(owned[ju]));
     if (!got[ju].empty()) in.push_back({j, &got[ju]});
   }
-  swapEncoded(ex, 0, variableSize, out, in);
+  swapEncoded(ex, step, variableSize, out, in);
   for (const auto& r : in)
     decodeAll(*r.bytes, owned[static_cast<std::size_t>(r.peer)], r.peer);
 }

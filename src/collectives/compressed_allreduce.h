@@ -64,9 +64,10 @@ struct OwnedPiece {
 // as step 3 above) and every rank, r included, decodes those bytes into place. An
 // elementwise codec only (not PowerSGD). Pieces that hold the same values with the same
 // state history on other ranks encode to the same bytes, which is what keeps clouds of
-// different sizes identical (hierarchical_allreduce.cc).
+// different sizes identical (hierarchical_allreduce.cc). Uses steps `step` and step + 1
+// of ex; compressedPieceAllreduce's step 3 is this with one block per rank.
 void compressedAllgather(Exchange& ex, float* buffer,
                          const std::vector<std::vector<OwnedPiece>>& owned,
-                         const compression::Compressor& codec);
+                         const compression::Compressor& codec, std::uint32_t step = 0);
 
 }  // namespace skyring::collectives

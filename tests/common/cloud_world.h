@@ -6,11 +6,10 @@
 #include <exception>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "common/run_ranks.h"
 #include "skyring/communicator.h"
 #include "skyring/inprocess_transport.h"
 #include "skyring/topology.h"
@@ -34,26 +33,17 @@ inline void runCloudRanks(const std::shared_ptr<const topology::Topology>& topo,
                           const Config& config, const std::function<void(Communicator&)>& fn,
                           const WrapTransport& wrap = nullptr) {
   transport::InProcessWorld world(topo->size());
-  std::mutex mu;
-  std::exception_ptr first;
-  std::vector<std::thread> threads;
-  for (int r = 0; r < topo->size(); ++r) {
-    threads.emplace_back([&, r] {
-      std::shared_ptr<transport::Transport> t = world.transport(r);
-      if (wrap) t = wrap(r, t);
-      try {
-        Communicator comm(t, config, nullptr, topo);
-        fn(comm);
-      } catch (const std::exception& e) {
-        t->abort(ErrorKind::aborted, "rank " + std::to_string(r) + " failed: " + e.what());
-        std::lock_guard lock(mu);
-        if (!first) first = std::current_exception();
-      }
-    });
-  }
-  for (auto& t : threads)
-    t.join();
-  if (first) std::rethrow_exception(first);
+  runRanks(topo->size(), [&](int r) {
+    std::shared_ptr<transport::Transport> t = world.transport(r);
+    if (wrap) t = wrap(r, t);
+    try {
+      Communicator comm(t, config, nullptr, topo);
+      fn(comm);
+    } catch (const std::exception& e) {
+      t->abort(ErrorKind::aborted, "rank " + std::to_string(r) + " failed: " + e.what());
+      throw;
+    }
+  });
 }
 
 }  // namespace skyring::testing
