@@ -9,6 +9,7 @@
 #include <map>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "skyring/logging.h"
@@ -28,6 +29,9 @@ struct LaunchEnvironment {
   int localSize = -1;
   std::string masterAddr;  // torchrun only
   int masterPort = 0;      // torchrun only
+  // The launcher's name for this job (Open MPI's job id, PMIx namespace, torchrun's run
+  // id); empty when it gives none. Config::jobId() prefers SKYRING_JOB_ID.
+  std::string jobId;
 };
 
 // Which allreduce algorithm a Communicator with a topology runs (SKYRING_ALLREDUCE):
@@ -49,6 +53,16 @@ struct Config {
   // How long a collective may wait without progress before the ranks diagnose who is
   // missing and fail with Timeout. SKYRING_TIMEOUT_MS.
   std::chrono::milliseconds timeout{30000};
+  // How long start-up (joining the job, exchanging addresses, connecting) and the final
+  // goodbye at shutdown may take: ranks start late and rank 0 may be busy, so this is
+  // separate from the collectives' timeout. SKYRING_INIT_TIMEOUT_MS.
+  std::chrono::milliseconds initTimeout{300000};
+  // The job's identity, checked when a rank joins so that two jobs never mix (empty: the
+  // launcher's, see jobId()). SKYRING_JOB_ID.
+  std::string jobIdOverride;
+  // The job's shared secret: every connection to the bootstrap store proves it knows it
+  // (HMAC challenge). Never logged. SKYRING_JOB_TOKEN.
+  std::string jobToken;
   LogLevel logLevel = LogLevel::warn;  // SKYRING_LOG_LEVEL
   // Ring pipelining: bytes per message and messages in flight per peer.
   std::size_t ringChunkBytes = 256 * 1024;  // SKYRING_RING_CHUNK_BYTES
@@ -95,13 +109,23 @@ struct Config {
   // Same rules, from explicit name=value pairs (tests, bindings).
   static Config fromMap(const std::map<std::string, std::string>& vars);
 
+  // SKYRING_JOB_ID if set, else the launcher's job id, else "".
+  std::string jobId() const { return jobIdOverride.empty() ? launch.jobId : jobIdOverride; }
+
   struct Parameter {
     std::string_view name;
     std::string_view defaultValue;
     std::string_view description;
+    // Every rank of a job must have the same value: ranks check at init (jobSettings)
+    // and all fail naming the variable when they differ.
+    bool mustAgree = false;
   };
   // Every parameter Config understands, in documentation order.
   static const std::vector<Parameter>& parameters();
+
+  // The effective value of every mustAgree parameter, as (name, canonical text), in
+  // parameters() order. Ranks exchange these at init and compare them.
+  std::vector<std::pair<std::string_view, std::string>> jobSettings() const;
 };
 
 }  // namespace skyring

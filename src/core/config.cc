@@ -65,7 +65,7 @@ CompressionLevels parseCompressionLevels(const std::string& value) {
 ParameterSpec linkSpec(std::string_view name, std::string_view defaultValue,
                        std::string_view description, Config::LinkParameters Config::*link,
                        double Config::LinkParameters::*field, double min, double max) {
-  return {{name, defaultValue, description}, [=](Config& c, const std::string& v) {
+  return {{name, defaultValue, description, true}, [=](Config& c, const std::string& v) {
             (c.*link).*field = parseDecimal(name, v, min, max);
           }};
 }
@@ -75,62 +75,93 @@ const std::vector<ParameterSpec>& specs() {
       {{"SKYRING_TIMEOUT_MS", "30000",
         "Longest a collective waits without progress (ms). Then the ranks exchange what "
         "they wait on and every rank throws Timeout naming the missing rank, within this "
-        "time."},
+        "time.",
+        true},
        [](Config& c, const std::string& v) {
          c.timeout = std::chrono::milliseconds(
              parseInteger("SKYRING_TIMEOUT_MS", v, 1, std::numeric_limits<int>::max()));
        }},
       {{"SKYRING_LOG_LEVEL", "warn", "error, warn, info, debug or trace."},
        [](Config& c, const std::string& v) { c.logLevel = parseLogLevel(v); }},
+      {{"SKYRING_INIT_TIMEOUT_MS", "300000",
+        "Longest start-up may take (ms): joining the job, exchanging addresses, connecting, "
+        "and the goodbye at shutdown. Ranks that start late within it are waited for."},
+       [](Config& c, const std::string& v) {
+         c.initTimeout = std::chrono::milliseconds(
+             parseInteger("SKYRING_INIT_TIMEOUT_MS", v, 1, std::numeric_limits<int>::max()));
+       }},
+      {{"SKYRING_JOB_ID", "(launcher's)",
+        "Identity of the job, checked when a rank joins so two jobs never mix; default: "
+        "the launcher's job id (Open MPI, PMIx, torchrun's run id).",
+        true},
+       [](Config& c, const std::string& v) {
+         SKYRING_CHECK_ARG(!v.empty() && v.size() <= 256, {},
+                           "SKYRING_JOB_ID: expected 1 to 256 characters, got ", v.size());
+         c.jobIdOverride = v;
+       }},
+      {{"SKYRING_JOB_TOKEN", "(none)",
+        "Shared secret of the job: every connection to the bootstrap store must prove it "
+        "knows it (HMAC-SHA256 challenge). Never logged."},
+       [](Config& c, const std::string& v) {
+         SKYRING_CHECK_ARG(v.size() >= 16 && v.size() <= 1024, {},
+                           "SKYRING_JOB_TOKEN: expected 16 to 1024 characters, got ", v.size());
+         c.jobToken = v;
+       }},
       {{"SKYRING_RING_CHUNK_BYTES", "262144",
         "Bytes per message in ring algorithms: smaller pipelines better, larger costs "
-        "fewer messages."},
+        "fewer messages.",
+        true},
        [](Config& c, const std::string& v) {
          c.ringChunkBytes = static_cast<std::size_t>(
              parseInteger("SKYRING_RING_CHUNK_BYTES", v, 64, std::int64_t{1} << 32));
        }},
       {{"SKYRING_RING_PIPELINE_DEPTH", "4",
-        "Receives a ring step keeps posted ahead (chunks in flight per peer)."},
+        "Receives a ring step keeps posted ahead (chunks in flight per peer).", true},
        [](Config& c, const std::string& v) {
          c.ringPipelineDepth =
              static_cast<int>(parseInteger("SKYRING_RING_PIPELINE_DEPTH", v, 1, 64));
        }},
       {{"SKYRING_SHM", "1",
         "1: ranks of one node reduce through shared memory and single-copy reads of each "
-        "other's buffers; 0: every byte goes through the transport."},
+        "other's buffers; 0: every byte goes through the transport.",
+        true},
        [](Config& c, const std::string& v) {
          c.sharedMemory = parseInteger("SKYRING_SHM", v, 0, 1) == 1;
        }},
       {{"SKYRING_SHM_SLOT_BYTES", "65536",
         "Largest node allreduce done by copying into shared slots and reducing them all "
-        "(one synchronisation)."},
+        "(one synchronisation).",
+        true},
        [](Config& c, const std::string& v) {
          c.shmSlotBytes = static_cast<std::size_t>(
              parseInteger("SKYRING_SHM_SLOT_BYTES", v, 64, std::int64_t{1} << 30));
        }},
       {{"SKYRING_SHM_RING_BYTES", "1048576",
         "Shared memory per rank for the pipelined node allreduce: a ring of blocks, each "
-        "one chunk per rank."},
+        "one chunk per rank.",
+        true},
        [](Config& c, const std::string& v) {
          c.shmRingBytes = static_cast<std::size_t>(
              parseInteger("SKYRING_SHM_RING_BYTES", v, 1024, std::int64_t{1} << 32));
        }},
       {{"SKYRING_SHM_SINGLE_COPY_BYTES", "0",
         "0: never. Else node allreduces of at least this many bytes read and write each "
-        "other's buffers directly (process_vm_readv/writev) instead of pipelining."},
+        "other's buffers directly (process_vm_readv/writev) instead of pipelining.",
+        true},
        [](Config& c, const std::string& v) {
          c.shmSingleCopyBytes = static_cast<std::size_t>(
              parseInteger("SKYRING_SHM_SINGLE_COPY_BYTES", v, 0, std::int64_t{1} << 40));
        }},
       {{"SKYRING_SHM_CHUNK_BYTES", "131072",
-        "Bytes per rank per round of the pipelined (and single-copy) node allreduce."},
+        "Bytes per rank per round of the pipelined (and single-copy) node allreduce.", true},
        [](Config& c, const std::string& v) {
          c.shmChunkBytes = static_cast<std::size_t>(
              parseInteger("SKYRING_SHM_CHUNK_BYTES", v, 64, std::int64_t{1} << 30));
        }},
       {{"SKYRING_ALLREDUCE", "auto",
         "auto, ring, topology_ring or hierarchical: the allreduce of a communicator that "
-        "knows its topology; auto is hierarchical across more than one cloud."},
+        "knows its topology; auto is hierarchical across more than one cloud.",
+        true},
        [](Config& c, const std::string& v) {
          if (v == "auto") {
            c.allreduceAlgorithm = AllreduceAlgorithm::automatic;
@@ -147,11 +178,13 @@ const std::vector<ParameterSpec>& specs() {
        }},
       {{"SKYRING_COMPRESSION", "none",
         "Codec of hierarchical allreduce's compressed levels (f32 sum and avg): none, "
-        "fp16, bf16, int8, sign, topk:FRACTION, powersgd:RANK, with options."},
+        "fp16, bf16, int8, sign, topk:FRACTION, powersgd:RANK, with options.",
+        true},
        [](Config& c, const std::string& v) { c.compression = v; }},
       {{"SKYRING_COMPRESSION_LEVELS", "cross_cloud",
         "Levels of hierarchical allreduce that SKYRING_COMPRESSION compresses: cross_cloud, "
-        "cloud (inside each cloud), or both, comma-separated."},
+        "cloud (inside each cloud), or both, comma-separated.",
+        true},
        [](Config& c, const std::string& v) { c.compressionLevels = parseCompressionLevels(v); }},
       {{"SKYRING_NODE", "(hostname)",
         "Name of this rank's node; ranks with equal node and cloud share a node."},
@@ -192,7 +225,10 @@ const std::vector<ParameterSpec>& specs() {
 }
 
 // Launcher variables Config reads besides SKYRING_*.
-constexpr std::string_view kLaunchVariables[] = {"OMPI_COMM_WORLD_RANK",
+constexpr std::string_view kLaunchVariables[] = {"OMPI_MCA_ess_base_jobid",
+                                                 "PMIX_NAMESPACE",
+                                                 "TORCHELASTIC_RUN_ID",
+                                                 "OMPI_COMM_WORLD_RANK",
                                                  "OMPI_COMM_WORLD_SIZE",
                                                  "OMPI_COMM_WORLD_LOCAL_RANK",
                                                  "OMPI_COMM_WORLD_LOCAL_SIZE",
@@ -220,6 +256,10 @@ int intVar(const std::map<std::string, std::string>& vars, std::string_view name
 LaunchEnvironment readLaunch(const std::map<std::string, std::string>& vars) {
   constexpr int kMax = 1 << 24;
   LaunchEnvironment env;
+  for (auto name : {"OMPI_MCA_ess_base_jobid", "PMIX_NAMESPACE", "TORCHELASTIC_RUN_ID"}) {
+    const std::string* id = find(vars, name);
+    if (id != nullptr && !id->empty() && env.jobId.empty()) env.jobId = *id;
+  }
   const std::string* mpiRank = find(vars, "OMPI_COMM_WORLD_RANK");
   if (mpiRank == nullptr) mpiRank = find(vars, "PMIX_RANK");
   if (mpiRank == nullptr) mpiRank = find(vars, "PMI_RANK");
@@ -267,6 +307,74 @@ const std::vector<Config::Parameter>& Config::parameters() {
     return out;
   }();
   return kParams;
+}
+
+namespace {
+
+std::string decimalText(double v) {
+  char buf[64];
+  auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  return std::string(buf, end);
+}
+
+std::string_view algorithmText(AllreduceAlgorithm a) {
+  switch (a) {
+    case AllreduceAlgorithm::automatic:
+      return "auto";
+    case AllreduceAlgorithm::ring:
+      return "ring";
+    case AllreduceAlgorithm::topologyRing:
+      return "topology_ring";
+    case AllreduceAlgorithm::hierarchical:
+      return "hierarchical";
+  }
+  return "?";
+}
+
+}  // namespace
+
+std::vector<std::pair<std::string_view, std::string>> Config::jobSettings() const {
+  const CompressionLevels& l = compressionLevels;
+  const std::string levels = l.cloud && l.crossCloud ? "cloud,cross_cloud"
+                             : l.cloud               ? "cloud"
+                             : l.crossCloud          ? "cross_cloud"
+                                                     : "";
+  auto link = [](const LinkParameters& p) {
+    return std::pair{decimalText(p.gbitPerSec), decimalText(p.latencyMs)};
+  };
+  const auto node = link(intraNodeLink);
+  const auto cloudLink = link(intraCloudLink);
+  const auto cross = link(crossCloudLink);
+  const std::map<std::string_view, std::string> values = {
+      {"SKYRING_TIMEOUT_MS", std::to_string(timeout.count())},
+      {"SKYRING_JOB_ID", jobId()},
+      {"SKYRING_RING_CHUNK_BYTES", std::to_string(ringChunkBytes)},
+      {"SKYRING_RING_PIPELINE_DEPTH", std::to_string(ringPipelineDepth)},
+      {"SKYRING_SHM", sharedMemory ? "1" : "0"},
+      {"SKYRING_SHM_SLOT_BYTES", std::to_string(shmSlotBytes)},
+      {"SKYRING_SHM_RING_BYTES", std::to_string(shmRingBytes)},
+      {"SKYRING_SHM_SINGLE_COPY_BYTES", std::to_string(shmSingleCopyBytes)},
+      {"SKYRING_SHM_CHUNK_BYTES", std::to_string(shmChunkBytes)},
+      {"SKYRING_ALLREDUCE", std::string(algorithmText(allreduceAlgorithm))},
+      {"SKYRING_COMPRESSION", compression},
+      {"SKYRING_COMPRESSION_LEVELS", levels},
+      {"SKYRING_LINK_INTRA_NODE_GBPS", node.first},
+      {"SKYRING_LINK_INTRA_NODE_LATENCY_MS", node.second},
+      {"SKYRING_LINK_INTRA_CLOUD_GBPS", cloudLink.first},
+      {"SKYRING_LINK_INTRA_CLOUD_LATENCY_MS", cloudLink.second},
+      {"SKYRING_LINK_INTRA_CLOUD_DOLLARS_PER_GB", decimalText(intraCloudLink.dollarsPerGB)},
+      {"SKYRING_LINK_CROSS_CLOUD_GBPS", cross.first},
+      {"SKYRING_LINK_CROSS_CLOUD_LATENCY_MS", cross.second},
+      {"SKYRING_LINK_CROSS_CLOUD_DOLLARS_PER_GB", decimalText(crossCloudLink.dollarsPerGB)},
+  };
+  std::vector<std::pair<std::string_view, std::string>> out;
+  for (const auto& p : parameters()) {
+    if (!p.mustAgree) continue;
+    auto it = values.find(p.name);
+    // A parameter marked mustAgree without a value here is a bug the Config test catches.
+    out.emplace_back(p.name, it == values.end() ? std::string("?") : it->second);
+  }
+  return out;
 }
 
 Config Config::fromMap(const std::map<std::string, std::string>& vars) {

@@ -136,14 +136,45 @@ TEST(Config, DocumentationTableMatches) {
   ss << in.rdbuf();
   const std::string doc = ss.str();
   for (const auto& p : Config::parameters()) {
-    const std::string row =
-        "| `" + std::string(p.name) + "` | `" + std::string(p.defaultValue) + "` |";
+    const std::string row = "| `" + std::string(p.name) + "` | `" + std::string(p.defaultValue) +
+                            "` | " + (p.mustAgree ? "yes" : "no") + " |";
     EXPECT_NE(doc.find(row), std::string::npos) << "docs/configuration.md lacks the row " << row;
   }
   std::size_t rows = 0;
   for (std::size_t pos = 0; (pos = doc.find("| `SKYRING_", pos)) != std::string::npos; ++pos)
     ++rows;
   EXPECT_EQ(rows, Config::parameters().size()) << "documented parameters that Config does not know";
+}
+
+// Every parameter that must agree across ranks has an effective value in jobSettings(),
+// and the defaults and explicit values of it are canonical (equal values, equal text).
+TEST(Config, JobSettingsCoverEveryParameterThatMustAgree) {
+  const auto settings = Config::fromMap({}).jobSettings();
+  std::size_t expected = 0;
+  for (const auto& p : Config::parameters())
+    expected += p.mustAgree ? 1 : 0;
+  ASSERT_EQ(settings.size(), expected);
+  for (const auto& [name, value] : settings)
+    EXPECT_NE(value, "?") << name << " has no value in Config::jobSettings()";
+  const auto same = Config::fromMap({{"SKYRING_SHM_SLOT_BYTES", "65536"},
+                                     {"SKYRING_LINK_CROSS_CLOUD_GBPS", "10.0"},
+                                     {"SKYRING_ALLREDUCE", "auto"}})
+                        .jobSettings();
+  EXPECT_EQ(same, settings);
+  const auto other = Config::fromMap({{"SKYRING_SHM_SLOT_BYTES", "4096"}}).jobSettings();
+  EXPECT_NE(other, settings);
+}
+
+TEST(Config, JobIdFromLauncherOrOverride) {
+  EXPECT_EQ(Config::fromMap({}).jobId(), "");
+  EXPECT_EQ(
+      Config::fromMap({{"OMPI_MCA_ess_base_jobid", "123"}, {"OMPI_COMM_WORLD_RANK", "0"}}).jobId(),
+      "123");
+  EXPECT_EQ(Config::fromMap({{"TORCHELASTIC_RUN_ID", "abc"}, {"SKYRING_JOB_ID", "mine"}}).jobId(),
+            "mine");
+  EXPECT_THROW(Config::fromMap({{"SKYRING_JOB_TOKEN", "short"}}), InvalidArgument);
+  EXPECT_EQ(Config::fromMap({{"SKYRING_INIT_TIMEOUT_MS", "5000"}}).initTimeout,
+            std::chrono::milliseconds(5000));
 }
 
 }  // namespace
