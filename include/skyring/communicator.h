@@ -12,12 +12,14 @@
 // aborted and later calls fail at once.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <string_view>
 #include <vector>
 
@@ -95,6 +97,13 @@ class Communicator {
   // Returns once every rank has entered the barrier.
   void barrier(const CollectiveOptions& options = {});
 
+  // True once a collective of this group failed (a dead, stalled or disagreeing rank):
+  // the group is aborted, and every later call throws Aborted with the first reason.
+  bool failed() const noexcept { return failed_.load(std::memory_order_acquire); }
+  // What allreduce runs on tag 0 with this group's topology and settings, in words (for
+  // the start-up summary).
+  std::string describeAllreduce() const;
+
  private:
   // Validates options and returns the next sequence number of options.tag.
   std::uint32_t sequenceFor(const CollectiveOptions& options, const char* op);
@@ -109,6 +118,10 @@ class Communicator {
   // Runs fn; on failure aborts the node channel and the transport, so no rank waits on.
   template <typename Fn>
   void runOnNode(const char* op, Fn&& fn);
+  // Runs a collective: fails at once if the group failed before, and marks the group
+  // failed (aborting the node channel and the transport for every rank) when it fails.
+  template <typename Fn>
+  void guarded(const char* op, Fn&& fn);
 
   std::shared_ptr<transport::Transport> transport_;
   Config config_;
@@ -124,6 +137,10 @@ class Communicator {
   // Codecs by spec and their per-tensor state (communicator.cc).
   struct CompressionCache;
   std::unique_ptr<CompressionCache> compression_;
+  std::atomic<bool> failed_{false};
+  std::mutex failureMutex_;
+  ErrorKind failureKind_ = ErrorKind::aborted;  // guarded by failureMutex_
+  std::string failure_;                         // guarded by failureMutex_
 };
 
 }  // namespace skyring

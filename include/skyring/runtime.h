@@ -14,7 +14,13 @@
 // MASTER_PORT it uses a small TCP store hosted by rank 0 instead; alone it is a world of
 // one. A bad or half-set environment is an InvalidArgument saying what is wrong.
 //
-// Thread-safety: see Communicator. Destroying the Runtime shuts the transport down.
+// init() waits at most Config::initTimeout for the other ranks (SKYRING_INIT_TIMEOUT_MS),
+// and fails on every rank, naming the variable and the ranks, when a setting that must be
+// the same everywhere differs (docs/configuration.md).
+//
+// Thread-safety: see Communicator. Destroying the Runtime says goodbye to the other ranks
+// (a barrier bounded by the start-up timeout; skipped after a failure, and a rank that
+// died meanwhile is only warned about) and shuts the transport down.
 #pragma once
 
 #include <memory>
@@ -50,6 +56,9 @@ class Runtime {
 
  private:
   explicit Runtime(Config config);
+  // The steps of init(): join, check settings, gather topology, connect, build the world.
+  void start();
+  void logSummary() const;
 
   Config config_;
   int rank_ = 0;

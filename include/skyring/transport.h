@@ -52,6 +52,13 @@ class Transport {
   virtual ~Transport() = default;
   virtual int rank() const noexcept = 0;
   virtual int size() const noexcept = 0;
+  // The number that rank `rank` of this group has in the whole job, for messages: a user
+  // must read the rank the launcher gave, not a position inside some level of an
+  // algorithm. Groups that renumber ranks (SubgroupTransport) map through their parent.
+  virtual int jobRank(int rank) const noexcept { return rank; }
+  // Which group of the job this is, for messages ("cloud level", "cross-cloud level");
+  // empty for the job's own group.
+  virtual std::string groupLabel() const { return {}; }
 
   virtual std::unique_ptr<Request> isend(int peer, Tag tag, std::span<const std::byte> data) = 0;
   virtual std::unique_ptr<Request> irecv(int peer, Tag tag, std::span<std::byte> data) = 0;

@@ -3,6 +3,8 @@
 //
 // Implementations: MPI (under mpirun; MPI is used for nothing else) and a TCP key-value
 // store (torchrun-style variables; no MPI at all). Collective and blocking; one thread.
+// Every wait is bounded by Config::initTimeout (start-up has its own timeout: ranks start
+// late, and the collectives' timeout is usually shorter).
 #pragma once
 
 #include <cstddef>
@@ -21,8 +23,13 @@ class OutOfBand {
   virtual int rank() const noexcept = 0;
   virtual int size() const noexcept = 0;
   // Every rank's bytes, indexed by rank. Sizes may differ between ranks.
+  // Waits at most Config::initTimeout and throws Timeout naming the ranks that did not
+  // take part (or rank 0, when it is rank 0 that does not answer).
   virtual std::vector<std::vector<std::byte>> allgather(std::span<const std::byte> mine) = 0;
   virtual void barrier() = 0;
+  // The job failed, or every rank has already said goodbye some other way: the destructor
+  // then leaves at once instead of waiting for the other ranks (which may never come).
+  virtual void abandon() noexcept {}
 };
 
 // Picks the channel from config.launch: MPI under mpirun, the TCP store under

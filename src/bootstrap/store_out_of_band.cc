@@ -12,13 +12,14 @@ class StoreOutOfBand final : public OutOfBand {
       : rank_(config.launch.rank), size_(config.launch.size) {
     if (rank_ == 0) server_ = std::make_unique<TcpStoreServer>("0.0.0.0", config.launch.masterPort);
     client_ = std::make_unique<TcpStoreClient>(config.launch.masterAddr, config.launch.masterPort,
-                                               config.timeout);
+                                               config.initTimeout);
   }
 
   ~StoreOutOfBand() override {
-    // Rank 0 serves until every rank is done with the store.
+    // Rank 0 serves until every rank is done with the store, unless the job failed (then
+    // the others may never come) or the ranks said goodbye another way.
     try {
-      barrier();
+      if (!abandoned_) barrier();
     } catch (...) {  // NOLINT(bugprone-empty-catch): a destructor must not throw
     }
     client_.reset();
@@ -27,6 +28,7 @@ class StoreOutOfBand final : public OutOfBand {
 
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return size_; }
+  void abandon() noexcept override { abandoned_ = true; }
 
   std::vector<std::vector<std::byte>> allgather(std::span<const std::byte> mine) override {
     return bootstrap::allgather(*client_, "allgather/" + std::to_string(round_++) + "/", rank_,
@@ -41,6 +43,7 @@ class StoreOutOfBand final : public OutOfBand {
   int rank_;
   int size_;
   int round_ = 0;
+  bool abandoned_ = false;
   std::unique_ptr<TcpStoreServer> server_;
   std::unique_ptr<TcpStoreClient> client_;
 };

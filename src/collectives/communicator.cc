@@ -116,6 +116,48 @@ void Communicator::runOnNode(const char* op, Fn&& fn) {
   }
 }
 
+template <typename Fn>
+void Communicator::guarded(const char* op, Fn&& fn) {
+  if (failed()) {
+    std::lock_guard lock(failureMutex_);
+    SKYRING_THROW(Aborted, (ErrorContext{rank_, -1, op}), "the group failed earlier: ", failure_);
+  }
+  try {
+    fn();
+  } catch (const InvalidArgument&) {
+    throw;  // a bad argument of this rank, found before anything was sent
+  } catch (const Error& e) {
+    {
+      std::lock_guard lock(failureMutex_);
+      if (!failed_.load(std::memory_order_relaxed)) {
+        failureKind_ = e.kind();
+        failure_ = e.detail();
+      }
+      failed_.store(true, std::memory_order_release);
+    }
+    // Every rank of the group must stop, on every path: the transport's abort reaches the
+    // peers, and the node channel's reaches the local ranks whose next call would
+    // otherwise go through shared memory only and succeed without the failed ones.
+    if (node_) node_->abort(e.kind(), e.detail());
+    transport_->abort(e.kind(), e.detail());
+    throw;
+  }
+}
+
+std::string Communicator::describeAllreduce() const {
+  if (size_ == 1) return "nothing to do (one rank)";
+  const AllreduceAlgorithm a = algorithmFor(CollectiveOptions{});
+  if (a == AllreduceAlgorithm::hierarchical) {
+    return "hierarchical (ring reduce-scatter inside each cloud, ring allreduce of each shard "
+           "across " +
+           std::to_string(topology_->clouds()) + " clouds, ring allgather inside each cloud)";
+  }
+  std::string ring =
+      a == AllreduceAlgorithm::topologyRing ? "ring in topology order" : "ring in rank order";
+  if (node_ != nullptr) return "shared memory inside the node (" + ring + " on other tags)";
+  return ring;
+}
+
 Communicator::~Communicator() = default;
 
 namespace {
@@ -141,58 +183,69 @@ std::uint32_t Communicator::sequenceFor(const CollectiveOptions& options, const 
 
 void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
                              const CollectiveOptions& options) {
-  const ErrorContext ctx{rank_, -1, "allreduce"};
-  checkBuffer(input, ctx, "input");
-  checkBuffer(output, ctx, "output");
-  SKYRING_CHECK_ARG(input.count == output.count && input.dtype == output.dtype, ctx, "input (",
-                    input.count, " x ", dtypeName(input.dtype), ") and output (", output.count,
-                    " x ", dtypeName(output.dtype), ") differ");
-  SKYRING_CHECK_ARG(input.data == output.data || !overlaps(input, output), ctx,
-                    "input and output overlap without being the same buffer");
-  const std::uint32_t sequence = sequenceFor(options, ctx.op.c_str());
-  auto ex =
-      makeExchange(*transport_, logger_, config_, sequence,
-                   CallSignature{Opcode::allreduce, input.dtype, op, input.count, -1}, options);
-  if (input.count == 0) return;
-  const collectives::RingParams ring{config_.ringChunkBytes, config_.ringPipelineDepth};
-  const AllreduceAlgorithm algorithm = algorithmFor(options);
-  if (algorithm == AllreduceAlgorithm::hierarchical) {
-    collectives::HierarchicalCall call{
-        transport_,
-        *topology_,
-        logger_,
-        ex.signature(),
-        options.tag,
-        sequence,
-        options.timeout.count() > 0 ? options.timeout : config_.timeout};
-    if (input.dtype == DType::f32 && (op == ReduceOp::sum || op == ReduceOp::avg)) {
-      compressionFor(options, output, call);
+  guarded("allreduce", [&] {
+    const ErrorContext ctx{rank_, -1, "allreduce"};
+    checkBuffer(input, ctx, "input");
+    checkBuffer(output, ctx, "output");
+    SKYRING_CHECK_ARG(input.count == output.count && input.dtype == output.dtype, ctx, "input (",
+                      input.count, " x ", dtypeName(input.dtype), ") and output (", output.count,
+                      " x ", dtypeName(output.dtype), ") differ");
+    SKYRING_CHECK_ARG(input.data == output.data || !overlaps(input, output), ctx,
+                      "input and output overlap without being the same buffer");
+    const std::uint32_t sequence = sequenceFor(options, ctx.op.c_str());
+    auto ex =
+        makeExchange(*transport_, logger_, config_, sequence,
+                     CallSignature{Opcode::allreduce, input.dtype, op, input.count, -1}, options);
+    if (input.count == 0) return;
+    const collectives::RingParams ring{config_.ringChunkBytes, config_.ringPipelineDepth};
+    const AllreduceAlgorithm algorithm = algorithmFor(options);
+    SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ", input.count,
+                " x ", dtypeName(input.dtype), " ", reduceOpName(op), " via ",
+                algorithm == AllreduceAlgorithm::hierarchical ? "hierarchical"
+                : onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())
+                    ? "the node channel"
+                : algorithm == AllreduceAlgorithm::topologyRing ? "ring in topology order"
+                                                                : "ring in rank order");
+    if (algorithm == AllreduceAlgorithm::hierarchical) {
+      collectives::HierarchicalCall call{
+          transport_,
+          *topology_,
+          logger_,
+          ex.signature(),
+          options.tag,
+          sequence,
+          options.timeout.count() > 0 ? options.timeout : config_.timeout};
+      if (input.dtype == DType::f32 && (op == ReduceOp::sum || op == ReduceOp::avg)) {
+        compressionFor(options, output, call);
+      }
+      collectives::hierarchicalAllreduce(call, input, output, op, ring);
+      return;
     }
-    collectives::hierarchicalAllreduce(call, input, output, op, ring);
-    return;
-  }
-  if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
-    runOnNode("allreduce", [&](std::uint64_t seq) {
-      collectives::nodeAllreduce(
-          *node_, seq, input, output, op, deadline(options),
-          {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes}, nodeScratch_);
-    });
-    return;
-  }
-  if (algorithm == AllreduceAlgorithm::topologyRing) {
-    // The flat ring, numbered in ring order (clouds and nodes contiguous); it uses the
-    // cloud ring's subgroup bits, which no other call of this tag and sequence uses.
-    transport::SubgroupTransport ordered(
-        transport_, topology_->ringOrder(),
-        transport::Tag{collectives::kCloudGroupId} << collectives::kSubgroupIdShift,
-        collectives::kSubgroupIdMask);
-    auto orderedEx =
-        collectives::Exchange(ordered, logger_, ex.signature(), options.tag, sequence,
-                              options.timeout.count() > 0 ? options.timeout : config_.timeout);
-    collectives::ringAllreduce(orderedEx, input, output, op, ring);
-    return;
-  }
-  collectives::ringAllreduce(ex, input, output, op, ring);
+    if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
+      runOnNode("allreduce", [&](std::uint64_t seq) {
+        collectives::nodeAllreduce(
+            *node_, seq, input, output, op, deadline(options),
+            {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes},
+            nodeScratch_);
+      });
+      return;
+    }
+    if (algorithm == AllreduceAlgorithm::topologyRing) {
+      // The flat ring, numbered in ring order (clouds and nodes contiguous); it uses the
+      // cloud ring's subgroup bits, which no other call of this tag and sequence uses.
+      transport::SubgroupTransport ordered(
+          transport_, topology_->ringOrder(),
+          transport::Tag{collectives::kCloudGroupId} << collectives::kSubgroupIdShift,
+          collectives::kSubgroupIdMask, "ring in topology order");
+      auto orderedEx =
+          collectives::Exchange(ordered, logger_, ex.signature(), options.tag, sequence,
+                                options.timeout.count() > 0 ? options.timeout : config_.timeout);
+      orderedEx.diagnoseOver(*transport_);
+      collectives::ringAllreduce(orderedEx, input, output, op, ring);
+      return;
+    }
+    collectives::ringAllreduce(ex, input, output, op, ring);
+  });
 }
 
 void Communicator::compressionFor(const CollectiveOptions& options, const BufferView& output,
@@ -223,66 +276,76 @@ void Communicator::compressionFor(const CollectiveOptions& options, const Buffer
 
 void Communicator::reduceScatter(BufferView input, BufferView output, ReduceOp op,
                                  const CollectiveOptions& options) {
-  const ErrorContext ctx{rank_, -1, "reduce_scatter"};
-  checkBuffer(input, ctx, "input");
-  checkBuffer(output, ctx, "output");
-  SKYRING_CHECK_ARG(input.dtype == output.dtype, ctx, "input dtype ", dtypeName(input.dtype),
-                    " differs from output dtype ", dtypeName(output.dtype));
-  SKYRING_CHECK_ARG(input.count == output.count * static_cast<std::size_t>(size_), ctx,
-                    "input count ", input.count, " must be ", size_, " x output count ",
-                    output.count);
-  SKYRING_CHECK_ARG(!overlaps(input, output), ctx, "input and output overlap");
-  auto ex = makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
-                         CallSignature{Opcode::reduceScatter, input.dtype, op, output.count, -1},
-                         options);
-  if (output.count == 0) return;
-  collectives::ringReduceScatter(ex, input, output, op,
-                                 {config_.ringChunkBytes, config_.ringPipelineDepth});
+  guarded("reduce_scatter", [&] {
+    const ErrorContext ctx{rank_, -1, "reduce_scatter"};
+    checkBuffer(input, ctx, "input");
+    checkBuffer(output, ctx, "output");
+    SKYRING_CHECK_ARG(input.dtype == output.dtype, ctx, "input dtype ", dtypeName(input.dtype),
+                      " differs from output dtype ", dtypeName(output.dtype));
+    SKYRING_CHECK_ARG(input.count == output.count * static_cast<std::size_t>(size_), ctx,
+                      "input count ", input.count, " must be ", size_, " x output count ",
+                      output.count);
+    SKYRING_CHECK_ARG(!overlaps(input, output), ctx, "input and output overlap");
+    auto ex = makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+                           CallSignature{Opcode::reduceScatter, input.dtype, op, output.count, -1},
+                           options);
+    if (output.count == 0) return;
+    collectives::ringReduceScatter(ex, input, output, op,
+                                   {config_.ringChunkBytes, config_.ringPipelineDepth});
+  });
 }
 
 void Communicator::allgather(BufferView input, BufferView output,
                              const CollectiveOptions& options) {
-  const ErrorContext ctx{rank_, -1, "allgather"};
-  checkBuffer(input, ctx, "input");
-  checkBuffer(output, ctx, "output");
-  SKYRING_CHECK_ARG(input.dtype == output.dtype, ctx, "input dtype ", dtypeName(input.dtype),
-                    " differs from output dtype ", dtypeName(output.dtype));
-  SKYRING_CHECK_ARG(output.count == input.count * static_cast<std::size_t>(size_), ctx,
-                    "output count ", output.count, " must be ", size_, " x input count ",
-                    input.count);
-  const BufferView own = output.slice(input.count * static_cast<std::size_t>(rank_), input.count);
-  SKYRING_CHECK_ARG(input.data == own.data || !overlaps(input, output), ctx,
-                    "input overlaps output other than as block ", rank_);
-  auto ex = makeExchange(
-      *transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
-      CallSignature{Opcode::allgather, input.dtype, ReduceOp::sum, input.count, -1}, options);
-  if (input.count == 0) return;
-  if (input.data != own.data) std::memcpy(own.data, input.data, input.bytes());
-  collectives::ringAllgather(ex, output, {config_.ringChunkBytes, config_.ringPipelineDepth});
+  guarded("allgather", [&] {
+    const ErrorContext ctx{rank_, -1, "allgather"};
+    checkBuffer(input, ctx, "input");
+    checkBuffer(output, ctx, "output");
+    SKYRING_CHECK_ARG(input.dtype == output.dtype, ctx, "input dtype ", dtypeName(input.dtype),
+                      " differs from output dtype ", dtypeName(output.dtype));
+    SKYRING_CHECK_ARG(output.count == input.count * static_cast<std::size_t>(size_), ctx,
+                      "output count ", output.count, " must be ", size_, " x input count ",
+                      input.count);
+    const BufferView own = output.slice(input.count * static_cast<std::size_t>(rank_), input.count);
+    SKYRING_CHECK_ARG(input.data == own.data || !overlaps(input, output), ctx,
+                      "input overlaps output other than as block ", rank_);
+    auto ex = makeExchange(
+        *transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+        CallSignature{Opcode::allgather, input.dtype, ReduceOp::sum, input.count, -1}, options);
+    if (input.count == 0) return;
+    if (input.data != own.data) std::memcpy(own.data, input.data, input.bytes());
+    collectives::ringAllgather(ex, output, {config_.ringChunkBytes, config_.ringPipelineDepth});
+  });
 }
 
 void Communicator::broadcast(BufferView buffer, int root, const CollectiveOptions& options) {
-  const ErrorContext ctx{rank_, -1, "broadcast"};
-  checkBuffer(buffer, ctx, "buffer");
-  SKYRING_CHECK_ARG(root >= 0 && root < size_, ctx, "root ", root, " is not a rank of a group of ",
-                    size_);
-  auto ex = makeExchange(
-      *transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
-      CallSignature{Opcode::broadcast, buffer.dtype, ReduceOp::sum, buffer.count, root}, options);
-  collectives::chainBroadcast(ex, buffer, root,
-                              {config_.ringChunkBytes, config_.ringPipelineDepth});
+  guarded("broadcast", [&] {
+    const ErrorContext ctx{rank_, -1, "broadcast"};
+    checkBuffer(buffer, ctx, "buffer");
+    SKYRING_CHECK_ARG(root >= 0 && root < size_, ctx, "root ", root,
+                      " is not a rank of a group of ", size_);
+    auto ex = makeExchange(
+        *transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+        CallSignature{Opcode::broadcast, buffer.dtype, ReduceOp::sum, buffer.count, root}, options);
+    collectives::chainBroadcast(ex, buffer, root,
+                                {config_.ringChunkBytes, config_.ringPipelineDepth});
+  });
 }
 
 void Communicator::barrier(const CollectiveOptions& options) {
-  const ErrorContext ctx{rank_, -1, "barrier"};
-  auto ex = makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
-                         CallSignature{Opcode::barrier, DType::u8, ReduceOp::sum, 0, -1}, options);
-  if (onNode(options)) {
-    runOnNode("barrier",
-              [&](std::uint64_t seq) { collectives::nodeBarrier(*node_, seq, deadline(options)); });
-    return;
-  }
-  collectives::disseminationBarrier(ex);
+  guarded("barrier", [&] {
+    const ErrorContext ctx{rank_, -1, "barrier"};
+    auto ex =
+        makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+                     CallSignature{Opcode::barrier, DType::u8, ReduceOp::sum, 0, -1}, options);
+    if (onNode(options)) {
+      runOnNode("barrier", [&](std::uint64_t seq) {
+        collectives::nodeBarrier(*node_, seq, deadline(options));
+      });
+      return;
+    }
+    collectives::disseminationBarrier(ex);
+  });
 }
 
 }  // namespace skyring

@@ -83,8 +83,14 @@ Exchange::Exchange(transport::Transport& transport, const Logger& logger, CallSi
       size_(transport.size()) {}
 
 ErrorContext Exchange::context(int peer) const {
-  return {rank_, peer,
-          std::string(opcodeName(signature_.opcode)) + " #" + std::to_string(sequence_)};
+  const std::string label = transport_.groupLabel();
+  return {transport_.jobRank(rank_), peer < 0 ? -1 : transport_.jobRank(peer),
+          std::string(opcodeName(signature_.opcode)) + " #" + std::to_string(sequence_) +
+              (label.empty() ? "" : " at the " + label)};
+}
+
+int Exchange::jobRank(int rank) const noexcept {
+  return transport_.jobRank(rank);
 }
 
 transport::Tag Exchange::tag(bool control, std::uint32_t step) const {
@@ -141,15 +147,22 @@ void Exchange::fail(const Error& error, int peer) {
   }
   std::string detail = error.detail();
   SKYRING_LOG(logger_, error, describe(signature_), ": ", detail);
-  transport_.abort(error.kind(), "rank " + std::to_string(rank_) + " in " +
+  transport_.abort(error.kind(), "rank " + std::to_string(jobRank(rank_)) + " in " +
                                      std::string(opcodeName(signature_.opcode)) + " #" +
                                      std::to_string(sequence_) + ": " + detail);
   throwError(error.kind(), detail, context(peer));
 }
 
+// The reports travel over the diagnosis group (the whole communicator, even when this
+// exchange runs inside one level of it) and name job ranks: a rank stalled at the
+// cross-cloud level waits on a peer that may itself be stalled inside its cloud, and only
+// the whole group's reports show who is really missing.
 void Exchange::diagnoseStall(int waitedOn) {
-  const StallReport mine{rank_,
-                         waitedOn,
+  transport::Transport& group = diagnosis_ != nullptr ? *diagnosis_ : transport_;
+  const int n = group.size();
+  const int me = group.rank();
+  const StallReport mine{jobRank(rank_),
+                         jobRank(waitedOn),
                          static_cast<std::uint8_t>(signature_.opcode),
                          static_cast<std::uint8_t>(signature_.dtype),
                          static_cast<std::uint8_t>(signature_.op),
@@ -157,41 +170,43 @@ void Exchange::diagnoseStall(int waitedOn) {
                          signature_.root,
                          signature_.count};
   SKYRING_LOG(logger_, warn, describe(signature_), " #", sequence_, ": no progress from rank ",
-              waitedOn, " for ", (timeout_ - timeout_ / 5).count(), " ms; asking peers");
+              jobRank(waitedOn), " for ", (timeout_ - timeout_ / 5).count(), " ms; asking peers");
 
-  std::vector<StallReport> reports(static_cast<std::size_t>(size_));
-  std::vector<bool> have(static_cast<std::size_t>(size_), false);
-  reports[rank_] = mine;
-  have[rank_] = true;
-  std::set<int> dead;
+  std::vector<StallReport> reports(static_cast<std::size_t>(n));
+  std::vector<bool> have(static_cast<std::size_t>(n), false);
+  reports[static_cast<std::size_t>(me)] = mine;
+  have[static_cast<std::size_t>(me)] = true;
+  std::set<int> dead;  // job ranks
   std::vector<std::unique_ptr<transport::Request>> sends;
-  std::vector<std::unique_ptr<transport::Request>> recvs(static_cast<std::size_t>(size_));
+  std::vector<std::unique_ptr<transport::Request>> recvs(static_cast<std::size_t>(n));
   const auto mineBytes = std::as_bytes(std::span(&mine, 1));
   std::optional<std::pair<ErrorKind, std::string>> remoteAbort;
-  for (int p = 0; p < size_; ++p) {
-    if (p == rank_) continue;
+  const transport::Tag control = tag(true, 0);
+  for (int p = 0; p < n; ++p) {
+    if (p == me) continue;
     try {
-      sends.push_back(transport_.isend(p, tag(true, 0), mineBytes));
-      recvs[p] =
-          transport_.irecv(p, tag(true, 0), std::as_writable_bytes(std::span(&reports[p], 1)));
+      sends.push_back(group.isend(p, control, mineBytes));
+      recvs[static_cast<std::size_t>(p)] = group.irecv(
+          p, control, std::as_writable_bytes(std::span(&reports[static_cast<std::size_t>(p)], 1)));
     } catch (const Error& e) {
       if (e.peer() < 0)
         remoteAbort = {e.kind(), e.detail()};
       else
-        dead.insert(p);
+        dead.insert(group.jobRank(p));
     }
   }
   const auto deadline =
       transport::Clock::now() + std::max(timeout_ / 5, std::chrono::milliseconds(1));
-  for (int p = 0; p < size_ && !remoteAbort; ++p) {
-    if (!recvs[p]) continue;
+  for (int p = 0; p < n && !remoteAbort; ++p) {
+    auto& r = recvs[static_cast<std::size_t>(p)];
+    if (!r) continue;
     try {
-      have[p] = recvs[p]->waitUntil(deadline);
+      have[static_cast<std::size_t>(p)] = r->waitUntil(deadline);
     } catch (const Error& e) {
       if (e.peer() < 0)
         remoteAbort = {e.kind(), e.detail()};
       else
-        dead.insert(p);
+        dead.insert(group.jobRank(p));
     }
   }
   recvs.clear();
@@ -200,23 +215,26 @@ void Exchange::diagnoseStall(int waitedOn) {
 
   std::ostringstream os;
   ErrorKind kind = ErrorKind::timeout;
-  std::vector<int> mismatched;
-  for (int p = 0; p < size_; ++p) {
-    if (have[p] && !sameCall(reports[p], mine)) mismatched.push_back(p);
+  std::vector<int> mismatched;  // group ranks
+  for (int p = 0; p < n; ++p) {
+    if (have[static_cast<std::size_t>(p)] && !sameCall(reports[static_cast<std::size_t>(p)], mine))
+      mismatched.push_back(p);
   }
   if (!mismatched.empty()) {
     kind = ErrorKind::transport;
     os << "ranks disagree about collective call #" << sequence_ << " (tag " << userTag_
-       << "): rank " << rank_ << " called " << describe(signature_);
-    for (int p : mismatched)
-      os << ", rank " << p << " called " << describe(signatureOf(reports[p]));
+       << "): rank " << mine.rank << " called " << describe(signature_);
+    for (int p : mismatched) {
+      const StallReport& r = reports[static_cast<std::size_t>(p)];
+      os << ", rank " << r.rank << " called " << describe(signatureOf(r));
+    }
   } else {
-    std::set<int> waitedOnByAny;
+    std::set<int> waitedOnByAny;  // job ranks, as everything below
     std::set<int> reporters;
-    for (int p = 0; p < size_; ++p) {
-      if (!have[p]) continue;
-      reporters.insert(p);
-      waitedOnByAny.insert(reports[p].waitingOn);
+    for (int p = 0; p < n; ++p) {
+      if (!have[static_cast<std::size_t>(p)]) continue;
+      reporters.insert(reports[static_cast<std::size_t>(p)].rank);
+      waitedOnByAny.insert(reports[static_cast<std::size_t>(p)].waitingOn);
     }
     std::set<int> missing;
     for (int w : waitedOnByAny) {
@@ -237,8 +255,10 @@ void Exchange::diagnoseStall(int waitedOn) {
          << describe(signature_) << " #" << sequence_
          << ": collective calls issued in a different order on different ranks?";
     }
-    os << " (rank " << rank_ << " waited on rank " << waitedOn;
+    os << " (rank " << mine.rank << " waited on rank " << mine.waitingOn;
     if (reporters.size() > 1) os << "; " << reporters.size() << " ranks reported a stall";
+    const std::string label = transport_.groupLabel();
+    if (!label.empty()) os << "; at the " << label;
     os << ")";
   }
   const std::string detail = os.str();

@@ -2,10 +2,11 @@
 // when a wait fails or stalls.
 //
 // Stall diagnosis: when a wait makes no progress for 4/5 of the timeout, the rank
-// sends a report (who it waits on, and its call signature) to every peer and collects
-// theirs for the remaining 1/5. Ranks that are waited on but sent no report are the
-// missing ones; differing signatures mean mismatched calls. Every rank reaches the same
-// verdict, throws it, and aborts the group so that nobody is left waiting.
+// sends a report (who it waits on, and its call signature) to every peer of the diagnosis
+// group (the exchange's own group, or the communicator a level of an algorithm belongs
+// to: diagnoseOver) and collects theirs for the remaining 1/5. Ranks that are waited on but sent no
+// report are the missing ones; differing signatures mean mismatched calls. Every rank reaches the
+// same verdict, throws it, and aborts the group so that nobody is left waiting.
 #pragma once
 
 #include <chrono>
@@ -42,6 +43,13 @@ class Exchange {
 
   int rank() const noexcept { return rank_; }
   int size() const noexcept { return size_; }
+  // rank's number in the job (group ranks may be positions inside a level); every
+  // message names ranks this way.
+  int jobRank(int rank) const noexcept;
+  // Runs the stall diagnosis over `group` (which holds this exchange's ranks, e.g. the
+  // communicator this level belongs to) instead of over this exchange's own transport.
+  // Every exchange of one call must use the same diagnosis group.
+  void diagnoseOver(transport::Transport& group) noexcept { diagnosis_ = &group; }
   const CallSignature& signature() const noexcept { return signature_; }
   ErrorContext context(int peer = -1) const;
 
@@ -65,6 +73,7 @@ class Exchange {
   transport::Tag tag(bool control, std::uint32_t step) const;
 
   transport::Transport& transport_;
+  transport::Transport* diagnosis_ = nullptr;  // null: transport_
   const Logger& logger_;
   CallSignature signature_;
   std::uint32_t userTag_;

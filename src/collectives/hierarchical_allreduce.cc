@@ -74,7 +74,9 @@ transport::Tag subgroupBits(std::uint32_t id) {
 }
 
 Exchange exchangeOver(transport::Transport& t, const HierarchicalCall& call) {
-  return Exchange(t, call.logger, call.signature, call.userTag, call.sequence, call.timeout);
+  Exchange ex(t, call.logger, call.signature, call.userTag, call.sequence, call.timeout);
+  ex.diagnoseOver(*call.world);  // a stall anywhere is diagnosed by the whole group
+  return ex;
 }
 
 // Index of the non-empty segment of `part` that holds element `pos` (< part.count).
@@ -117,14 +119,19 @@ std::uint64_t seedOf(std::size_t offset, std::size_t len, std::uint64_t level) {
   return ((std::uint64_t{offset} << 20) ^ len) + (level << 58);
 }
 
-// A corrupt encoding in a stage: abort the world so that nobody waits for this rank.
+// A corrupt encoding in a stage (the codec's decoder says InvalidArgument): bytes from the
+// network are a TransportError, and the world is aborted so that nobody waits for this rank.
 template <typename Fn>
 void abortingOnBadBytes(const Plan& plan, Fn&& fn) {
   try {
     fn();
   } catch (const InvalidArgument& e) {
-    plan.call.world->abort(e.kind(), "rank " + std::to_string(plan.me) + ": " + e.detail());
-    throw;
+    const std::string reason =
+        "rank " + std::to_string(plan.call.world->jobRank(plan.me)) + ": " + e.detail();
+    plan.call.world->abort(ErrorKind::transport, reason);
+    SKYRING_THROW(TransportError,
+                  (ErrorContext{plan.call.world->jobRank(plan.me), -1, "hierarchical allreduce"}),
+                  reason);
   }
 }
 
@@ -180,7 +187,8 @@ void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
       owners.push_back(ring[static_cast<std::size_t>(segmentAt(p, lo))]);
     }
     const auto id = kFirstShardGroupId + static_cast<std::uint32_t>(j % kShardGroupIds);
-    SubgroupTransport shardGroup(call.world, std::move(owners), subgroupBits(id), kSubgroupIdMask);
+    SubgroupTransport shardGroup(call.world, std::move(owners), subgroupBits(id), kSubgroupIdMask,
+                                 "cross-cloud level");
     Exchange shardEx = exchangeOver(shardGroup, call);
     const BufferView piece = slice.slice(lo, len);
     const std::size_t divisor =
@@ -284,8 +292,8 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     call.codecState->count = count;
   }
 
-  SubgroupTransport rsGroup(call.world, plan.myRing(), subgroupBits(kCloudGroupId),
-                            kSubgroupIdMask);
+  SubgroupTransport rsGroup(call.world, plan.myRing(), subgroupBits(kCloudGroupId), kSubgroupIdMask,
+                            clouds == 1 ? "" : "cloud level (reduce-scatter)");
   if (clouds == 1) {  // no level above the cloud: the cloud's ring allreduce is all there is
     Exchange ex = exchangeOver(rsGroup, call);
     if (call.codec != nullptr && call.compressCloud) {
@@ -301,7 +309,7 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     return;
   }
   SubgroupTransport agGroup(call.world, plan.myRing(), subgroupBits(kCloudAllgatherGroupId),
-                            kSubgroupIdMask);
+                            kSubgroupIdMask, "cloud level (allgather)");
   Exchange rsEx = exchangeOver(rsGroup, call);
   Exchange agEx = exchangeOver(agGroup, call);
 
@@ -337,7 +345,7 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
       int none = -1;
       firstFailure.compare_exchange_strong(none, which);
       failed.store(true);
-      call.world->abort(ErrorKind::aborted, "rank " + std::to_string(me) +
+      call.world->abort(ErrorKind::aborted, "rank " + std::to_string(call.world->jobRank(me)) +
                                                 ": a stage of hierarchical allreduce failed");
       reduced.fetch_add(slices);  // wake every waiter
       reduced.notify_all();

@@ -5,13 +5,16 @@
 #include <algorithm>
 #include <climits>
 #include <cstring>
+#include <sstream>
 #include <string>
 
 #include "bootstrap/out_of_band.h"
+#include "runtime/join.h"
 #include "skyring/inprocess_transport.h"
 #include "skyring/metering_transport.h"
 #include "skyring/topology.h"
 #include "skyring/ucx_transport.h"
+#include "skyring/version.h"
 #include "transport/node_channel.h"
 
 namespace skyring {
@@ -36,63 +39,107 @@ std::string hostName() {
 
 Runtime::Runtime(Config config) : config_(std::move(config)), parts_(std::make_unique<Parts>()) {}
 
+// Leaving: the ranks say goodbye with a barrier of the world (bounded by the start-up
+// timeout, since a rank may still be busy, say writing a checkpoint), so that no rank tears
+// down its connections while a peer still needs them. The barrier goes over the transport
+// (or shared memory), which notices a dead peer at once, not over the bootstrap channel:
+// a rank that died or was stopped after its last collective costs the others a warning
+// naming it, not a hang. After a failure there is no goodbye at all (the group is
+// aborted and every rank already knows), so the process can exit at once.
 Runtime::~Runtime() {
+  bool clean = world_ != nullptr && !world_->failed();
+  if (clean && size_ > 1) {
+    try {
+      CollectiveOptions goodbye;
+      goodbye.timeout = config_.initTimeout;
+      world_->barrier(goodbye);
+    } catch (const Error& e) {
+      SKYRING_LOG(Logger(config_.logLevel, rank_), warn,
+                  "leaving without a goodbye from every rank: ", e.detail());
+      clean = false;
+    }
+  }
   world_.reset();
   if (parts_->transport) parts_->transport->shutdown();
   parts_->transport.reset();
   parts_->node.reset();
+  // Every rank has passed the goodbye (or the job failed): nobody needs the bootstrap
+  // channel any more, so it need not wait for the others either. Under MPI a clean exit
+  // still finalises MPI.
+  if (parts_->oob && !clean) parts_->oob->abandon();
+  if (parts_->oob && clean && config_.launch.launcher != LaunchEnvironment::Launcher::mpi) {
+    parts_->oob->abandon();
+  }
   parts_->oob.reset();
 }
 
 std::unique_ptr<Runtime> Runtime::init(Config config) {
   std::unique_ptr<Runtime> rt(new Runtime(std::move(config)));
-  Parts& parts = *rt->parts_;
-  parts.oob = bootstrap::makeOutOfBand(rt->config_);
-  rt->rank_ = parts.oob->rank();
-  rt->size_ = parts.oob->size();
+  try {
+    rt->start();
+  } catch (const Error&) {
+    // Nobody waits for the others on the way out: after a failure some may never come, and
+    // after a verdict every rank reaches alike (settings differ) none needs the channel.
+    if (rt->parts_->oob) rt->parts_->oob->abandon();
+    throw;
+  }
+  return rt;
+}
 
-  // Where every rank is (node, cloud, region; SKYRING_NODE defaults to the hostname):
-  // records gathered from all ranks. Node-mates share node and cloud.
-  const auto& launch = rt->config_.launch;
+void Runtime::start() {
+  Parts& parts = *parts_;
+  parts.oob = bootstrap::makeOutOfBand(config_);
+  rank_ = parts.oob->rank();
+  size_ = parts.oob->size();
+
+  // Where every rank is (node, cloud, region; SKYRING_NODE defaults to the hostname) and
+  // its job-wide settings, gathered from all ranks and checked before anything depends on
+  // them. Node-mates share node and cloud.
+  const auto& launch = config_.launch;
   const auto gathered =
-      parts.oob->allgather(topology::serialize(topology::localRecord(rt->config_, hostName())));
+      parts.oob->allgather(runtime::serialize(runtime::localJoinRecord(config_, hostName())));
+  std::vector<runtime::JoinRecord> joins;
+  joins.reserve(gathered.size());
+  for (std::size_t r = 0; r < gathered.size(); ++r)
+    joins.push_back(runtime::parseJoinRecord(gathered[r], static_cast<int>(r)));
+  runtime::checkSettingsAgree(joins, rank_);  // the same verdict on every rank
   std::vector<topology::RankRecord> records;
-  records.reserve(gathered.size());
-  for (const auto& bytes : gathered)
-    records.push_back(topology::parse(bytes));
-  rt->topology_ = std::make_shared<const topology::Topology>(std::move(records),
-                                                             topology::CostModel(rt->config_));
-  const std::vector<int> nodeRanks = rt->topology_->groupOf(topology::Level::node, rt->rank_);
-  const int nodeIndex = rt->topology_->indexInGroup(topology::Level::node, rt->rank_);
+  records.reserve(joins.size());
+  for (auto& j : joins)
+    records.push_back(std::move(j.where));
+  topology_ =
+      std::make_shared<const topology::Topology>(std::move(records), topology::CostModel(config_));
+  const std::vector<int> nodeRanks = topology_->groupOf(topology::Level::node, rank_);
+  const int nodeIndex = topology_->indexInGroup(topology::Level::node, rank_);
   // Local rank and size: from the launcher where it says, else from the node names.
   if (launch.localRank >= 0 && launch.localSize > 0) {
-    rt->localRank_ = launch.localRank;
-    rt->localSize_ = launch.localSize;
+    localRank_ = launch.localRank;
+    localSize_ = launch.localSize;
   } else {
-    rt->localRank_ = nodeIndex;
-    rt->localSize_ = static_cast<int>(nodeRanks.size());
+    localRank_ = nodeIndex;
+    localSize_ = static_cast<int>(nodeRanks.size());
   }
 
-  if (rt->size_ == 1 && launch.launcher == LaunchEnvironment::Launcher::none) {
+  if (size_ == 1 && launch.launcher == LaunchEnvironment::Launcher::none) {
     parts.alone = std::make_unique<transport::InProcessWorld>(1);
     parts.transport = parts.alone->transport(0);
   } else {
     bootstrap::OutOfBand* oob = parts.oob.get();
     transport::UcxOptions options;
-    options.connectTimeout = rt->config_.timeout;
-    options.eagerOnly = rt->topology_->clouds() > 1;  // no rendezvous round trips over a WAN
+    options.connectTimeout = config_.initTimeout;
+    options.eagerOnly = topology_->clouds() > 1;  // no rendezvous round trips over a WAN
     parts.transport = transport::makeUcxTransport(
-        rt->rank_, rt->size_,
-        [oob](std::span<const std::byte> mine) { return oob->allgather(mine); }, options);
+        rank_, size_, [oob](std::span<const std::byte> mine) { return oob->allgather(mine); },
+        options);
   }
   // Every byte the transport sends is attributed to its link class (stats()).
-  parts.meter = std::make_shared<transport::MeteringTransport>(parts.transport, rt->topology_);
+  parts.meter = std::make_shared<transport::MeteringTransport>(parts.transport, topology_);
   parts.transport = parts.meter;
 
   // Shared memory among the ranks of this node. Every rank takes part in the setup (it is
   // two allgathers); if it fails, every rank learns so and all fall back to the transport.
   std::shared_ptr<transport::NodeChannel> node;
-  if (rt->size_ > 1 && rt->config_.sharedMemory) {
+  if (size_ > 1 && config_.sharedMemory) {
     auto exchange = [&](std::span<const std::byte> mine) {
       auto everyone = parts.oob->allgather(mine);
       std::vector<std::vector<std::byte>> local;
@@ -102,21 +149,65 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
     };
     try {
       node = transport::NodeChannel::openShared(
-          nodeIndex, nodeRanks, std::max(rt->config_.shmSlotBytes, rt->config_.shmRingBytes / 2),
-          exchange);
-      if (!node->singleCopy() && rt->config_.shmSingleCopyBytes != 0) {
-        SKYRING_LOG(Logger(rt->config_.logLevel, rt->rank_), warn,
+          nodeIndex, nodeRanks, std::max(config_.shmSlotBytes, config_.shmRingBytes / 2), exchange);
+      if (!node->singleCopy() && config_.shmSingleCopyBytes != 0) {
+        SKYRING_LOG(Logger(config_.logLevel, rank_), warn,
                     "cross-memory attach (process_vm_readv) is not permitted here: "
                     "SKYRING_SHM_SINGLE_COPY_BYTES has no effect");
       }
     } catch (const TransportError& e) {
-      SKYRING_LOG(Logger(rt->config_.logLevel, rt->rank_), warn,
-                  "no shared memory inside the node (", e.detail(), "); using the transport");
+      SKYRING_LOG(Logger(config_.logLevel, rank_), warn, "no shared memory inside the node (",
+                  e.detail(), "); using the transport");
     }
   }
   parts.node = node;
-  rt->world_ = std::make_unique<Communicator>(parts.transport, rt->config_, node, rt->topology_);
-  return rt;
+  world_ = std::make_unique<Communicator>(parts.transport, config_, node, topology_);
+  logSummary();
+}
+
+// At info, rank 0 says once how the job is laid out and what will run where; the same
+// facts are on every rank, so one line per job is enough.
+void Runtime::logSummary() const {
+  const Logger log(config_.logLevel, rank_);
+  if (rank_ != 0 || !log.enabled(LogLevel::info)) return;
+  const auto& t = *topology_;
+  std::ostringstream os;
+  os << "skyring " << SKYRING_VERSION << ": " << size_ << " rank" << (size_ == 1 ? "" : "s")
+     << " on " << t.nodes() << " node" << (t.nodes() == 1 ? "" : "s") << " in " << t.clouds()
+     << " cloud" << (t.clouds() == 1 ? "" : "s") << " (";
+  const char* sep = "";
+  for (const auto& cloud : t.groups(topology::Level::cloud)) {
+    int nodes = 0;
+    for (const auto& node : t.groups(topology::Level::node))
+      nodes += t.record(node.front()).cloud == t.record(cloud.front()).cloud ? 1 : 0;
+    os << sep << t.record(cloud.front()).cloud << ": " << cloud.size() << " rank"
+       << (cloud.size() == 1 ? "" : "s") << " on " << nodes << " node" << (nodes == 1 ? "" : "s");
+    sep = "; ";
+  }
+  const char* launcher = config_.launch.launcher == LaunchEnvironment::Launcher::mpi ? "mpirun"
+                         : config_.launch.launcher == LaunchEnvironment::Launcher::torchrun
+                             ? "torchrun-style store"
+                             : "none";
+  os << "); joined through " << launcher;
+  if (!config_.jobId().empty()) os << " (job " << config_.jobId() << ")";
+  os << ". allreduce: " << world_->describeAllreduce()
+     << ". transport: " << (parts_->alone ? "in-process" : "UCX");
+  if (t.clouds() > 1) os << " (eager sends)";
+  if (parts_->node) {
+    os << "; shared memory inside the node"
+       << (parts_->node->singleCopy() ? " (with single-copy)" : "");
+  } else if (config_.sharedMemory && size_ > 1) {
+    os << "; no shared memory";
+  }
+  os << ". compression: " << config_.compression;
+  if (config_.compression != "none") {
+    os << " at " << (config_.compressionLevels.cloud ? "cloud" : "")
+       << (config_.compressionLevels.cloud && config_.compressionLevels.crossCloud ? "," : "")
+       << (config_.compressionLevels.crossCloud ? "cross_cloud" : "");
+  }
+  os << ". timeouts: collectives " << config_.timeout.count() << " ms, start-up "
+     << config_.initTimeout.count() << " ms.";
+  log.log(LogLevel::info, os.str());
 }
 
 transport::TrafficStats Runtime::stats() const {

@@ -5,6 +5,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -227,10 +228,17 @@ std::unique_ptr<NodeChannel> NodeChannel::openShared(int localRank, std::vector<
     }
     if (error.empty()) std::snprintf(mine.name, sizeof(mine.name), "%s", name.c_str());
   }
+  // The leader's name leaves /dev/shm on every way out: after everyone attached, or when
+  // anything below throws (a peer that died or timed out in an exchange, a failed attach).
+  struct Unlink {
+    std::string name;
+    ~Unlink() {
+      if (!name.empty()) ::shm_unlink(name.c_str());
+    }
+  } unlink{localRank == 0 && error.empty() ? name : std::string()};
   const auto hellos = exchangeHello(exchange, mine);
   const std::string leaderName = hellos[0].name;
   if (leaderName.empty()) {
-    if (!name.empty()) ::shm_unlink(name.c_str());
     SKYRING_THROW(TransportError, ctx, "the node's first rank could not create shared memory",
                   error.empty() ? "" : ": ", error);
   }
@@ -238,8 +246,16 @@ std::unique_ptr<NodeChannel> NodeChannel::openShared(int localRank, std::vector<
   // Others: attach.
   if (localRank != 0) {
     const int fd = ::shm_open(leaderName.c_str(), O_RDWR, 0600);
+    struct stat st {};
     if (fd < 0) {
       error = std::string("shm_open(") + leaderName + "): " + std::strerror(errno);
+    } else if (::fstat(fd, &st) != 0 || static_cast<std::size_t>(st.st_size) != bytes) {
+      // Mapping a block of another size would read past its end (SIGBUS) or misplace
+      // every slot: the ranks disagree on its layout (SKYRING_SHM_* settings).
+      ::close(fd);
+      error = "the node's shared block has " + std::to_string(st.st_size) +
+              " bytes where this rank's settings make " + std::to_string(bytes) +
+              " (SKYRING_SHM_SLOT_BYTES / SKYRING_SHM_RING_BYTES differ between ranks?)";
     } else {
       void* p = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
       ::close(fd);
@@ -248,7 +264,8 @@ std::unique_ptr<NodeChannel> NodeChannel::openShared(int localRank, std::vector<
       } else {
         shared->base = static_cast<std::byte*>(p);
         shared->mapped = true;
-        if (shared->header().magic != kMagic || shared->header().size != std::uint64_t(size))
+        if (shared->header().magic != kMagic || shared->header().size != std::uint64_t(size) ||
+            shared->header().slotBytes != slotBytes)
           error = "shared block has another layout or size";
       }
     }
@@ -275,7 +292,6 @@ std::unique_ptr<NodeChannel> NodeChannel::openShared(int localRank, std::vector<
   status.pid = error.empty() ? (cmaOk ? 2 : 1) : 0;  // 0 failed, 1 attached, 2 attached + CMA
   if (!error.empty()) std::snprintf(status.name, sizeof(status.name), "%s", error.c_str());
   const auto statuses = exchangeHello(exchange, status);
-  if (localRank == 0) ::shm_unlink(leaderName.c_str());  // everyone attached or gave up
   bool singleCopy = true;
   for (int p = 0; p < size; ++p) {
     const auto& s = statuses[static_cast<std::size_t>(p)];

@@ -22,11 +22,12 @@ class GroupRequest final : public Request {
 }  // namespace
 
 SubgroupTransport::SubgroupTransport(std::shared_ptr<Transport> parent, std::vector<int> ranks,
-                                     Tag tagBits, Tag reservedMask)
+                                     Tag tagBits, Tag reservedMask, std::string label)
     : parent_(std::move(parent)),
       ranks_(std::move(ranks)),
       tagBits_(tagBits),
-      reservedMask_(reservedMask) {
+      reservedMask_(reservedMask),
+      label_(std::move(label)) {
   SKYRING_CHECK_ARG(parent_ != nullptr, {}, "SubgroupTransport needs a parent transport");
   const ErrorContext ctx{parent_->rank(), -1, "subgroup"};
   SKYRING_CHECK_ARG(!ranks_.empty(), ctx, "empty subgroup");

@@ -6,7 +6,8 @@
 // Numbering: group rank i is parent rank ranks[i]. The list is in whatever order the
 // caller wants the group numbered (a ring order, say); it must hold distinct parent ranks
 // and the parent's own rank. Request::peer() and every peer argument are group ranks;
-// errors raised by the parent keep the parent's numbering in their message.
+// errors raised by the parent keep the parent's numbering in their message, and
+// jobRank() maps group ranks to the job's, so what reaches a user names job ranks.
 //
 // Tags: every tag this transport is given must leave `reservedMask` clear, and goes to
 // the parent with `tagBits` (a subset of reservedMask) ORed in. Two subgroups over one
@@ -27,6 +28,7 @@
 
 #include <atomic>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "skyring/transport.h"
@@ -37,13 +39,19 @@ class SubgroupTransport final : public Transport {
  public:
   // Throws InvalidArgument for an empty, repeated or out-of-range list, a list without
   // the parent's rank, or tagBits outside reservedMask.
+  // label names the group in messages (groupLabel()), e.g. "cloud level".
   SubgroupTransport(std::shared_ptr<Transport> parent, std::vector<int> ranks, Tag tagBits,
-                    Tag reservedMask);
+                    Tag reservedMask, std::string label = {});
 
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return static_cast<int>(ranks_.size()); }
   // Parent rank of group rank `groupRank`.
   int parentRank(int groupRank) const;
+  int jobRank(int rank) const noexcept override {
+    return rank >= 0 && rank < size() ? parent_->jobRank(ranks_[static_cast<std::size_t>(rank)])
+                                      : rank;
+  }
+  std::string groupLabel() const override { return label_; }
 
   std::unique_ptr<Request> isend(int peer, Tag tag, std::span<const std::byte> data) override;
   std::unique_ptr<Request> irecv(int peer, Tag tag, std::span<std::byte> data) override;
@@ -59,6 +67,7 @@ class SubgroupTransport final : public Transport {
   std::vector<int> ranks_;
   Tag tagBits_;
   Tag reservedMask_;
+  std::string label_;
   int rank_ = -1;
   std::atomic<bool> closed_{false};
 };

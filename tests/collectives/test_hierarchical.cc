@@ -326,3 +326,87 @@ TEST(SubgroupTransport, AbortReachesTheParentGroup) {
 
 }  // namespace
 }  // namespace skyring
+
+namespace skyring {
+namespace {
+
+// Runs fn on every rank of the layout, each with its own Communicator over one in-process
+// world; returns each rank's exception (null when it succeeded). The killer kills ranks.
+std::vector<std::exception_ptr> runCollectClouds(
+    const std::vector<const char*>& where, const Config& config,
+    const std::function<void(Communicator&, transport::InProcessWorld&)>& fn) {
+  const auto topo = testing::topologyOf(where);
+  transport::InProcessWorld world(topo->size());
+  std::vector<std::exception_ptr> errors(where.size());
+  std::vector<std::thread> threads;
+  for (int r = 0; r < topo->size(); ++r) {
+    threads.emplace_back([&, r] {
+      try {
+        Communicator comm(world.transport(r), config, nullptr, topo);
+        fn(comm, world);
+      } catch (...) {
+        errors[static_cast<std::size_t>(r)] = std::current_exception();
+      }
+    });
+  }
+  for (auto& t : threads)
+    t.join();
+  return errors;
+}
+
+std::string whatOf(const std::exception_ptr& e) {
+  try {
+    std::rethrow_exception(e);
+  } catch (const std::exception& x) {
+    return x.what();
+  }
+  return {};
+}
+
+// Every level of the hierarchy renumbers ranks (a rank's place in its cloud's ring, in its
+// shard's group across clouds); a failure must still name the rank the launcher gave.
+// Layout: clouds A = {0, 2}, B = {1, 3}: rank 3 is position 1 in cloud B and in its shard
+// group; ranks 0 and 1 are what a wrong numbering would blame.
+TEST(HierarchicalFailures, StalledRankIsNamedByItsJobRank) {
+  Config config;
+  config.timeout = std::chrono::milliseconds(800);
+  const auto errors =
+      runCollectClouds({"A0", "B0", "A1", "B1"}, config, [](Communicator& comm, auto&) {
+        if (comm.rank() == 3) std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+        std::vector<float> data(4096, 1.0f);
+        comm.allreduce(view(std::span(data)), ReduceOp::sum);
+      });
+  for (int r : {0, 1, 2}) {
+    ASSERT_TRUE(errors[static_cast<std::size_t>(r)] != nullptr) << "rank " << r;
+    const std::string what = whatOf(errors[static_cast<std::size_t>(r)]);
+    EXPECT_NE(what.find("rank 3 did not take part"), std::string::npos) << what;
+    for (const char* wrong : {"rank 0 did not", "rank 1 did not", "rank 2 did not"})
+      EXPECT_EQ(what.find(wrong), std::string::npos) << what;
+  }
+}
+
+TEST(HierarchicalFailures, KilledRankIsNamedByItsJobRank) {
+  Config config;
+  config.timeout = std::chrono::milliseconds(5000);
+  const auto errors = runCollectClouds({"A0", "B0", "A1", "B1"}, config,
+                                       [](Communicator& comm, transport::InProcessWorld& world) {
+                                         if (comm.rank() == 3) {
+                                           world.kill(3);
+                                           return;
+                                         }
+                                         std::vector<float> data(1 << 16, 1.0f);
+                                         comm.allreduce(view(std::span(data)), ReduceOp::sum);
+                                       });
+  for (int r : {0, 1, 2}) {
+    ASSERT_TRUE(errors[static_cast<std::size_t>(r)] != nullptr) << "rank " << r;
+    const std::string what = whatOf(errors[static_cast<std::size_t>(r)]);
+    EXPECT_NE(what.find("rank 3"), std::string::npos) << what;
+    EXPECT_EQ(what.find("rank 1 died"), std::string::npos) << what;
+    // Each survivor signs with its own job rank, not its place inside a level.
+    EXPECT_NE(what.find("[rank " + std::to_string(r) + ","), std::string::npos)
+        << "rank " << r << ": " << what;
+  }
+}
+
+}  // namespace
+}  // namespace skyring

@@ -193,6 +193,32 @@ TEST(NodeFailuresMixed, BarrierAgainstAllreduceIsReported) {
   }
 }
 
+// A failure seen on the transport (here a mismatched allgather) ends the group on every
+// path: the next allreduce and barrier, which would go through shared memory only, fail
+// too instead of succeeding without the failed call's ranks noticing.
+TEST(NodeFailuresMixed, NothingSucceedsAfterAFailure) {
+  LocalWorld world(3, shortTimeout(3000));
+  world.shareMemory(kCapacity);
+  auto errors = world.runCollect([&](Communicator& comm) {
+    std::vector<float> in(comm.rank() == 2 ? 5 : 4, 1.0f);
+    std::vector<float> out(in.size() * 3);
+    try {
+      comm.allgather(view(std::span(in)), view(std::span(out)));
+    } catch (const TransportError&) {
+      EXPECT_TRUE(comm.failed());
+    }
+    std::vector<float> data(4, 1.0f);
+    EXPECT_THROW(comm.allreduce(view(std::span(data)), ReduceOp::sum), Aborted);
+    comm.barrier();
+  });
+  for (int r = 0; r < 3; ++r) {
+    ASSERT_TRUE(errors[static_cast<std::size_t>(r)] != nullptr) << "rank " << r;
+    EXPECT_NE(messageOf(errors[static_cast<std::size_t>(r)]).find("failed earlier"),
+              std::string::npos)
+        << messageOf(errors[static_cast<std::size_t>(r)]);
+  }
+}
+
 // Counts of floats for each path: every path names the missing rank and reports mismatches.
 INSTANTIATE_TEST_SUITE_P(Paths, NodeFailures,
                          ::testing::Values(std::size_t{10}, std::size_t{100}, std::size_t{5000}),
