@@ -103,6 +103,9 @@ class Communicator {
   // What allreduce runs on tag 0 with this group's topology and settings, in words (for
   // the start-up summary).
   std::string describeAllreduce() const;
+  // True when allreduce and barrier on tag 0 go through shared memory (every rank of the
+  // group on one node, SKYRING_SHM=1).
+  bool usesSharedMemory() const noexcept { return node_ != nullptr; }
 
  private:
   // Validates options and returns the next sequence number of options.tag.

@@ -113,8 +113,8 @@ JoinRecord parseJoinRecord(std::span<const std::byte> bytes, int rank) {
   try {
     r.where = topology::parse(in.rest());
   } catch (const InvalidArgument& e) {
-    SKYRING_THROW(TransportError, ctx, "rank ", rank, " sent a malformed topology record: ",
-                  e.detail());
+    SKYRING_THROW(TransportError, ctx, "rank ", rank,
+                  " sent a malformed topology record: ", e.detail());
   }
   return r;
 }

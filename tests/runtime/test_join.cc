@@ -42,8 +42,7 @@ TEST(Join, EqualSettingsPass) {
 }
 
 TEST(Join, DifferingSettingIsNamedWithItsRanks) {
-  const std::string what =
-      verdict(recordsOf({{}, {}, {{"SKYRING_SHM_SLOT_BYTES", "4096"}}, {}}));
+  const std::string what = verdict(recordsOf({{}, {}, {{"SKYRING_SHM_SLOT_BYTES", "4096"}}, {}}));
   EXPECT_NE(what.find("SKYRING_SHM_SLOT_BYTES differs between ranks"), std::string::npos) << what;
   EXPECT_NE(what.find("'4096' on rank 2"), std::string::npos) << what;
   EXPECT_NE(what.find("'65536' on ranks 0, 1 and 3"), std::string::npos) << what;
@@ -80,7 +79,8 @@ TEST(Join, EverySettingThatMustAgreeIsChecked) {
   EXPECT_EQ(other.size(), mustAgree) << "a setting that must agree has no case here";
   for (const auto& [name, value] : other) {
     const std::string what = verdict(recordsOf({{}, {{name, value}}, {}}));
-    EXPECT_NE(what.find(name + " differs between ranks"), std::string::npos) << name << ": " << what;
+    EXPECT_NE(what.find(name + " differs between ranks"), std::string::npos)
+        << name << ": " << what;
     EXPECT_NE(what.find("on rank 1"), std::string::npos) << what;
   }
 }
