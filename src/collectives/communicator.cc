@@ -128,6 +128,22 @@ collectives::Exchange makeExchange(transport::Transport& transport, const Logger
                                options.timeout.count() > 0 ? options.timeout : config.timeout);
 }
 
+// A rank that fails on its own inside a collective (out of memory for scratch, see
+// collectives/scratch.h) aborts the group, so that its peers fail at once with its reason
+// instead of waiting for their timeout. Failures of the exchange itself abort already.
+template <typename Fn>
+void abortingOnLocalFailure(transport::Transport& transport, const Logger& logger, int rank,
+                            const char* op, Fn&& fn) {
+  try {
+    fn();
+  } catch (const InvalidArgument& e) {
+    const std::string reason = "rank " + std::to_string(rank) + " in " + op + ": " + e.detail();
+    SKYRING_LOG(logger, error, reason);
+    transport.abort(e.kind(), reason);
+    throw;
+  }
+}
+
 }  // namespace
 
 std::uint32_t Communicator::sequenceFor(const CollectiveOptions& options, const char* op) {
@@ -168,7 +184,9 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
     if (input.dtype == DType::f32 && (op == ReduceOp::sum || op == ReduceOp::avg)) {
       compressionFor(options, output, call);
     }
-    collectives::hierarchicalAllreduce(call, input, output, op, ring);
+    abortingOnLocalFailure(*transport_, logger_, rank_, "allreduce", [&] {
+      collectives::hierarchicalAllreduce(call, input, output, op, ring);
+    });
     return;
   }
   if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
@@ -189,10 +207,12 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
     auto orderedEx =
         collectives::Exchange(ordered, logger_, ex.signature(), options.tag, sequence,
                               options.timeout.count() > 0 ? options.timeout : config_.timeout);
-    collectives::ringAllreduce(orderedEx, input, output, op, ring);
+    abortingOnLocalFailure(*transport_, logger_, rank_, "allreduce",
+                           [&] { collectives::ringAllreduce(orderedEx, input, output, op, ring); });
     return;
   }
-  collectives::ringAllreduce(ex, input, output, op, ring);
+  abortingOnLocalFailure(*transport_, logger_, rank_, "allreduce",
+                         [&] { collectives::ringAllreduce(ex, input, output, op, ring); });
 }
 
 void Communicator::compressionFor(const CollectiveOptions& options, const BufferView& output,
@@ -236,8 +256,10 @@ void Communicator::reduceScatter(BufferView input, BufferView output, ReduceOp o
                          CallSignature{Opcode::reduceScatter, input.dtype, op, output.count, -1},
                          options);
   if (output.count == 0) return;
-  collectives::ringReduceScatter(ex, input, output, op,
-                                 {config_.ringChunkBytes, config_.ringPipelineDepth});
+  abortingOnLocalFailure(*transport_, logger_, rank_, "reduce_scatter", [&] {
+    collectives::ringReduceScatter(ex, input, output, op,
+                                   {config_.ringChunkBytes, config_.ringPipelineDepth});
+  });
 }
 
 void Communicator::allgather(BufferView input, BufferView output,
@@ -258,7 +280,9 @@ void Communicator::allgather(BufferView input, BufferView output,
       CallSignature{Opcode::allgather, input.dtype, ReduceOp::sum, input.count, -1}, options);
   if (input.count == 0) return;
   if (input.data != own.data) std::memcpy(own.data, input.data, input.bytes());
-  collectives::ringAllgather(ex, output, {config_.ringChunkBytes, config_.ringPipelineDepth});
+  abortingOnLocalFailure(*transport_, logger_, rank_, "allgather", [&] {
+    collectives::ringAllgather(ex, output, {config_.ringChunkBytes, config_.ringPipelineDepth});
+  });
 }
 
 void Communicator::broadcast(BufferView buffer, int root, const CollectiveOptions& options) {
@@ -269,8 +293,10 @@ void Communicator::broadcast(BufferView buffer, int root, const CollectiveOption
   auto ex = makeExchange(
       *transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
       CallSignature{Opcode::broadcast, buffer.dtype, ReduceOp::sum, buffer.count, root}, options);
-  collectives::chainBroadcast(ex, buffer, root,
-                              {config_.ringChunkBytes, config_.ringPipelineDepth});
+  abortingOnLocalFailure(*transport_, logger_, rank_, "broadcast", [&] {
+    collectives::chainBroadcast(ex, buffer, root,
+                                {config_.ringChunkBytes, config_.ringPipelineDepth});
+  });
 }
 
 void Communicator::barrier(const CollectiveOptions& options) {
