@@ -108,12 +108,12 @@ const std::vector<ParameterSpec>& specs() {
          c.jobToken = v;
        }},
       {{"SKYRING_RING_CHUNK_BYTES", "262144",
-        "Bytes per message in ring algorithms (64 to 256 MiB; scratch follows the message): "
+        "Bytes per message in ring algorithms (4 KiB to 256 MiB; scratch follows the message): "
         "smaller pipelines better, larger costs fewer messages.",
         true},
        [](Config& c, const std::string& v) {
          c.ringChunkBytes = static_cast<std::size_t>(
-             parseInteger("SKYRING_RING_CHUNK_BYTES", v, 64, std::int64_t{1} << 28));
+             parseInteger("SKYRING_RING_CHUNK_BYTES", v, 4096, std::int64_t{1} << 28));
        }},
       {{"SKYRING_RING_PIPELINE_DEPTH", "4",
         "Receives a ring step keeps posted ahead (chunks in flight per peer).", true},

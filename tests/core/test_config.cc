@@ -199,6 +199,13 @@ TEST(Config, ByteSizesAreBoundedAndTheLimitIsNamed) {
   }
   EXPECT_EQ(Config::fromMap({{"SKYRING_RING_CHUNK_BYTES", "268435456"}}).ringChunkBytes,
             std::size_t{1} << 28);
+  // Below 4 KiB every chunk in flight is a request whose bookkeeping outweighs it.
+  try {
+    Config::fromMap({{"SKYRING_RING_CHUNK_BYTES", "64"}});
+    ADD_FAILURE() << "SKYRING_RING_CHUNK_BYTES=64 was accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("[4096, 268435456]"), std::string::npos) << e.what();
+  }
 }
 
 }  // namespace
