@@ -4,27 +4,32 @@
 //   mpirun -np 4 --oversubscribe allreduce_perf -b 8 -e 256M -f 2 [-n 20] [-w 5]
 //          [-c 1] [-d float] [-o sum] [--peer mpi]
 //
-// Options and columns follow nccl-tests: -b/-e min/max bytes (K, M, G suffixes), -f
-// multiplication factor, -n timed iterations, -w warmup iterations, -c check results
-// (exact-sum inputs, #wrong counts wrong elements), -d dtype (float, half, bfloat16,
-// double, int8, uint8, int32, int64), -o op (sum, prod, min, max, avg). Time is the mean
-// over iterations, maximum over ranks; algbw = size / time; busbw = algbw * 2(n-1)/n.
+// Options and columns follow nccl-tests: -b/-e min/max bytes (K, M, G suffixes, 1 to
+// 64G), -f multiplication factor (2 to 1024), -n timed iterations (1 to 10^6), -w warmup
+// iterations (0 to 10^6), -c check results (0 or 1: exact-sum inputs, #wrong counts wrong
+// elements), -d dtype (float, half, bfloat16, double, int8, uint8, int32, int64), -o op
+// (sum, prod, min, max, avg). Time is the mean over iterations, maximum over ranks;
+// algbw = size / time; busbw = algbw * 2(n-1)/n. A bad argument or SKYRING_* setting exits
+// 2 with the usage, a failed run 1 (benchmarks/cli.h).
 #include <mpi.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstring>
+#include <limits>
 #include <map>
 #include <string>
 #include <vector>
 
+#include "cli.h"
 #include "common/exact_data.h"
 #include "skyring/runtime.h"
 
 namespace {
 
 using namespace skyring;
+namespace cli = skyring::cli;
 using Clock = std::chrono::steady_clock;
 
 struct Options {
@@ -39,71 +44,66 @@ struct Options {
   bool peerMpi = false;
 };
 
-std::size_t parseSize(const std::string& s) {
-  std::size_t mult = 1;
-  std::string digits = s;
-  switch (s.empty() ? ' ' : s.back()) {
-    case 'K':
-    case 'k':
-      mult = 1u << 10;
-      digits.pop_back();
-      break;
-    case 'M':
-    case 'm':
-      mult = 1u << 20;
-      digits.pop_back();
-      break;
-    case 'G':
-    case 'g':
-      mult = 1u << 30;
-      digits.pop_back();
-      break;
-    default:
-      break;
-  }
-  return std::stoull(digits) * mult;
-}
+constexpr const char* kUsage =
+    "mpirun -np N allreduce_perf [-b MINBYTES] [-e MAXBYTES] [-f FACTOR] [-n ITERS] [-w WARMUP] "
+    "[-c 0|1] [-d float|half|bfloat16|double|int8|uint8|int32|int64] [-o sum|prod|min|max|avg] "
+    "[--peer mpi]";
 
-const std::map<std::string, DType> kTypes = {
+const std::map<std::string, DType, std::less<>> kTypes = {
     {"float", DType::f32}, {"half", DType::f16}, {"bfloat16", DType::bf16}, {"double", DType::f64},
     {"int8", DType::i8},   {"uint8", DType::u8}, {"int32", DType::i32},     {"int64", DType::i64}};
 
+// Every argument checked before the job starts (sizes up to 64 GiB, and what the largest
+// size allocates must fit in memory), so a bad one is a usage error on every rank.
 Options parse(int argc, char** argv) {
   Options o;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
+    if (cli::isHelp(a)) throw cli::Help{};
     auto next = [&]() -> std::string {
-      SKYRING_CHECK_ARG(i + 1 < argc, {}, "option ", a, " needs a value");
+      if (i + 1 >= argc) cli::fail("option ", a, " needs a value");
       return argv[++i];
     };
-    if (a == "-b")
-      o.minBytes = parseSize(next());
-    else if (a == "-e")
-      o.maxBytes = parseSize(next());
-    else if (a == "-f")
-      o.factor = std::stoull(next());
-    else if (a == "-n")
-      o.iters = std::stoi(next());
-    else if (a == "-w")
-      o.warmup = std::stoi(next());
-    else if (a == "-c")
-      o.check = std::stoi(next()) != 0;
-    else if (a == "-d") {
+    if (a == "-b") {
+      o.minBytes = cli::bytes("-b", next(), 1, std::size_t{64} << 30);
+    } else if (a == "-e") {
+      o.maxBytes = cli::bytes("-e", next(), 1, std::size_t{64} << 30);
+    } else if (a == "-f") {
+      o.factor = static_cast<std::size_t>(cli::integer("-f", next(), 2, 1024));
+    } else if (a == "-n") {
+      o.iters = static_cast<int>(cli::integer("-n", next(), 1, 1000000));
+    } else if (a == "-w") {
+      o.warmup = static_cast<int>(cli::integer("-w", next(), 0, 1000000));
+    } else if (a == "-c") {
+      o.check = cli::integer("-c", next(), 0, 1) != 0;
+    } else if (a == "-d") {
       const std::string t = next();
-      SKYRING_CHECK_ARG(kTypes.contains(t), {}, "unknown -d ", t);
-      o.dtype = kTypes.at(t);
-    } else if (a == "-o")
-      o.op = parseReduceOp(next());
-    else if (a == "--peer") {
-      SKYRING_CHECK_ARG(next() == "mpi", {}, "--peer takes 'mpi'");
+      const auto it = kTypes.find(t);
+      if (it == kTypes.end()) cli::fail("-d: unknown type '", t, "'");
+      o.dtype = it->second;
+    } else if (a == "-o") {
+      const std::string op = next();
+      try {
+        o.op = parseReduceOp(op);
+      } catch (const InvalidArgument&) {
+        cli::fail("-o: unknown op '", op, "' (sum, prod, min, max or avg)");
+      }
+    } else if (a == "--peer") {
+      if (next() != "mpi") cli::fail("--peer takes 'mpi'");
       o.peerMpi = true;
     } else {
-      SKYRING_THROW(InvalidArgument, {}, "unknown option ", a,
-                    " (use -b -e -f -n -w -c -d -o --peer mpi)");
+      cli::fail("unknown option ", a);
     }
   }
-  SKYRING_CHECK_ARG(o.factor >= 2 && o.minBytes <= o.maxBytes && o.iters > 0, {},
-                    "bad size range or iteration count");
+  if (o.minBytes > o.maxBytes) cli::fail("-b ", o.minBytes, " is larger than -e ", o.maxBytes);
+  if (o.peerMpi && o.maxBytes / dtypeSize(o.dtype) > std::numeric_limits<int>::max()) {
+    cli::fail("--peer mpi: MPI_Allreduce counts are int, so -e may be at most ",
+              std::numeric_limits<int>::max(), " elements");
+  }
+  // Input, output and (with -c 1) the expected result of the largest size, per rank.
+  cli::checkFits("-e " + cli::formatBytes(o.maxBytes) + " (" + (o.check ? "3" : "2") +
+                     " buffers of it per rank)",
+                 static_cast<long double>(o.maxBytes) * (o.check ? 3 : 2));
   return o;
 }
 
@@ -165,8 +165,9 @@ std::size_t countWrong(const std::vector<std::byte>& got, const std::vector<std:
 }  // namespace
 
 int main(int argc, char** argv) {
-  try {
+  return cli::run("allreduce_perf", kUsage, [&] {
     const Options o = parse(argc, argv);
+    cli::environment();  // a bad SKYRING_* setting is a usage error, before MPI starts
     auto rt = Runtime::init();
     Communicator& comm = rt->world();
     const int n = comm.size();
@@ -175,7 +176,7 @@ int main(int argc, char** argv) {
     if (o.peerMpi) {
       int inited = 0;
       MPI_Initialized(&inited);
-      SKYRING_CHECK_ARG(inited, {}, "--peer mpi needs the job to be launched with mpirun");
+      if (!inited) cli::fail("--peer mpi needs the job to be launched with mpirun");
     }
     const std::size_t elem = dtypeSize(o.dtype);
     const double busFactor = n > 1 ? 2.0 * (n - 1) / n : 1.0;
@@ -225,8 +226,5 @@ int main(int argc, char** argv) {
     }
     if (root) std::printf("# Avg bus bandwidth    : %g\n", rows ? busSum / rows : 0.0);
     return 0;
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "allreduce_perf: %s\n", e.what());
-    return 1;
-  }
+  });
 }

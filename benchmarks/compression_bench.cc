@@ -7,6 +7,7 @@
 #include <random>
 #include <vector>
 
+#include "benchmark_main.h"
 #include "skyring/compression.h"
 
 namespace {
@@ -84,4 +85,6 @@ SKYRING_CODEC_BENCH(powersgd4, "powersgd:4");
 
 }  // namespace
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  return skyring::cli::benchmarkMain("compression_bench", argc, argv, [] { return true; });
+}

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "benchmark_main.h"
 #include "compression/powersgd.h"
 #include "kernels/codecs.h"
 #include "skyring/compression.h"
@@ -244,16 +245,15 @@ SKYRING_GPU_CODEC_BENCH(powersgd4, "powersgd:4");
 }  // namespace
 
 int main(int argc, char** argv) {
-  int devices = 0;
-  const cudaError_t err = cudaGetDeviceCount(&devices);
-  if (err != cudaSuccess || devices == 0) {
-    std::printf("compression_bench_cuda: skipped, no CUDA device (%s)\n",
-                err != cudaSuccess ? cudaGetErrorString(err) : "none found");
-    return 0;
-  }
-  benchmark::Initialize(&argc, argv);
-  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
-  return 0;
+  // The flags are checked first, so a bad one is an error on machines without a GPU too.
+  return skyring::cli::benchmarkMain("compression_bench_cuda", argc, argv, [] {
+    int devices = 0;
+    const cudaError_t err = cudaGetDeviceCount(&devices);
+    if (err != cudaSuccess || devices == 0) {
+      std::printf("compression_bench_cuda: skipped, no CUDA device (%s)\n",
+                  err != cudaSuccess ? cudaGetErrorString(err) : "none found");
+      return false;
+    }
+    return true;
+  });
 }

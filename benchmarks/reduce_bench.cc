@@ -6,6 +6,7 @@
 #include <cstring>
 #include <vector>
 
+#include "benchmark_main.h"
 #include "compression/reduce.h"
 
 namespace {
@@ -41,4 +42,6 @@ BENCHMARK_CAPTURE(BM_ReduceSum, bf16, skyring::DType::bf16)->Arg(1 << 20)->Arg(1
 BENCHMARK_CAPTURE(BM_ReduceSum, i8, skyring::DType::i8)->Arg(1 << 20)->Arg(16 << 20);
 BENCHMARK_CAPTURE(BM_ReduceSum, i32, skyring::DType::i32)->Arg(1 << 20)->Arg(16 << 20);
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  return skyring::cli::benchmarkMain("reduce_bench", argc, argv, [] { return true; });
+}

@@ -15,9 +15,13 @@
 //     by ShapingTransport (bandwidth per rank and one-way latency): deterministic, and the
 //     only way to get latency here (this kernel has no netem).
 //
-// Options: --sizes 1M,4M,... (bytes, K/M/G suffixes), --algorithms ring,topology_ring,
-// hierarchical, --compression none,fp16,... (codecs for hierarchical; each adds a row),
-// -n timed iterations (default 5), -w warmup iterations (default 1).
+// Options: --sizes 1M,4M,... (bytes, K/M/G suffixes, whole floats up to 64G),
+// --algorithms ring,topology_ring,hierarchical, --compression none,fp16,... (codecs for
+// hierarchical; each adds a row), -n timed iterations (default 5), -w warmup iterations
+// (default 1), --inprocess GxC (at most 64 clouds and 256 ranks in all), --link-gbit
+// (above 0, default 1), --latency-ms (default 0). Every argument, codec and SKYRING_*
+// setting is checked before any rank starts: a bad one exits 2 with the usage, a failed
+// run 1 (benchmarks/cli.h).
 //
 // Columns, one row per algorithm, codec and size (rank 0 prints):
 //   time_ms    median over iterations of the slowest rank's time
@@ -44,11 +48,14 @@
 #include <map>
 #include <memory>
 #include <mutex>
-#include <sstream>
+#include <stdexcept>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
+#include "cli.h"
+#include "skyring/compression.h"
 #include "skyring/inprocess_transport.h"
 #include "skyring/metering_transport.h"
 #include "skyring/runtime.h"
@@ -57,6 +64,7 @@
 namespace {
 
 using namespace skyring;
+namespace cli = skyring::cli;
 using Clock = std::chrono::steady_clock;
 using topology::LinkClass;
 
@@ -73,98 +81,76 @@ struct Options {
   bool interleaved = false;  // --inprocess: rank r in cloud r % G instead of r / C
 };
 
-std::vector<std::string> split(const std::string& s) {
-  std::vector<std::string> out;
-  std::stringstream in(s);
-  std::string item;
-  while (std::getline(in, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-std::size_t parseSize(std::string s) {
-  std::size_t mult = 1;
-  switch (s.empty() ? ' ' : s.back()) {
-    case 'K':
-    case 'k':
-      mult = 1u << 10;
-      break;
-    case 'M':
-    case 'm':
-      mult = 1u << 20;
-      break;
-    case 'G':
-    case 'g':
-      mult = 1u << 30;
-      break;
-    default:
-      break;
-  }
-  if (mult != 1) s.pop_back();
-  return static_cast<std::size_t>(std::stoull(s)) * mult;
-}
-
-[[noreturn]] void usage(const char* why) {
-  std::fprintf(stderr,
-               "wan_bench: %s\nusage: wan_bench [--inprocess GxC [--order blocked|interleaved]] "
-               "[--link-gbit R] "
-               "[--latency-ms L] [--sizes 1M,4M] [--algorithms ring,topology_ring,hierarchical] "
-               "[--compression none,fp16,int8,...] [-n ITERS] [-w WARMUP]\n",
-               why);
-  std::exit(2);
-}
-
-Options parse(int argc, char** argv) {
-  Options o;
-  for (int i = 1; i < argc; ++i) {
-    const std::string a = argv[i];
-    auto value = [&]() -> std::string {
-      if (i + 1 >= argc) usage(("missing value after " + a).c_str());
-      return argv[++i];
-    };
-    try {
-      if (a == "--sizes") {
-        o.sizes.clear();
-        for (const auto& s : split(value()))
-          o.sizes.push_back(parseSize(s));
-      } else if (a == "--algorithms") {
-        o.algorithms = split(value());
-      } else if (a == "--compression") {
-        o.codecs = split(value());
-      } else if (a == "-n") {
-        o.iters = std::stoi(value());
-      } else if (a == "-w") {
-        o.warmup = std::stoi(value());
-      } else if (a == "--link-gbit") {
-        o.linkGbit = std::stod(value());
-      } else if (a == "--latency-ms") {
-        o.latencyMs = std::stod(value());
-      } else if (a == "--order") {
-        const std::string v = value();
-        if (v != "blocked" && v != "interleaved") usage("--order wants blocked or interleaved");
-        o.interleaved = v == "interleaved";
-      } else if (a == "--inprocess") {
-        const std::string v = value();
-        if (std::sscanf(v.c_str(), "%dx%d", &o.inprocessClouds, &o.inprocessRanks) != 2 ||
-            o.inprocessClouds < 1 || o.inprocessRanks < 1) {
-          usage("--inprocess wants GxC, e.g. 2x4");
-        }
-      } else {
-        usage(("unknown option " + a).c_str());
-      }
-    } catch (const std::logic_error&) {
-      usage(("bad value for " + a).c_str());
-    }
-  }
-  if (o.iters < 1 || o.warmup < 0 || o.linkGbit <= 0 || o.latencyMs < 0) usage("bad numbers");
-  return o;
-}
+constexpr const char* kUsage =
+    "wan_bench [--inprocess GxC [--order blocked|interleaved]] [--link-gbit R] "
+    "[--latency-ms L] [--sizes 1M,4M] [--algorithms ring,topology_ring,hierarchical] "
+    "[--compression none,fp16,int8,...] [-n ITERS] [-w WARMUP]";
 
 AllreduceAlgorithm algorithmNamed(const std::string& name) {
   if (name == "ring") return AllreduceAlgorithm::ring;
   if (name == "topology_ring") return AllreduceAlgorithm::topologyRing;
   if (name == "hierarchical") return AllreduceAlgorithm::hierarchical;
-  usage(("unknown algorithm " + name).c_str());
+  cli::fail("--algorithms: unknown algorithm '", name, "' (ring, topology_ring or hierarchical)");
+}
+
+// Every argument checked before any rank starts, so that a bad one is a usage error and
+// never a failure half-way through the run.
+Options parse(int argc, char** argv) {
+  Options o;
+  for (int i = 1; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (cli::isHelp(a)) throw cli::Help{};
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) cli::fail("option ", a, " needs a value");
+      return argv[++i];
+    };
+    if (a == "--sizes") {
+      o.sizes.clear();
+      for (const auto& s : cli::list(a, value())) {
+        const std::size_t bytes = cli::bytes(a, s, sizeof(float), std::size_t{64} << 30);
+        if (bytes % sizeof(float) != 0) cli::fail(a, ": ", s, " is not a whole number of floats");
+        o.sizes.push_back(bytes);
+      }
+    } else if (a == "--algorithms") {
+      o.algorithms = cli::list(a, value());
+      for (const auto& name : o.algorithms)
+        algorithmNamed(name);
+    } else if (a == "--compression") {
+      o.codecs = cli::list(a, value());
+      for (const auto& spec : o.codecs) {
+        try {
+          compression::makeCompressor(spec);
+        } catch (const InvalidArgument& e) {
+          cli::fail(a, ": ", e.detail());
+        }
+      }
+    } else if (a == "-n") {
+      o.iters = static_cast<int>(cli::integer(a, value(), 1, 1000000));
+    } else if (a == "-w") {
+      o.warmup = static_cast<int>(cli::integer(a, value(), 0, 1000000));
+    } else if (a == "--link-gbit") {
+      o.linkGbit = cli::number(a, value(), 0, 1e6, /*minExclusive=*/true);
+    } else if (a == "--latency-ms") {
+      o.latencyMs = cli::number(a, value(), 0, 1e5);
+    } else if (a == "--order") {
+      const std::string v = value();
+      if (v != "blocked" && v != "interleaved") cli::fail("--order wants blocked or interleaved");
+      o.interleaved = v == "interleaved";
+    } else if (a == "--inprocess") {
+      // Every rank is a thread: at most 256 of them, in at most 64 clouds.
+      std::tie(o.inprocessClouds, o.inprocessRanks) = cli::shape(a, value(), 64, 256, 256);
+    } else {
+      cli::fail("unknown option ", a);
+    }
+  }
+  // Each rank holds the input and the buffer of the largest size.
+  std::size_t largest = 0;
+  for (std::size_t s : o.sizes)
+    largest = std::max(largest, s);
+  const int ranksHere = o.inprocessClouds > 0 ? o.inprocessClouds * o.inprocessRanks : 1;
+  cli::checkFits(std::to_string(ranksHere) + " rank(s) x 2 buffers of " + cli::formatBytes(largest),
+                 static_cast<long double>(ranksHere) * 2 * largest);
+  return o;
 }
 
 // One rank's view of the job: its communicator, where everyone is, and its traffic meter.
@@ -330,7 +316,7 @@ int runInProcess(const Options& o) {
   }
   // The cost model describes the emulated link (it decides, e.g., how the hierarchy
   // pipelines large calls).
-  Config config = Config::fromEnvironment();
+  Config config = cli::environment();
   config.crossCloudLink.gbitPerSec = o.linkGbit;
   config.crossCloudLink.latencyMs = o.latencyMs;
   auto topo =
@@ -360,25 +346,20 @@ int runInProcess(const Options& o) {
   }
   for (auto& t : threads)
     t.join();
-  if (!failure.empty()) {
-    std::fprintf(stderr, "wan_bench: %s\n", failure.c_str());
-    return 1;
-  }
+  if (!failure.empty()) throw std::runtime_error(failure);
   return 0;
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
-  const Options o = parse(argc, argv);
-  if (o.inprocessClouds > 0) return runInProcess(o);
-  try {
+  return cli::run("wan_bench", kUsage, [&] {
+    const Options o = parse(argc, argv);
+    if (o.inprocessClouds > 0) return runInProcess(o);
+    cli::environment();  // a bad SKYRING_* setting is a usage error, before the job starts
     auto rt = Runtime::init();
     RankContext ctx{rt->world(), rt->topology(), [&] { return rt->stats(); }};
     runBench(o, ctx, /*perRankLink=*/false);
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "wan_bench: %s\n", e.what());
-    return 1;
-  }
-  return 0;
+    return 0;
+  });
 }

@@ -14,7 +14,7 @@ void chainBroadcast(Exchange& ex, BufferView buffer, int root, const RingParams&
   const bool receives = pos > 0;
   const bool forwards = pos < n - 1;
   const Chunking chunks{buffer.count,
-                        std::max<std::size_t>(1, params.chunkBytes / dtypeSize(buffer.dtype))};
+                        chunkElems(params.chunkBytes, dtypeSize(buffer.dtype), buffer.count)};
   const auto depth = static_cast<std::size_t>(params.pipelineDepth);
   std::vector<std::unique_ptr<transport::Request>> recvs(depth);
   std::vector<std::unique_ptr<transport::Request>> sends;

@@ -116,30 +116,45 @@ void Communicator::runOnNode(const char* op, Fn&& fn) {
   }
 }
 
+namespace {
+// Whether the call running on this thread has taken its sequence number: from then on it
+// is part of the group's sequence of calls, and its failure is the group's.
+thread_local bool tSequenced = false;
+}  // namespace
+
 template <typename Fn>
 void Communicator::guarded(const char* op, Fn&& fn) {
   if (failed()) {
     std::lock_guard lock(failureMutex_);
     SKYRING_THROW(Aborted, (ErrorContext{rank_, -1, op}), "the group failed earlier: ", failure_);
   }
+  tSequenced = false;
   try {
     fn();
-  } catch (const InvalidArgument&) {
-    throw;  // a bad argument of this rank, found before anything was sent
   } catch (const Error& e) {
+    // A bad argument found before the call took its sequence number leaves the group as
+    // it was. Anything later (a dead or disagreeing peer, or scratch this rank could not
+    // allocate) fails the group, so that peers fail at once with this reason.
+    if (e.kind() == ErrorKind::invalidArgument && !tSequenced) throw;
+    const std::string reason =
+        e.peer() < 0 && e.kind() != ErrorKind::invalidArgument
+            ? e.detail()
+            : "rank " + std::to_string(rank_) + " in " + op + ": " + e.detail();
     {
       std::lock_guard lock(failureMutex_);
       if (!failed_.load(std::memory_order_relaxed)) {
         failureKind_ = e.kind();
-        failure_ = e.detail();
+        failure_ = reason;
       }
       failed_.store(true, std::memory_order_release);
     }
+    if (e.kind() == ErrorKind::invalidArgument) SKYRING_LOG(logger_, error, reason);
     // Every rank of the group must stop, on every path: the transport's abort reaches the
-    // peers, and the node channel's reaches the local ranks whose next call would
-    // otherwise go through shared memory only and succeed without the failed ones.
-    if (node_) node_->abort(e.kind(), e.detail());
-    transport_->abort(e.kind(), e.detail());
+    // peers (the exchange has sent it already when a peer failed: the first reason wins),
+    // and the node channel's reaches the local ranks whose next call would otherwise go
+    // through shared memory only and succeed without the failed ones.
+    if (node_) node_->abort(e.kind(), reason);
+    transport_->abort(e.kind(), reason);
     throw;
   }
 }
@@ -178,6 +193,7 @@ std::uint32_t Communicator::sequenceFor(const CollectiveOptions& options, const 
   SKYRING_CHECK_ARG(options.timeout.count() >= 0, (ErrorContext{rank_, -1, op}),
                     "negative timeout");
   std::lock_guard lock(sequenceMutex_);
+  tSequenced = true;
   return sequences_[options.tag]++;
 }
 

@@ -4,6 +4,7 @@
 #include "collectives/exchange.h"
 #include "collectives/node_algorithms.h"
 #include "collectives/ring.h"
+#include "collectives/scratch.h"
 #include "compression/reduce.h"
 
 namespace skyring::collectives {
@@ -81,9 +82,11 @@ void stagedAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, B
   const std::size_t elem = dtypeSize(input.dtype);
   const Partition part{input.count, n};
   const std::size_t region = ch.region(me).size();
-  // Chunk elements: as configured, but at least two blocks must fit in the region.
-  std::size_t chunkElems = std::max<std::size_t>(1, params.chunkBytes / elem);
-  chunkElems = std::min(chunkElems, region / (2 * static_cast<std::size_t>(n) * elem));
+  // Chunk elements: as configured, but no longer than a segment and at least two blocks
+  // must fit in the region.
+  const std::size_t chunkElems =
+      std::min(collectives::chunkElems(params.chunkBytes, elem, part.size(0)),
+               region / (2 * static_cast<std::size_t>(n) * elem));
   const std::size_t blockBytes = static_cast<std::size_t>(n) * chunkElems * elem;
   const std::size_t depth = region / blockBytes;
   const std::size_t rounds = (part.size(0) + chunkElems - 1) / chunkElems;  // segment 0 is largest
@@ -140,8 +143,12 @@ void singleCopyAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& min
   const int me = ch.rank();
   const std::size_t elem = dtypeSize(input.dtype);
   const Partition part{input.count, n};
-  const Chunking chunks{part.size(me), std::max<std::size_t>(1, params.chunkBytes / elem)};
-  if (scratch.size() < chunks.chunkElems * elem) scratch.resize(chunks.chunkElems * elem);
+  // Scratch follows the message: one chunk, never longer than this rank's segment.
+  const Chunking chunks{part.size(me), chunkElems(params.chunkBytes, elem, part.size(me))};
+  growScratch(scratch, chunks.chunkElems * elem, ErrorContext{ch.worldRank(me), -1, "allreduce"},
+              "single-copy node allreduce scratch",
+              detail::concat("one chunk: SKYRING_SHM_CHUNK_BYTES=", params.chunkBytes,
+                             ", capped by the message"));
   auto* const in = static_cast<std::byte*>(input.data);
   auto* const out = static_cast<std::byte*>(output.data);
   for (std::size_t c = 0; c < chunks.chunks(); ++c) {
@@ -185,7 +192,8 @@ void nodeAllreduce(NodeChannel& ch, std::uint64_t seq, BufferView input, BufferV
     if (op == ReduceOp::avg) compression::divideBy(input.dtype, output.data, input.count, 1);
     return;
   }
-  if (input.bytes() <= params.smallBytes) {
+  // The slots hold what the channel was made with, whatever this rank's setting says.
+  if (input.bytes() <= std::min(params.smallBytes, ch.slotBytes())) {
     slotsAllreduce(ch, seq, mine, input, output, op, deadline);
   } else if (params.singleCopyBytes == 0 || input.bytes() < params.singleCopyBytes ||
              !ch.singleCopy()) {

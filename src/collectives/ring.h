@@ -51,6 +51,13 @@ struct Chunking {
   std::size_t size(std::size_t c) const { return std::min(chunkElems, count - c * chunkElems); }
 };
 
+// Elements per chunk: the setting's chunkBytes (at least one element), but never more than
+// `largest`, the longest run of elements the call moves at once. Settings are upper bounds,
+// so a chunk, and the scratch sized by it, never outgrows the message.
+inline std::size_t chunkElems(std::size_t chunkBytes, std::size_t elemBytes, std::size_t largest) {
+  return std::max<std::size_t>(1, std::min(chunkBytes / elemBytes, largest));
+}
+
 // Position of a rank in a chain broadcast rooted at `root`.
 inline int chainPosition(int rank, int root, int size) {
   return mod(rank - root, size);

@@ -16,7 +16,7 @@ void ringAllgather(Exchange& ex, BufferView buffer, const RingParams& params,
   const Ring ring{ex.rank(), n};
   const Partition part{buffer.count, n};
   const std::size_t chunkElems =
-      std::max<std::size_t>(1, params.chunkBytes / dtypeSize(buffer.dtype));
+      collectives::chunkElems(params.chunkBytes, dtypeSize(buffer.dtype), part.size(0));
   std::vector<std::unique_ptr<transport::Request>> sends;
   std::vector<std::unique_ptr<transport::Request>> recvs;
   for (int step = 0; step < n - 1; ++step) {

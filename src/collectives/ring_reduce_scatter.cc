@@ -16,6 +16,7 @@
 
 #include "collectives/algorithms.h"
 #include "collectives/ring.h"
+#include "collectives/scratch.h"
 #include "compression/reduce.h"
 
 namespace skyring::collectives {
@@ -23,19 +24,23 @@ namespace {
 
 using SegmentTarget = std::function<BufferView(int step, int segment)>;
 
-std::size_t chunkElemsFor(const RingParams& params, DType dtype) {
-  return std::max<std::size_t>(1, params.chunkBytes / dtypeSize(dtype));
-}
-
 // The shared ring: `target(step, segment)` says where the partial result of a step goes
 // (and so where the next step's send reads it from).
 void reduceScatterSteps(Exchange& ex, BufferView input, const Partition& part, ReduceOp op,
                         const RingParams& params, const SegmentTarget& target) {
   const Ring ring{ex.rank(), ex.size()};
-  const std::size_t chunkElems = chunkElemsFor(params, input.dtype);
-  const auto depth = static_cast<std::size_t>(params.pipelineDepth);
-  std::vector<std::byte> scratch(depth * chunkElems * dtypeSize(input.dtype));
-  const BufferView slots{scratch.data(), depth * chunkElems, input.dtype, MemoryKind::host};
+  // Scratch follows the message: no chunk is longer than the largest segment, and no more
+  // slots than a segment has chunks, however large the settings.
+  const std::size_t elem = dtypeSize(input.dtype);
+  const std::size_t chunkElems = collectives::chunkElems(params.chunkBytes, elem, part.size(0));
+  const auto depth = std::min(static_cast<std::size_t>(params.pipelineDepth),
+                              Chunking{part.size(0), chunkElems}.chunks());
+  const auto scratch = allocateScratch(
+      depth * chunkElems * elem, ex.context(), "ring receive scratch",
+      detail::concat(depth, " chunks of ", chunkElems * elem,
+                     " bytes: SKYRING_RING_PIPELINE_DEPTH=", params.pipelineDepth,
+                     ", SKYRING_RING_CHUNK_BYTES=", params.chunkBytes, ", capped by the message"));
+  const BufferView slots{scratch.get(), depth * chunkElems, input.dtype, MemoryKind::host};
 
   std::vector<std::unique_ptr<transport::Request>> sends;
   std::vector<std::unique_ptr<transport::Request>> recvs(depth);
@@ -87,7 +92,10 @@ void ringReduceScatter(Exchange& ex, BufferView input, BufferView output, Reduce
     // zeroing two segments of a large buffer cost more than the step itself.)
     const std::size_t segBytes = part.size(0) * dtypeSize(input.dtype);
     std::unique_ptr<std::byte[]> scratch;
-    if (n > 2) scratch.reset(new std::byte[2 * segBytes]);
+    if (n > 2) {
+      scratch = allocateScratch(2 * segBytes, ex.context(), "reduce-scatter scratch",
+                                "two segments of the output");
+    }
     reduceScatterSteps(ex, input, part, op, params, [&](int step, int segment) {
       if (step == n - 2) return output;
       return BufferView{scratch.get() + static_cast<std::size_t>(step % 2) * segBytes,

@@ -108,12 +108,12 @@ const std::vector<ParameterSpec>& specs() {
          c.jobToken = v;
        }},
       {{"SKYRING_RING_CHUNK_BYTES", "262144",
-        "Bytes per message in ring algorithms: smaller pipelines better, larger costs "
-        "fewer messages.",
+        "Bytes per message in ring algorithms (4 KiB to 256 MiB; scratch follows the message): "
+        "smaller pipelines better, larger costs fewer messages.",
         true},
        [](Config& c, const std::string& v) {
          c.ringChunkBytes = static_cast<std::size_t>(
-             parseInteger("SKYRING_RING_CHUNK_BYTES", v, 64, std::int64_t{1} << 32));
+             parseInteger("SKYRING_RING_CHUNK_BYTES", v, 4096, std::int64_t{1} << 28));
        }},
       {{"SKYRING_RING_PIPELINE_DEPTH", "4",
         "Receives a ring step keeps posted ahead (chunks in flight per peer).", true},
@@ -130,19 +130,19 @@ const std::vector<ParameterSpec>& specs() {
        }},
       {{"SKYRING_SHM_SLOT_BYTES", "65536",
         "Largest node allreduce done by copying into shared slots and reducing them all "
-        "(one synchronisation).",
+        "(one synchronisation); 64 to 16 MiB.",
         true},
        [](Config& c, const std::string& v) {
          c.shmSlotBytes = static_cast<std::size_t>(
-             parseInteger("SKYRING_SHM_SLOT_BYTES", v, 64, std::int64_t{1} << 30));
+             parseInteger("SKYRING_SHM_SLOT_BYTES", v, 64, std::int64_t{1} << 24));
        }},
       {{"SKYRING_SHM_RING_BYTES", "1048576",
         "Shared memory per rank for the pipelined node allreduce: a ring of blocks, each "
-        "one chunk per rank.",
+        "one chunk per rank; 1024 to 64 MiB.",
         true},
        [](Config& c, const std::string& v) {
          c.shmRingBytes = static_cast<std::size_t>(
-             parseInteger("SKYRING_SHM_RING_BYTES", v, 1024, std::int64_t{1} << 32));
+             parseInteger("SKYRING_SHM_RING_BYTES", v, 1024, std::int64_t{1} << 26));
        }},
       {{"SKYRING_SHM_SINGLE_COPY_BYTES", "0",
         "0: never. Else node allreduces of at least this many bytes read and write each "
@@ -153,10 +153,12 @@ const std::vector<ParameterSpec>& specs() {
              parseInteger("SKYRING_SHM_SINGLE_COPY_BYTES", v, 0, std::int64_t{1} << 40));
        }},
       {{"SKYRING_SHM_CHUNK_BYTES", "131072",
-        "Bytes per rank per round of the pipelined (and single-copy) node allreduce.", true},
+        "Bytes per rank per round of the pipelined (and single-copy) node allreduce; 64 to "
+        "64 MiB.",
+        true},
        [](Config& c, const std::string& v) {
          c.shmChunkBytes = static_cast<std::size_t>(
-             parseInteger("SKYRING_SHM_CHUNK_BYTES", v, 64, std::int64_t{1} << 30));
+             parseInteger("SKYRING_SHM_CHUNK_BYTES", v, 64, std::int64_t{1} << 26));
        }},
       {{"SKYRING_ALLREDUCE", "auto",
         "auto, ring, topology_ring or hierarchical: the allreduce of a communicator that "

@@ -103,5 +103,12 @@ TEST(Tags, FieldsDoNotCollide) {
   EXPECT_NE(signatureBits(DType::f32, ReduceOp::sum), signatureBits(DType::f32, ReduceOp::max));
 }
 
+TEST(ChunkElems, NeverLongerThanTheCallNorShorterThanOne) {
+  EXPECT_EQ(chunkElems(std::size_t{1} << 28, 4, 1024), 1024u);
+  EXPECT_EQ(chunkElems(4096, 4, 1u << 20), 1024u);
+  EXPECT_EQ(chunkElems(2, 4, 1000), 1u);
+  EXPECT_EQ(chunkElems(4096, 4, 0), 1u);
+}
+
 }  // namespace
 }  // namespace skyring::collectives

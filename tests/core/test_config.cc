@@ -177,5 +177,36 @@ TEST(Config, JobIdFromLauncherOrOverride) {
             std::chrono::milliseconds(5000));
 }
 
+// Sizes that drive allocations have sane upper bounds, and a value past one names the
+// variable and the limit (4 GiB of ring chunk once ended in a bare std::bad_alloc).
+TEST(Config, ByteSizesAreBoundedAndTheLimitIsNamed) {
+  for (const auto& [name, limit] :
+       std::vector<std::pair<std::string, std::string>>{{"SKYRING_RING_CHUNK_BYTES", "268435456"},
+                                                        {"SKYRING_SHM_SLOT_BYTES", "16777216"},
+                                                        {"SKYRING_SHM_RING_BYTES", "67108864"},
+                                                        {"SKYRING_SHM_CHUNK_BYTES", "67108864"}}) {
+    EXPECT_NO_THROW(Config::fromMap({{name, limit}})) << name;
+    for (const char* bad : {"4294967296", "18446744073709551616", "-1"}) {
+      try {
+        Config::fromMap({{name, bad}});
+        ADD_FAILURE() << name << "=" << bad << " was accepted";
+      } catch (const InvalidArgument& e) {
+        const std::string what = e.what();
+        EXPECT_NE(what.find(name), std::string::npos) << what;
+        EXPECT_NE(what.find(limit), std::string::npos) << what;
+      }
+    }
+  }
+  EXPECT_EQ(Config::fromMap({{"SKYRING_RING_CHUNK_BYTES", "268435456"}}).ringChunkBytes,
+            std::size_t{1} << 28);
+  // Below 4 KiB every chunk in flight is a request whose bookkeeping outweighs it.
+  try {
+    Config::fromMap({{"SKYRING_RING_CHUNK_BYTES", "64"}});
+    ADD_FAILURE() << "SKYRING_RING_CHUNK_BYTES=64 was accepted";
+  } catch (const InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("[4096, 268435456]"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace skyring
