@@ -18,9 +18,13 @@
 // so after abandon() (a failed job) it is skipped and the process can exit at once.
 #include <mpi.h>
 
+#include <algorithm>
 #include <chrono>
+#include <condition_variable>
 #include <cstring>
 #include <list>
+#include <memory>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <thread>
@@ -52,6 +56,7 @@ constexpr int kFailed = 2;
 constexpr int kRounds = 32767 / 4;
 
 constexpr auto kPollPause = std::chrono::microseconds(500);
+constexpr auto kVerdictGrace = std::chrono::seconds(2);
 
 std::string rankList(const std::vector<int>& ranks) {
   std::ostringstream os;
@@ -63,12 +68,11 @@ std::string rankList(const std::vector<int>& ranks) {
 
 class MpiOutOfBand final : public OutOfBand {
  public:
-  explicit MpiOutOfBand(std::chrono::milliseconds timeout) : timeout_(timeout) {
+  MpiOutOfBand(std::chrono::milliseconds timeout, int launchRank) : timeout_(timeout) {
     int initialized = 0;
     MPI_Initialized(&initialized);
     if (!initialized) {
-      int provided = 0;
-      SKYRING_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided), -1);
+      SKYRING_MPI_CHECK(initWithin(timeout, launchRank), launchRank);
       ownsMpi_ = true;
     }
     SKYRING_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), -1);
@@ -101,6 +105,9 @@ class MpiOutOfBand final : public OutOfBand {
     const auto deadline = Clock::now() + timeout_;
     if (rank_ == 0) return gatherAtRoot(mine, round, deadline);
     send(mine.data(), mine.size(), 0, tag(kGather, round));
+    // Rank 0 gives up at the same time and then names the missing ranks: wait a little
+    // longer than it does, so that its verdict, not a guess, is what this rank reports.
+    const auto verdictDeadline = deadline + std::min<Clock::duration>(timeout_ / 4, kVerdictGrace);
     // Rank 0 answers with the table or with a verdict; both are waited for at once.
     for (;;) {
       for (int kind : {kResult, kFailed}) {
@@ -117,7 +124,7 @@ class MpiOutOfBand final : public OutOfBand {
         completeSends();
         return unpack(bytes);
       }
-      if (Clock::now() >= deadline) {
+      if (Clock::now() >= verdictDeadline) {
         SKYRING_THROW(Timeout, (ErrorContext{rank_, 0, "bootstrap"}),
                       "rank 0 did not complete the MPI bootstrap exchange within ",
                       timeout_.count(),
@@ -132,6 +139,36 @@ class MpiOutOfBand final : public OutOfBand {
 
  private:
   static int tag(int kind, int round) { return round * 4 + kind; }
+
+  // MPI_Init waits for every process of the job (Open MPI exchanges their addresses in
+  // it) and has no timeout: a process that never starts, or is stopped, would hold the
+  // others there forever. So it runs on a thread of its own, and this rank gives up after
+  // the start-up timeout; the thread is left behind, blocked, for the exit to end.
+  static int initWithin(std::chrono::milliseconds timeout, int launchRank) {
+    struct State {
+      std::mutex mu;
+      std::condition_variable cv;
+      bool done = false;
+      int rc = MPI_SUCCESS;
+    };
+    auto state = std::make_shared<State>();
+    std::thread([state] {
+      int provided = 0;
+      const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_MULTIPLE, &provided);
+      std::lock_guard lock(state->mu);
+      state->rc = rc;
+      state->done = true;
+      state->cv.notify_all();
+    }).detach();
+    std::unique_lock lock(state->mu);
+    if (!state->cv.wait_for(lock, timeout, [&] { return state->done; })) {
+      SKYRING_THROW(Timeout, (ErrorContext{launchRank, -1, "bootstrap"}),
+                    "MPI_Init did not complete within ", timeout.count(),
+                    " ms (SKYRING_INIT_TIMEOUT_MS): it waits for every process of the job, and "
+                    "one has not started, is stopped, or died before calling it");
+    }
+    return state->rc;
+  }
 
   std::vector<std::vector<std::byte>> gatherAtRoot(std::span<const std::byte> mine, int round,
                                                    Clock::time_point deadline) {
@@ -259,7 +296,7 @@ class MpiOutOfBand final : public OutOfBand {
 }  // namespace
 
 std::unique_ptr<OutOfBand> makeMpiOutOfBand(const Config& config) {
-  return std::make_unique<MpiOutOfBand>(config.initTimeout);
+  return std::make_unique<MpiOutOfBand>(config.initTimeout, config.launch.rank);
 }
 
 }  // namespace skyring::bootstrap

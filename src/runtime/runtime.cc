@@ -66,8 +66,7 @@ Runtime::~Runtime() {
   // Every rank has passed the goodbye (or the job failed): nobody needs the bootstrap
   // channel any more, so it need not wait for the others either. Under MPI a clean exit
   // still finalises MPI.
-  if (parts_->oob && !clean) parts_->oob->abandon();
-  if (parts_->oob && clean && config_.launch.launcher != LaunchEnvironment::Launcher::mpi) {
+  if (parts_->oob && (!clean || config_.launch.launcher != LaunchEnvironment::Launcher::mpi)) {
     parts_->oob->abandon();
   }
   parts_->oob.reset();
