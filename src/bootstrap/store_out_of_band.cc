@@ -1,26 +1,51 @@
 // Out-of-band exchange over the TCP store: rank 0 hosts it at MASTER_ADDR:MASTER_PORT,
-// every rank is a client. Each exchange uses a fresh key prefix.
+// every rank is a client, joined as its RANK of the job Config names (job id, world size,
+// token). Each exchange uses a fresh key prefix; every wait is bounded by the init
+// timeout (SKYRING_INIT_TIMEOUT_MS), the goodbye at destruction included.
 #include "bootstrap/out_of_band.h"
 #include "bootstrap/tcp_store.h"
+#include "skyring/error.h"
 
 namespace skyring::bootstrap {
 namespace {
+
+// Rank 0 listens where MASTER_ADDR points (loopback stays loopback), never on every
+// interface: the other ranks connect to MASTER_ADDR, and nobody else needs to.
+std::unique_ptr<TcpStoreServer> hostStore(const Config& config, const StoreIdentity& identity) {
+  const auto& launch = config.launch;
+  try {
+    return std::make_unique<TcpStoreServer>(launch.masterAddr, launch.masterPort, identity);
+  } catch (const InvalidArgument& e) {
+    SKYRING_THROW(InvalidArgument, (ErrorContext{0, -1, "bootstrap"}),
+                  "rank 0 hosts the store at MASTER_ADDR:MASTER_PORT = ", launch.masterAddr, ":",
+                  launch.masterPort, ", so MASTER_ADDR must name rank 0's host: ", e.detail());
+  } catch (const TransportError& e) {
+    SKYRING_THROW(TransportError, (ErrorContext{0, -1, "bootstrap"}),
+                  "rank 0 cannot host the store at MASTER_ADDR:MASTER_PORT = ", launch.masterAddr,
+                  ":", launch.masterPort, " (another job on MASTER_PORT?): ", e.detail());
+  }
+}
 
 class StoreOutOfBand final : public OutOfBand {
  public:
   explicit StoreOutOfBand(const Config& config)
       : rank_(config.launch.rank), size_(config.launch.size) {
-    if (rank_ == 0) server_ = std::make_unique<TcpStoreServer>("0.0.0.0", config.launch.masterPort);
+    const StoreIdentity identity{config.jobId(), size_, config.jobToken};
+    if (rank_ == 0) server_ = hostStore(config, identity);
     client_ = std::make_unique<TcpStoreClient>(config.launch.masterAddr, config.launch.masterPort,
-                                               config.initTimeout);
+                                               config.initTimeout, identity, rank_);
   }
 
   ~StoreOutOfBand() override {
     // Rank 0 serves until every rank is done with the store, unless the job failed (then
-    // the others may never come) or the ranks said goodbye another way.
-    try {
-      if (!abandoned_) barrier();
-    } catch (...) {  // NOLINT(bugprone-empty-catch): a destructor must not throw
+    // the others may never come) or the ranks said goodbye another way. A rank that
+    // leaves without the goodbye closes its connection, and the store then fails every
+    // wait that could have needed it, naming it (tcp_store.h).
+    if (!abandoned_) {
+      try {
+        barrier();
+      } catch (...) {  // NOLINT(bugprone-empty-catch): a destructor must not throw
+      }
     }
     client_.reset();
     server_.reset();
@@ -28,18 +53,37 @@ class StoreOutOfBand final : public OutOfBand {
 
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return size_; }
-  void abandon() noexcept override { abandoned_ = true; }
 
   std::vector<std::vector<std::byte>> allgather(std::span<const std::byte> mine) override {
-    return bootstrap::allgather(*client_, "allgather/" + std::to_string(round_++) + "/", rank_,
-                                size_, mine);
+    try {
+      return bootstrap::allgather(*client_, "allgather/" + std::to_string(round_++) + "/", mine);
+    } catch (const Error& e) {
+      giveUp(e);
+      throw;
+    }
   }
 
   void barrier() override {
-    bootstrap::barrier(*client_, "barrier/" + std::to_string(round_++) + "/", rank_, size_);
+    try {
+      bootstrap::barrier(*client_, "barrier/" + std::to_string(round_++) + "/");
+    } catch (const Error& e) {
+      giveUp(e);
+      throw;
+    }
   }
 
+  void abandon() noexcept override { abandoned_ = true; }
+
  private:
+  // After a failed exchange the channel leaves by itself, saying why: the ranks still
+  // waiting hear it at once (the store fails their waits naming the culprit) instead of
+  // at their timeout, and no goodbye is waited for.
+  void giveUp(const Error& e) noexcept {
+    if (abandoned_) return;
+    abandoned_ = true;
+    client_->leave(e.peer(), e.detail());
+  }
+
   int rank_;
   int size_;
   int round_ = 0;

@@ -1,98 +1,34 @@
-// The TCP store's client, the collective helpers built on it, and the socket helpers the
-// server shares. The protocol is described in tcp_store.h.
+// The TCP store's client and the collective helpers built on it. The protocol is
+// described in tcp_store.h; the join's messages and proofs are in store_handshake.cc.
 #include "bootstrap/tcp_store.h"
 
-#include <fcntl.h>
-#include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <cerrno>
-#include <climits>
 #include <cstring>
 
+#include "bootstrap/store_handshake.h"
 #include "bootstrap/tcp_store_socket.h"
 #include "skyring/error.h"
 
 namespace skyring::bootstrap {
-
-namespace detail {
-
-void UniqueFd::reset(int fd) noexcept {
-  if (fd_ >= 0) ::close(fd_);  // never retried on EINTR: Linux has released fd_ already
-  fd_ = fd;
-}
-
-AddrInfoList resolveTcp(const std::string& host, int port, bool passive, std::string& error) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  hints.ai_protocol = IPPROTO_TCP;
-  hints.ai_flags = AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-  addrinfo* list = nullptr;
-  const std::string service = std::to_string(port);
-  const int rc =
-      ::getaddrinfo(host.empty() ? nullptr : host.c_str(), service.c_str(), &hints, &list);
-  if (rc != 0) {
-    error = rc == EAI_SYSTEM ? errnoText(errno) : std::string(::gai_strerror(rc));
-    return nullptr;
-  }
-  return AddrInfoList(list);
-}
-
-std::string errnoText(int err) {
-  char buf[256] = {};
-  // The GNU strerror_r may return a static string instead of filling buf.
-  const char* text = ::strerror_r(err, buf, sizeof buf);
-  return ::skyring::detail::concat(text, " (errno ", err, ")");
-}
-
-bool setNonBlocking(int fd) noexcept {
-  const int flags = ::fcntl(fd, F_GETFL);
-  return flags >= 0 && ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) >= 0 &&
-         ::fcntl(fd, F_SETFD, FD_CLOEXEC) >= 0;
-}
-
-void setNoDelay(int fd) noexcept {
-  const int one = 1;
-  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-}
-
-}  // namespace detail
-
 namespace {
 
 using Clock = std::chrono::steady_clock;
 using detail::UniqueFd;
 using store_wire::Op;
 using store_wire::Status;
+namespace hs = handshake;
 
 // How long after its own wait the client gives the server to report a get's timeout.
 constexpr auto kReplyGrace = std::chrono::milliseconds(250);
 constexpr auto kFirstRetryDelay = std::chrono::milliseconds(10);
 constexpr auto kMaxRetryDelay = std::chrono::milliseconds(250);
-
-int msUntil(Clock::time_point deadline) {
-  const auto ms = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now()).count();
-  return static_cast<int>(std::clamp<decltype(ms)>(ms, 0, INT_MAX));
-}
-
-// Waits for events on fd until deadline. Returns false when the deadline passed first.
-bool waitFor(int fd, short events, Clock::time_point deadline) {
-  for (;;) {
-    pollfd p{fd, events, 0};
-    const int n = ::poll(&p, 1, msUntil(deadline));
-    if (n > 0) return true;
-    if (n == 0) {
-      if (Clock::now() >= deadline) return false;
-    } else if (errno != EINTR) {
-      return true;  // let the following send/recv report the error
-    }
-  }
-}
+// A rank that gives up tells the store so, but does not wait long for it.
+constexpr auto kLeaveWait = std::chrono::seconds(1);
 
 // Linux connects a socket to itself when the port it picks to connect from is the
 // (listener-less, ephemeral) port it connects to. Such a socket would answer its own
@@ -121,7 +57,7 @@ UniqueFd tryConnect(const std::string& host, int port, Clock::time_point deadlin
     int rc = ::connect(fd.get(), a->ai_addr, a->ai_addrlen);
     int err = rc == 0 ? 0 : errno;
     if (err == EINPROGRESS || err == EINTR) {
-      if (!waitFor(fd.get(), POLLOUT, deadline)) {
+      if (!detail::waitFor(fd.get(), POLLOUT, deadline)) {
         error = "connect: timed out";
         continue;
       }
@@ -142,67 +78,71 @@ UniqueFd tryConnect(const std::string& host, int port, Clock::time_point deadlin
   return UniqueFd();
 }
 
-void sendAll(int fd, std::span<const std::byte> data, Clock::time_point deadline,
-             const ErrorContext& ctx, const std::string& endpoint) {
-  while (!data.empty()) {
-    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
-    if (n >= 0) {
-      data = data.subspan(static_cast<std::size_t>(n));
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!waitFor(fd, POLLOUT, deadline)) {
-        SKYRING_THROW(Timeout, ctx, "the store at ", endpoint, " accepted no data in time");
-      }
-    } else if (errno != EINTR) {
-      SKYRING_THROW(TransportError, ctx, "sending to the store at ", endpoint,
-                    " failed: ", detail::errnoText(errno));
-    }
-  }
-}
-
-void recvAll(int fd, std::span<std::byte> data, Clock::time_point deadline, const ErrorContext& ctx,
-             const std::string& endpoint) {
-  while (!data.empty()) {
-    const ssize_t n = ::recv(fd, data.data(), data.size(), 0);
-    if (n > 0) {
-      data = data.subspan(static_cast<std::size_t>(n));
-    } else if (n == 0) {
-      SKYRING_THROW(TransportError, ctx, "the store at ", endpoint,
-                    " closed the connection (server gone?)");
-    } else if (errno == EAGAIN || errno == EWOULDBLOCK) {
-      if (!waitFor(fd, POLLIN, deadline)) {
-        SKYRING_THROW(Timeout, ctx, "no reply from the store at ", endpoint, " in time");
-      }
-    } else if (errno != EINTR) {
-      SKYRING_THROW(TransportError, ctx, "receiving from the store at ", endpoint,
-                    " failed: ", detail::errnoText(errno));
-    }
-  }
-}
-
-ErrorContext opContext(const char* op) {
-  return ErrorContext{-1, -1, std::string(op)};
+ErrorContext opContext(int rank, const char* op) {
+  return ErrorContext{rank, -1, std::string(op)};
 }
 
 void checkKey(const std::string& key, const ErrorContext& ctx) {
-  SKYRING_CHECK_ARG(key.size() <= store_wire::kMaxKeyBytes, ctx, "store key of ", key.size(),
-                    " bytes is longer than ", store_wire::kMaxKeyBytes);
+  if (key.size() > store_wire::kMaxKeyBytes) {
+    SKYRING_THROW(InvalidArgument, ctx, "store key of ", key.size(),
+                  " bytes is longer than store_wire::kMaxKeyBytes = ", store_wire::kMaxKeyBytes);
+  }
+}
+
+// "job 'id'", or what a job without an id is called.
+std::string jobLabel(const std::string& id) {
+  return id.empty() ? std::string("a job without a job id") : "job '" + id + "'";
+}
+
+std::string textOf(const std::vector<std::byte>& bytes) {
+  return std::string(reinterpret_cast<const char*>(bytes.data()), bytes.size());
+}
+
+// Reads from fd into buf until parse() says complete or malformed. Returns false when the
+// server closed the connection first.
+template <typename ParseFn>
+bool readMessage(int fd, std::vector<std::byte>& buf, std::size_t limit, Clock::time_point deadline,
+                 const ErrorContext& ctx, const std::string& endpoint, ParseFn parse,
+                 hs::Parse& result) {
+  std::byte chunk[512];
+  for (;;) {
+    result = parse(std::span<const std::byte>(buf));
+    if (result != hs::Parse::incomplete) return true;
+    if (buf.size() >= limit) {
+      result = hs::Parse::malformed;
+      return true;
+    }
+    const std::size_t want = std::min(sizeof chunk, limit - buf.size());
+    const std::size_t n = detail::recvSome(fd, std::span(chunk, want), deadline, ctx, endpoint);
+    if (n == 0) return false;
+    buf.insert(buf.end(), chunk, chunk + n);
+  }
 }
 
 }  // namespace
 
 struct TcpStoreClient::Response {
   Status status;
+  int rank;
   std::vector<std::byte> value;
 };
 
-TcpStoreClient::TcpStoreClient(const std::string& host, int port, std::chrono::milliseconds timeout)
+TcpStoreClient::TcpStoreClient(const std::string& host, int port, std::chrono::milliseconds timeout,
+                               const StoreIdentity& identity, int rank)
     : endpoint_(host.find(':') == std::string::npos ? host + ":" + std::to_string(port)
                                                     : "[" + host + "]:" + std::to_string(port)),
-      timeout_(timeout) {
-  const ErrorContext ctx = opContext("tcp store connect");
+      timeout_(timeout),
+      rank_(rank),
+      worldSize_(identity.worldSize) {
+  const ErrorContext ctx = opContext(rank, "tcp store connect");
   SKYRING_CHECK_ARG(port >= 1 && port <= 65535, ctx, "store port ", port, " is outside [1, 65535]");
   SKYRING_CHECK_ARG(timeout.count() > 0, ctx, "store timeout must be positive, got ",
                     timeout.count(), " ms");
+  SKYRING_CHECK_ARG(identity.worldSize >= 1 && rank >= 0 && rank < identity.worldSize, ctx, "rank ",
+                    rank, " is outside a world of ", identity.worldSize);
+  SKYRING_CHECK_ARG(identity.jobId.size() <= store_wire::kMaxJobIdBytes, ctx, "a job id of ",
+                    identity.jobId.size(), " bytes is longer than store_wire::kMaxJobIdBytes = ",
+                    store_wire::kMaxJobIdBytes);
   const auto deadline = Clock::now() + timeout;
   auto delay = std::chrono::milliseconds(kFirstRetryDelay);
   std::string error;
@@ -210,16 +150,111 @@ TcpStoreClient::TcpStoreClient(const std::string& host, int port, std::chrono::m
     UniqueFd fd = tryConnect(host, port, deadline, error);
     if (fd.get() >= 0) {
       fd_ = fd.release();
-      return;
+      try {
+        if (join(identity, deadline, error)) return;
+      } catch (...) {
+        closeConnection();
+        throw;
+      }
+      closeConnection();
     }
     const auto now = Clock::now();
     if (now >= deadline) break;
-    // Not there yet (refused, or the name not yet resolvable): the server may start late.
+    // Not there yet (refused, the name not yet resolvable, or dropped before the join
+    // was answered, e.g. while the server was full): the server may start late.
     std::this_thread::sleep_for(std::min<Clock::duration>(delay, deadline - now));
     delay = std::min(delay * 2, std::chrono::milliseconds(kMaxRetryDelay));
   }
-  SKYRING_THROW(Timeout, ctx, "could not connect to the store at ", endpoint_, " within ",
+  SKYRING_THROW(Timeout, ctx, "could not join the store at ", endpoint_, " within ",
                 timeout.count(), " ms; last error: ", error);
+}
+
+bool TcpStoreClient::join(const StoreIdentity& identity, Clock::time_point deadline,
+                          std::string& error) {
+  const ErrorContext ctx = opContext(rank_, "tcp store join");
+  std::vector<std::byte> buf;
+  hs::Parse parsed{};
+  std::uint32_t version = 0;
+  hs::Nonce serverNonce{};
+  if (!readMessage(
+          fd_, buf, hs::kChallengeBytes, deadline, ctx, endpoint_,
+          [&](std::span<const std::byte> in) {
+            return hs::parseChallenge(in, version, serverNonce);
+          },
+          parsed)) {
+    error = "the server closed the connection before the store's challenge";
+    return false;
+  }
+  if (parsed == hs::Parse::malformed) {
+    SKYRING_THROW(TransportError, ctx, "the server at ", endpoint_,
+                  " is not a skyring store (it did not send the store's challenge): is "
+                  "MASTER_ADDR:MASTER_PORT taken by another program?");
+  }
+  if (version != hs::kVersion) {
+    SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_,
+                  " speaks store protocol version ", version, ", this process version ",
+                  hs::kVersion, ": every rank must run the same skyring");
+  }
+
+  const hs::Key key = hs::deriveKey(identity);
+  hs::Hello hello;
+  hello.jobId = identity.jobId;
+  hello.worldSize = static_cast<std::uint32_t>(identity.worldSize);
+  hello.rank = static_cast<std::uint32_t>(rank_);
+  hello.clientNonce = hs::randomNonce();
+  hello.proof = hs::clientProof(key, serverNonce, hello);
+  detail::sendAll(fd_, hs::encodeHello(hello), deadline, ctx, endpoint_);
+
+  buf.clear();
+  hs::Welcome welcome;
+  std::size_t used = 0;
+  if (!readMessage(
+          fd_, buf, hs::kMaxWelcomeBytes, deadline, ctx, endpoint_,
+          [&](std::span<const std::byte> in) { return hs::parseWelcome(in, welcome, used); },
+          parsed)) {
+    // Dropped before the server read the hello (it was full): no claim was recorded.
+    error = "the server closed the connection before answering the join";
+    return false;
+  }
+  if (parsed == hs::Parse::malformed) {
+    SKYRING_THROW(TransportError, ctx, "the server at ", endpoint_,
+                  " sent a malformed answer to the join: not a skyring store of this version");
+  }
+  ErrorContext culpritCtx = ctx;
+  culpritCtx.peer = welcome.culprit;
+  const std::string theirs =
+      ::skyring::detail::concat("the store at ", endpoint_, " serves ", jobLabel(welcome.jobId),
+                                " of ", welcome.worldSize, " ranks");
+  switch (welcome.verdict) {
+    case hs::Verdict::ok:
+      // The server proves it knows the key too: a fake store on MASTER_PORT cannot.
+      if (!hs::sameMac(welcome.proof, hs::serverProof(key, serverNonce, hello))) {
+        SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_,
+                      " failed to prove that it knows this job's key: it is not rank 0 of "
+                      "this job (a stale or fake store on MASTER_PORT, or a different "
+                      "SKYRING_JOB_TOKEN)");
+      }
+      return true;
+    case hs::Verdict::otherJob:
+      SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_, " serves ",
+                    jobLabel(welcome.jobId), ", this process belongs to ", jobLabel(identity.jobId),
+                    ": two jobs on one MASTER_PORT?");
+    case hs::Verdict::otherWorldSize:
+      SKYRING_THROW(TransportError, ctx, theirs,
+                    ", this process was started with WORLD_SIZE=", identity.worldSize,
+                    ": two jobs on one MASTER_PORT, or ranks started "
+                    "with different WORLD_SIZE?");
+    case hs::Verdict::badProof:
+      SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_,
+                    " refused this process's proof: SKYRING_JOB_TOKEN differs from rank 0's "
+                    "(or only one of them has a token)");
+    case hs::Verdict::rankClaimed:
+    case hs::Verdict::joinClosed:
+    case hs::Verdict::joinFailed:
+      SKYRING_THROW(TransportError, culpritCtx, welcome.message, " (from the store at ", endpoint_,
+                    ")");
+  }
+  SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_, " sent an unknown verdict");
 }
 
 TcpStoreClient::~TcpStoreClient() {
@@ -234,7 +269,7 @@ void TcpStoreClient::closeConnection() noexcept {
 TcpStoreClient::Response TcpStoreClient::request(Op op, const std::string& key,
                                                  std::span<const std::byte> value,
                                                  Clock::time_point deadline, const char* opName) {
-  const ErrorContext ctx = opContext(opName);
+  const ErrorContext ctx = opContext(rank_, opName);
   {
     std::unique_lock lock(mu_);
     if (!turnFree_.wait_until(lock, deadline, [this] { return !busy_; })) {
@@ -262,7 +297,7 @@ TcpStoreClient::Response TcpStoreClient::request(Op op, const std::string& key,
   std::byte waitMs[8];
   auto replyDeadline = deadline;
   if (op == Op::get) {
-    detail::putU64(waitMs, static_cast<std::uint64_t>(msUntil(deadline)));
+    detail::putU64(waitMs, static_cast<std::uint64_t>(detail::msUntil(deadline)));
     value = waitMs;
     replyDeadline += kReplyGrace;
   }
@@ -275,44 +310,62 @@ TcpStoreClient::Response TcpStoreClient::request(Op op, const std::string& key,
                  static_cast<std::uint32_t>(value.size()));
   if (!value.empty()) std::memcpy(p + frame.size() - value.size(), value.data(), value.size());
 
+  Response response{};
   try {
-    sendAll(fd_, frame, replyDeadline, ctx, endpoint_);
+    detail::sendAll(fd_, frame, replyDeadline, ctx, endpoint_);
     std::byte header[store_wire::kResponseHeaderBytes];
-    recvAll(fd_, header, replyDeadline, ctx, endpoint_);
-    const auto status = static_cast<Status>(header[0]);
-    const std::size_t length = detail::getU32(header + 1);
-    if (status != Status::ok && status != Status::timeout && status != Status::error) {
+    detail::recvAll(fd_, header, replyDeadline, ctx, endpoint_);
+    response.status = static_cast<Status>(header[0]);
+    response.rank = static_cast<std::int32_t>(detail::getU32(header + 1));
+    const std::size_t length = detail::getU32(header + 5);
+    if (std::to_integer<int>(header[0]) > static_cast<int>(Status::failed)) {
       SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_, " sent unknown status ",
                     std::to_integer<int>(header[0]));
     }
-    SKYRING_CHECK(length <= store_wire::kMaxValueBytes, TransportError, ctx, "the store at ",
-                  endpoint_, " announced a ", length, "-byte reply");
-    Response response{status, std::vector<std::byte>(length)};
-    recvAll(fd_, response.value, replyDeadline, ctx, endpoint_);
-    return response;
+    if (length > store_wire::kMaxValueBytes) {
+      SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_, " announced a ", length,
+                    "-byte reply, over store_wire::kMaxValueBytes");
+    }
+    response.value.resize(length);
+    detail::recvAll(fd_, response.value, replyDeadline, ctx, endpoint_);
   } catch (const Error& e) {
     // Part of a request or reply may be in flight: the stream cannot be trusted again.
     failure_ = e.detail();
     closeConnection();
     throw;
   }
+  if (response.status == Status::failed) {
+    // The join failed or a rank is gone: every rank hears the same reason, naming it.
+    SKYRING_THROW(TransportError, (ErrorContext{rank_, response.rank, opName}),
+                  textOf(response.value), " (from the store at ", endpoint_, ")");
+  }
+  if (op == Op::leave) {
+    failure_ = "this rank left the store";
+    closeConnection();
+  }
+  return response;
 }
 
 void TcpStoreClient::set(const std::string& key, std::span<const std::byte> value) {
-  const ErrorContext ctx = opContext("tcp store set");
+  const ErrorContext ctx = opContext(rank_, "tcp store set");
   checkKey(key, ctx);
-  SKYRING_CHECK_ARG(value.size() <= store_wire::kMaxValueBytes, ctx, "store value of ",
-                    value.size(), " bytes for key '", key, "' is longer than ",
-                    store_wire::kMaxValueBytes);
+  if (value.size() > store_wire::kMaxValueBytes) {
+    SKYRING_THROW(InvalidArgument, ctx, "store value of ", value.size(), " bytes for key '", key,
+                  "' is longer than store_wire::kMaxValueBytes = ", store_wire::kMaxValueBytes);
+  }
   const Response r = request(Op::set, key, value, Clock::now() + timeout_, "tcp store set");
   if (r.status != Status::ok) {
-    SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_, " refused to set '", key, "': ",
-                  std::string(reinterpret_cast<const char*>(r.value.data()), r.value.size()));
+    SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_, " refused to set '", key,
+                  "': ", textOf(r.value));
   }
 }
 
 std::vector<std::byte> TcpStoreClient::get(const std::string& key) {
-  const ErrorContext ctx = opContext("tcp store get");
+  return getEntry(key).value;
+}
+
+StoreEntry TcpStoreClient::getEntry(const std::string& key) {
+  const ErrorContext ctx = opContext(rank_, "tcp store get");
   checkKey(key, ctx);
   Response r = request(Op::get, key, {}, Clock::now() + timeout_, "tcp store get");
   if (r.status == Status::timeout) {
@@ -320,34 +373,44 @@ std::vector<std::byte> TcpStoreClient::get(const std::string& key) {
                   " within ", timeout_.count(), " ms");
   }
   if (r.status != Status::ok) {
-    SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_, " refused to get '", key, "': ",
-                  std::string(reinterpret_cast<const char*>(r.value.data()), r.value.size()));
+    SKYRING_THROW(TransportError, ctx, "the store at ", endpoint_, " refused to get '", key,
+                  "': ", textOf(r.value));
   }
-  return std::move(r.value);
+  return StoreEntry{std::move(r.value), r.rank};
 }
 
 std::int64_t TcpStoreClient::add(const std::string& key, std::int64_t delta) {
-  const ErrorContext ctx = opContext("tcp store add");
+  const ErrorContext ctx = opContext(rank_, "tcp store add");
   checkKey(key, ctx);
   std::byte encoded[8];
   detail::putU64(encoded, static_cast<std::uint64_t>(delta));
   const Response r = request(Op::add, key, encoded, Clock::now() + timeout_, "tcp store add");
-  if (r.status == Status::error) {
-    SKYRING_THROW(InvalidArgument, ctx,
-                  std::string(reinterpret_cast<const char*>(r.value.data()), r.value.size()));
+  if (r.status == Status::error) SKYRING_THROW(InvalidArgument, ctx, textOf(r.value));
+  if (r.status != Status::ok || r.value.size() != 8) {
+    SKYRING_THROW(TransportError, ctx, "malformed reply to add '", key, "' from the store at ",
+                  endpoint_);
   }
-  SKYRING_CHECK(r.status == Status::ok && r.value.size() == 8, TransportError, ctx,
-                "malformed reply to add '", key, "' from the store at ", endpoint_);
   return static_cast<std::int64_t>(detail::getU64(r.value.data()));
+}
+
+void TcpStoreClient::leave(int culprit, std::string_view reason) noexcept {
+  try {
+    const std::string_view said = reason.substr(0, hs::kMaxMessageBytes);
+    std::vector<std::byte> value(4 + said.size());
+    detail::putU32(value.data(), static_cast<std::uint32_t>(culprit));
+    if (!said.empty()) std::memcpy(value.data() + 4, said.data(), said.size());
+    request(Op::leave, "", value, Clock::now() + kLeaveWait, "tcp store leave");
+  } catch (...) {  // NOLINT(bugprone-empty-catch): best effort; the close tells the store too
+  }
 }
 
 // allgather: every rank stores its bytes under prefix + rank, then reads everyone's. The
 // server parks each get until the key appears, so a late rank costs no polling.
 std::vector<std::vector<std::byte>> allgather(TcpStoreClient& client, const std::string& prefix,
-                                              int rank, int size, std::span<const std::byte> mine) {
+                                              std::span<const std::byte> mine) {
+  const int rank = client.rank();
+  const int size = client.worldSize();
   ErrorContext ctx{rank, -1, "store allgather '" + prefix + "'"};
-  SKYRING_CHECK_ARG(size > 0 && rank >= 0 && rank < size, ctx, "rank ", rank,
-                    " is outside a world of ", size);
   client.set(prefix + std::to_string(rank), mine);
   std::vector<std::vector<std::byte>> all(static_cast<std::size_t>(size));
   for (int r = 0; r < size; ++r) {
@@ -355,26 +418,34 @@ std::vector<std::vector<std::byte>> allgather(TcpStoreClient& client, const std:
       all[static_cast<std::size_t>(r)].assign(mine.begin(), mine.end());
       continue;
     }
+    ctx.peer = r;
+    StoreEntry entry;
     try {
-      all[static_cast<std::size_t>(r)] = client.get(prefix + std::to_string(r));
+      entry = client.getEntry(prefix + std::to_string(r));
     } catch (const Timeout& e) {
-      ctx.peer = r;
       SKYRING_THROW(Timeout, ctx, "rank ", r, " did not contribute: ", e.detail());
     }
+    // Only rank r's own connection may have set its record (a forged one would reach UCX).
+    if (entry.writer != r) {
+      SKYRING_THROW(TransportError, ctx, "the record of rank ", r, " under '", prefix, r,
+                    "' was set by rank ", entry.writer, ", not by rank ", r);
+    }
+    all[static_cast<std::size_t>(r)] = std::move(entry.value);
   }
   return all;
 }
 
 // barrier: an arrival counter; the rank that brings it to size sets the release key that
 // every rank waits for.
-void barrier(TcpStoreClient& client, const std::string& prefix, int rank, int size) {
-  const ErrorContext ctx{rank, -1, "store barrier '" + prefix + "'"};
-  SKYRING_CHECK_ARG(size > 0 && rank >= 0 && rank < size, ctx, "rank ", rank,
-                    " is outside a world of ", size);
+void barrier(TcpStoreClient& client, const std::string& prefix) {
+  const int size = client.worldSize();
+  const ErrorContext ctx{client.rank(), -1, "store barrier '" + prefix + "'"};
   const std::string arrivedKey = prefix + "arrived";
   const std::int64_t arrived = client.add(arrivedKey, 1);
-  SKYRING_CHECK(arrived <= size, TransportError, ctx, arrived, " ranks arrived at a barrier of ",
-                size, " (prefix reused?)");
+  if (arrived > size) {
+    SKYRING_THROW(TransportError, ctx, arrived, " ranks arrived at a barrier of ", size,
+                  " (prefix reused?)");
+  }
   if (arrived == size) client.set(prefix + "released", {});
   try {
     client.get(prefix + "released");

@@ -1,15 +1,21 @@
-// The TCP store's server: one thread, one poll() over a wake-up pipe, the listening
-// socket and every connection.
+// The TCP store's server: one thread, one poll() loop over the listening socket and every
+// connection (the protocol and its limits are described in tcp_store.h).
 //
-// Each connection has an input buffer (bytes read but not yet a whole request), an
-// output buffer (responses not yet written) and at most one parked get. Requests are
-// handled one at a time per connection; while its get is parked, a connection's
-// further input is only buffered (a well-behaved client sends nothing then). Parked
-// gets are listed in waiters_ by key and answered when the key is set or added, or when
-// their deadline passes; poll()'s timeout is the nearest deadline, so nothing spins.
-// All sockets are non-blocking: a slow reader only holds up its own connection.
+// Each connection has an input buffer (bytes read but not yet a whole message), an
+// output buffer (responses not yet written) and at most one parked get. A connection
+// starts in the join: the server sends its challenge and waits for the hello; until the
+// hello proves the key and claims a free rank, the connection may buffer no more than a
+// hello, counts against maxPendingConnections and is dropped at its handshake deadline.
+// Joined connections (at most one per rank) are never dropped for room. Requests are
+// handled one at a time per connection; while its get is parked, a connection's further
+// input is only buffered. Parked gets are listed in waiters_ by key and answered when the
+// key is set or added, when their deadline passes, or when the job fails (a duplicate
+// claim, a rank gone). poll()'s timeout is the nearest deadline, so nothing spins. All
+// sockets are non-blocking: a slow reader only holds up its own connection.
+#include "bootstrap/tcp_store_server_loop.h"
+
 #include <arpa/inet.h>
-#include <fcntl.h>
+#include <netdb.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -17,97 +23,56 @@
 #include <algorithm>
 #include <cerrno>
 #include <climits>
-#include <map>
-#include <unordered_map>
+#include <new>
 
-#include "bootstrap/tcp_store.h"
-#include "bootstrap/tcp_store_socket.h"
 #include "skyring/error.h"
 
 namespace skyring::bootstrap {
-namespace {
 
-using Clock = std::chrono::steady_clock;
 using detail::UniqueFd;
 using store_wire::Op;
 using store_wire::Status;
+namespace hs = handshake;
+
+namespace {
 
 constexpr std::size_t kReadChunk = 64 * 1024;
-// A connection is not served further while this much of its responses is unsent.
-constexpr std::size_t kOutputHighWater = std::size_t{1} << 20;
-// More buffered input than one largest request plus a read: the client is not waiting
-// for answers (or is hostile), so it is dropped.
-constexpr std::size_t kMaxBufferedInput = store_wire::kRequestHeaderBytes +
-                                          store_wire::kMaxKeyBytes + 4 +
-                                          store_wire::kMaxValueBytes + kReadChunk;
-// Out of file descriptors: stop accepting for a while instead of spinning on poll().
+// Out of file descriptors with nobody to drop: stop accepting for a while instead of
+// spinning on poll().
 constexpr auto kAcceptPause = std::chrono::milliseconds(100);
-// Parked waits longer than this are cut to it (keeps deadline arithmetic finite).
-constexpr std::uint64_t kMaxWaitMs = std::uint64_t{7} * 24 * 3600 * 1000;
-
-struct Connection {
-  UniqueFd fd;
-  std::vector<std::byte> in;
-  std::vector<std::byte> out;
-  std::size_t outSent = 0;
-  bool dead = false;
-  bool parked = false;
-  std::string parkedKey;
-  Clock::time_point parkedDeadline;
-
-  std::size_t outPending() const { return out.size() - outSent; }
-};
 
 }  // namespace
 
-class TcpStoreServer::Loop {
- public:
-  Loop(UniqueFd listenFd, UniqueFd wakeRead, UniqueFd wakeWrite)
-      : listen_(std::move(listenFd)),
-        wakeRead_(std::move(wakeRead)),
-        wakeWrite_(std::move(wakeWrite)) {}
+TcpStoreServer::Loop::Loop(UniqueFd listenFd, UniqueFd wakeRead, UniqueFd wakeWrite,
+                           const StoreIdentity& identity, const StoreServerOptions& options)
+    : listen_(std::move(listenFd)),
+      wakeRead_(std::move(wakeRead)),
+      wakeWrite_(std::move(wakeWrite)),
+      jobId_(identity.jobId),
+      worldSize_(identity.worldSize),
+      key_(hs::deriveKey(identity)),
+      options_(options) {}
 
-  // Serves until stop(); never throws. On an internal failure it closes everything.
-  void run() noexcept {
+void TcpStoreServer::Loop::run() noexcept {
+  for (;;) {
     try {
-      while (pollOnce()) {
-      }
-    } catch (...) {  // NOLINT(bugprone-empty-catch): no exception may leave the thread
-    }
-    conns_.clear();
-    waiters_.clear();
-    listen_.reset();
-  }
-
-  // Asks run() to return; callable from any thread, once.
-  void stop() noexcept {
-    const char byte = 1;
-    while (::write(wakeWrite_.get(), &byte, 1) < 0 && errno == EINTR) {
+      if (!pollOnce()) break;
+    } catch (const std::bad_alloc&) {
+      shed();  // memory is short: the connections that have not joined go first
+    } catch (...) {
+      break;
     }
   }
+  conns_.clear();
+  waiters_.clear();
+  listen_.reset();
+}
 
- private:
-  bool pollOnce();
-  void acceptAll(Clock::time_point now);
-  void readFrom(Connection& c);
-  void flush(Connection& c);
-  void processInput(std::uint64_t id, Connection& c);
-  void handle(std::uint64_t id, Connection& c, Op op, std::string key,
-              std::span<const std::byte> value);
-  void reply(Connection& c, Status status, std::span<const std::byte> value);
-  void wake(const std::string& key);
-  void unpark(std::uint64_t id, Connection& c);
-
-  UniqueFd listen_;
-  UniqueFd wakeRead_;
-  UniqueFd wakeWrite_;
-  std::uint64_t nextId_ = 0;
-  std::map<std::uint64_t, Connection> conns_;
-  std::unordered_map<std::string, std::vector<std::byte>> data_;
-  std::unordered_map<std::string, std::vector<std::uint64_t>> waiters_;
-  Clock::time_point acceptPausedUntil_{};
-  bool woke_ = false;  // a parked connection was answered and may have buffered input
-};
+void TcpStoreServer::Loop::stop() noexcept {
+  const char byte = 1;
+  while (::write(wakeWrite_.get(), &byte, 1) < 0 && errno == EINTR) {
+  }
+}
 
 bool TcpStoreServer::Loop::pollOnce() {
   std::vector<pollfd> fds;
@@ -124,15 +89,12 @@ bool TcpStoreServer::Loop::pollOnce() {
     if (c.outPending() > 0) events |= POLLOUT;
     fds.push_back({c.fd.get(), events, 0});
     ids.push_back(id);
-    if (c.parked) next = std::min(next, c.parkedDeadline);
+    next = std::min(next, deadlineOf(c));
   }
   int timeoutMs = -1;
-  if (next != Clock::time_point::max()) {
-    auto ms = std::chrono::ceil<std::chrono::milliseconds>(next - now).count();
-    timeoutMs = static_cast<int>(std::clamp<decltype(ms)>(ms, 0, INT_MAX));
-  }
+  if (next != Clock::time_point::max()) timeoutMs = detail::msUntil(next);
   if (::poll(fds.data(), fds.size(), timeoutMs) < 0) {
-    if (errno == EINTR || errno == EAGAIN) return true;
+    if (errno == EINTR || errno == EAGAIN || errno == ENOMEM) return true;
     return false;  // cannot wait any more: close everything so clients fail, not hang
   }
   if (fds[0].revents != 0) return false;  // stop()
@@ -142,60 +104,122 @@ bool TcpStoreServer::Loop::pollOnce() {
   for (std::size_t i = 0; i < ids.size(); ++i) {
     const short revents = fds[i + 2].revents;
     if (revents == 0) continue;
-    Connection& c = conns_.at(ids[i]);
+    auto it = conns_.find(ids[i]);
+    if (it == conns_.end() || it->second.dead) continue;  // dropped while accepting
+    Connection& c = it->second;
     if ((revents & (POLLIN | POLLHUP | POLLERR)) != 0) readFrom(c);
     if (!c.dead && (revents & POLLOUT) != 0) flush(c);
   }
 
-  // Expired waits are answered "timeout"; the client raises Timeout naming the key.
   for (auto& [id, c] : conns_) {
-    if (c.parked && !c.dead && c.parkedDeadline <= now) {
+    if (c.dead) continue;
+    if (!c.joined && c.acceptedAt + options_.handshakeTimeout <= now) {
+      drop(id, c);  // did not join in time (or did not read its refusal)
+    } else if (c.partialSince != Clock::time_point::max() &&
+               c.partialSince + options_.requestTimeout <= now) {
+      drop(id, c);  // a request begun and never finished: a slow or stuck client
+    } else if (c.parked && c.parkedDeadline <= now) {
+      // Expired waits are answered "timeout"; the client raises Timeout naming the key.
       unpark(id, c);
-      reply(c, Status::timeout, {});
+      reply(c, Status::timeout, -1, {});
     }
   }
 
   do {
     woke_ = false;
     for (auto& [id, c] : conns_)
-      processInput(id, c);
+      processInput(id, c, now);
   } while (woke_);
 
   for (auto it = conns_.begin(); it != conns_.end();) {
-    if (it->second.dead) {
-      if (it->second.parked) unpark(it->first, it->second);
-      it = conns_.erase(it);
-    } else {
+    Connection& c = it->second;
+    if (!c.dead) {
       ++it;
+      continue;
+    }
+    if (c.parked) unpark(it->first, c);
+    pending_.erase(it->first);
+    const int rank = c.joined && !c.left ? c.rank : -1;
+    it = conns_.erase(it);
+    if (rank >= 0) {
+      rankGone(rank, ::skyring::detail::concat("rank ", rank,
+                                               "'s connection to the store closed before the job "
+                                               "was done (its process exited or failed)"));
     }
   }
   return true;
 }
 
+TcpStoreServer::Loop::Clock::time_point TcpStoreServer::Loop::deadlineOf(
+    const Connection& c) const {
+  auto t = c.partialSince == Clock::time_point::max() ? c.partialSince
+                                                      : c.partialSince + options_.requestTimeout;
+  if (!c.joined) t = std::min(t, c.acceptedAt + options_.handshakeTimeout);
+  if (c.parked) t = std::min(t, c.parkedDeadline);
+  return t;
+}
+
 void TcpStoreServer::Loop::acceptAll(Clock::time_point now) {
   for (;;) {
-    int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+    const int fd = ::accept4(listen_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
     if (fd < 0) {
       if (errno == EINTR || errno == ECONNABORTED || errno == EPROTO) continue;
-      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM)
+      if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+        // Out of descriptors: one that has not joined makes room, else wait a while.
+        if (!pending_.empty()) {
+          const std::uint64_t oldest = *pending_.begin();
+          drop(oldest, conns_.at(oldest));
+          continue;
+        }
         acceptPausedUntil_ = now + kAcceptPause;
+      }
       return;  // EAGAIN: accepted all pending; anything else: try again next round
     }
+    UniqueFd owned(fd);
     detail::setNoDelay(fd);
-    conns_[nextId_++].fd.reset(fd);
+    try {
+      const hs::Nonce nonce = hs::randomNonce();
+      const std::uint64_t id = nextId_++;
+      Connection& c = conns_[id];
+      c.fd = std::move(owned);
+      c.acceptedAt = now;
+      c.serverNonce = nonce;
+      pending_.insert(id);
+      const std::vector<std::byte> challenge = hs::encodeChallenge(c.serverNonce);
+      c.out.assign(challenge.begin(), challenge.end());
+      flush(c);
+      // At the cap, the oldest connection that has not joined makes room: an idle crowd
+      // cannot keep the job's ranks out, as each newcomer joins within one round trip.
+      while (pending_.size() > options_.maxPendingConnections) {
+        const std::uint64_t oldest = *pending_.begin();
+        drop(oldest, conns_.at(oldest));
+      }
+    } catch (const std::bad_alloc&) {
+      shed();
+    } catch (const Error&) {  // NOLINT(bugprone-empty-catch): no randomness: refuse this one
+    }
   }
 }
 
 void TcpStoreServer::Loop::readFrom(Connection& c) {
+  // Until it has joined a connection may hold one hello; a refused one, nothing.
+  const std::size_t limit = c.closing ? 0 : c.joined ? maxBufferedInput() : hs::kMaxHelloBytes + 1;
   for (;;) {
-    if (c.in.size() > kMaxBufferedInput) {
+    if (c.in.size() > limit) {
       c.dead = true;
       return;
     }
+    const std::size_t room = std::min(kReadChunk, limit + 1 - c.in.size());
     const std::size_t old = c.in.size();
-    c.in.resize(old + kReadChunk);
-    const ssize_t n = ::recv(c.fd.get(), c.in.data() + old, kReadChunk, 0);
+    try {
+      c.in.resize(old + room);
+    } catch (const std::bad_alloc&) {
+      c.dead = true;
+      return;
+    }
+    const ssize_t n = ::recv(c.fd.get(), c.in.data() + old, room, 0);
     c.in.resize(old + static_cast<std::size_t>(std::max<ssize_t>(n, 0)));
+    if (c.closing) c.in.clear();
     if (n > 0) continue;
     if (n < 0 && errno == EINTR) continue;
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK)) return;
@@ -222,101 +246,104 @@ void TcpStoreServer::Loop::flush(Connection& c) {
   }
   c.out.clear();
   c.outSent = 0;
+  if (c.closing) c.dead = true;   // a refusal, delivered
   if (wasHeldBack) woke_ = true;  // its buffered input may be served now
 }
 
-// Parses and handles whole requests until the connection waits (parked, backpressure,
-// incomplete request). Anything malformed drops the connection.
-void TcpStoreServer::Loop::processInput(std::uint64_t id, Connection& c) {
+void TcpStoreServer::Loop::drop(std::uint64_t id, Connection& c) noexcept {
+  c.fd.reset();  // the descriptor is free at once; the entry goes at the end of the round
+  c.dead = true;
+  pending_.erase(id);
+}
+
+void TcpStoreServer::Loop::shed() noexcept {
+  for (std::uint64_t id : pending_) {
+    auto it = conns_.find(id);
+    if (it != conns_.end()) {
+      it->second.fd.reset();
+      it->second.dead = true;
+    }
+  }
+  pending_.clear();
+}
+
+// Parses and handles whole messages until the connection waits (parked, backpressure,
+// incomplete message). Anything malformed drops the connection.
+void TcpStoreServer::Loop::processInput(std::uint64_t id, Connection& c, Clock::time_point now) {
   namespace w = store_wire;
+  if (c.dead || c.closing) return;
+  if (!c.joined) {
+    hs::Hello hello;
+    std::size_t used = 0;
+    const hs::Parse parsed = hs::parseHello(c.in, hello, used);
+    if (parsed == hs::Parse::malformed) c.dead = true;
+    if (parsed != hs::Parse::complete) return;
+    c.in.erase(c.in.begin(), c.in.begin() + static_cast<std::ptrdiff_t>(used));
+    admit(id, c, hello);
+    if (!c.joined) return;
+  }
   std::size_t pos = 0;
-  while (!c.dead && !c.parked && c.outPending() < kOutputHighWater) {
-    const std::size_t avail = c.in.size() - pos;
-    const std::byte* p = c.in.data() + pos;
-    if (avail < w::kRequestHeaderBytes) break;
-    const auto op = static_cast<Op>(p[0]);
-    if (op != Op::set && op != Op::get && op != Op::add) {
-      c.dead = true;
-      break;
+  bool incomplete = false;
+  try {
+    while (!c.dead && !c.parked && c.outPending() < kOutputHighWater) {
+      const std::size_t avail = c.in.size() - pos;
+      const std::byte* p = c.in.data() + pos;
+      incomplete = true;
+      if (avail < w::kRequestHeaderBytes) break;
+      const auto op = static_cast<Op>(p[0]);
+      if (op != Op::set && op != Op::get && op != Op::add && op != Op::leave) {
+        c.dead = true;
+        break;
+      }
+      const std::size_t keyLen = detail::getU32(p + 1);
+      if (keyLen > w::kMaxKeyBytes) {
+        c.dead = true;
+        break;
+      }
+      if (avail < w::kRequestHeaderBytes + keyLen + 4) break;
+      const std::size_t valueLen = detail::getU32(p + w::kRequestHeaderBytes + keyLen);
+      const bool badLength = op == Op::get || op == Op::add ? valueLen != 8
+                                                            : valueLen > w::kMaxValueBytes ||
+                                                                  (op == Op::leave && valueLen < 4);
+      if (badLength) {
+        c.dead = true;
+        break;
+      }
+      const std::size_t total = w::kRequestHeaderBytes + keyLen + 4 + valueLen;
+      if (avail < total) break;
+      incomplete = false;
+      const auto* keyBytes = reinterpret_cast<const char*>(p + w::kRequestHeaderBytes);
+      handle(id, c, op, std::string(keyBytes, keyLen),
+             std::span(p + w::kRequestHeaderBytes + keyLen + 4, valueLen));
+      pos += total;
     }
-    const std::size_t keyLen = detail::getU32(p + 1);
-    if (keyLen > w::kMaxKeyBytes) {
-      c.dead = true;
-      break;
-    }
-    if (avail < w::kRequestHeaderBytes + keyLen + 4) break;
-    const std::size_t valueLen = detail::getU32(p + w::kRequestHeaderBytes + keyLen);
-    if (valueLen > w::kMaxValueBytes || (op != Op::set && valueLen != 8)) {
-      c.dead = true;
-      break;
-    }
-    const std::size_t total = w::kRequestHeaderBytes + keyLen + 4 + valueLen;
-    if (avail < total) break;
-    const auto* keyBytes = reinterpret_cast<const char*>(p + w::kRequestHeaderBytes);
-    handle(id, c, op, std::string(keyBytes, keyLen),
-           std::span(p + w::kRequestHeaderBytes + keyLen + 4, valueLen));
-    pos += total;
+  } catch (const std::bad_alloc&) {
+    c.dead = true;  // this request could not be served: its rank fails, the store lives
   }
-  if (!c.dead) c.in.erase(c.in.begin(), c.in.begin() + static_cast<std::ptrdiff_t>(pos));
-}
-
-void TcpStoreServer::Loop::handle(std::uint64_t id, Connection& c, Op op, std::string key,
-                                  std::span<const std::byte> value) {
-  switch (op) {
-    case Op::set:
-      data_[key].assign(value.begin(), value.end());
-      reply(c, Status::ok, {});
-      wake(key);
-      return;
-    case Op::get: {
-      if (auto it = data_.find(key); it != data_.end()) {
-        reply(c, Status::ok, it->second);
-        return;
-      }
-      const auto waitMs = std::min(detail::getU64(value.data()), kMaxWaitMs);
-      c.parked = true;
-      c.parkedDeadline = Clock::now() + std::chrono::milliseconds(waitMs);
-      waiters_[key].push_back(id);
-      c.parkedKey = std::move(key);
-      return;
-    }
-    case Op::add: {
-      const auto delta = static_cast<std::int64_t>(detail::getU64(value.data()));
-      std::int64_t counter = 0;
-      auto it = data_.find(key);
-      if (it != data_.end()) {
-        if (it->second.size() != 8) {
-          const std::string msg = ::skyring::detail::concat(
-              "key '", key, "' holds ", it->second.size(), " bytes, not an 8-byte counter");
-          reply(c, Status::error, std::as_bytes(std::span(msg)));
-          return;
-        }
-        counter = static_cast<std::int64_t>(detail::getU64(it->second.data()));
-      }
-      std::int64_t sum = 0;
-      if (__builtin_add_overflow(counter, delta, &sum)) {
-        const std::string msg = ::skyring::detail::concat("counter '", key, "' = ", counter,
-                                                          " overflows when ", delta, " is added");
-        reply(c, Status::error, std::as_bytes(std::span(msg)));
-        return;
-      }
-      std::byte encoded[8];
-      detail::putU64(encoded, static_cast<std::uint64_t>(sum));
-      data_[key].assign(std::begin(encoded), std::end(encoded));
-      reply(c, Status::ok, encoded);
-      wake(key);
-      return;
-    }
+  if (c.dead) return;
+  c.in.erase(c.in.begin(), c.in.begin() + static_cast<std::ptrdiff_t>(pos));
+  // The clock of a slow request starts with its first byte.
+  if (!incomplete || c.in.empty()) {
+    c.partialSince = Clock::time_point::max();
+  } else if (pos > 0 || c.partialSince == Clock::time_point::max()) {
+    c.partialSince = now;
   }
 }
 
-void TcpStoreServer::Loop::reply(Connection& c, Status status, std::span<const std::byte> value) {
+void TcpStoreServer::Loop::reply(Connection& c, Status status, int rank,
+                                 std::span<const std::byte> value) {
   std::byte header[store_wire::kResponseHeaderBytes];
   header[0] = static_cast<std::byte>(status);
-  detail::putU32(header + 1, static_cast<std::uint32_t>(value.size()));
+  detail::putU32(header + 1, static_cast<std::uint32_t>(rank));
+  detail::putU32(header + 5, static_cast<std::uint32_t>(value.size()));
   c.out.insert(c.out.end(), std::begin(header), std::end(header));
   c.out.insert(c.out.end(), value.begin(), value.end());
   flush(c);
+}
+
+void TcpStoreServer::Loop::replyText(Connection& c, Status status, int rank,
+                                     const std::string& text) {
+  reply(c, status, rank, std::as_bytes(std::span(text.data(), text.size())));
 }
 
 void TcpStoreServer::Loop::wake(const std::string& key) {
@@ -324,14 +351,29 @@ void TcpStoreServer::Loop::wake(const std::string& key) {
   if (it == waiters_.end()) return;
   const std::vector<std::uint64_t> ids = std::move(it->second);
   waiters_.erase(it);
-  const std::vector<std::byte>& value = data_.at(key);
+  const Entry& entry = data_.at(key);
   for (std::uint64_t id : ids) {
     auto conn = conns_.find(id);
     if (conn == conns_.end() || conn->second.dead) continue;
     conn->second.parked = false;
     conn->second.parkedKey.clear();
-    reply(conn->second, Status::ok, value);
+    reply(conn->second, Status::ok, entry.owner, entry.value);
     woke_ = true;
+  }
+}
+
+void TcpStoreServer::Loop::failParked(int culprit, const std::string& reason) {
+  const auto waiters = std::move(waiters_);
+  waiters_.clear();
+  for (const auto& [key, ids] : waiters) {
+    for (std::uint64_t id : ids) {
+      auto conn = conns_.find(id);
+      if (conn == conns_.end() || conn->second.dead) continue;
+      conn->second.parked = false;
+      conn->second.parkedKey.clear();
+      replyText(conn->second, Status::failed, culprit, reason);
+      woke_ = true;
+    }
   }
 }
 
@@ -346,32 +388,73 @@ void TcpStoreServer::Loop::unpark(std::uint64_t id, Connection& c) {
   woke_ = true;
 }
 
-TcpStoreServer::TcpStoreServer(const std::string& bindAddr, int port) {
-  const ErrorContext ctx{-1, -1, "tcp store listen"};
+namespace {
+
+// Binds and listens on the first of addrs that works. Returns an invalid fd with error set
+// when none does; notLocal tells whether every failure was "not an address of this host".
+UniqueFd listenOn(const addrinfo* addrs, std::string& error, bool& notLocal) {
+  notLocal = addrs != nullptr;
+  for (const addrinfo* a = addrs; a != nullptr; a = a->ai_next) {
+    UniqueFd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
+    const int one = 1;
+    int err = 0;
+    if (fd.get() < 0) {
+      err = errno;
+      error = "socket: " + detail::errnoText(err);
+    } else if (::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
+      err = errno;
+      error = "SO_REUSEADDR: " + detail::errnoText(err);
+    } else if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) < 0) {
+      err = errno;
+      error = "bind: " + detail::errnoText(err);
+    } else if (::listen(fd.get(), SOMAXCONN) < 0) {
+      err = errno;
+      error = "listen: " + detail::errnoText(err);
+    } else if (!detail::setNonBlocking(fd.get())) {
+      err = errno;
+      error = "fcntl: " + detail::errnoText(err);
+    } else {
+      return fd;
+    }
+    notLocal = notLocal && err == EADDRNOTAVAIL;
+  }
+  return UniqueFd();
+}
+
+std::string numericAddresses(const addrinfo* addrs) {
+  std::string out;
+  for (const addrinfo* a = addrs; a != nullptr; a = a->ai_next) {
+    char host[NI_MAXHOST] = {};
+    if (::getnameinfo(a->ai_addr, a->ai_addrlen, host, sizeof host, nullptr, 0, NI_NUMERICHOST) ==
+        0) {
+      out += (out.empty() ? "" : ", ") + std::string(host);
+    }
+  }
+  return out;
+}
+
+}  // namespace
+
+TcpStoreServer::TcpStoreServer(const std::string& bindAddr, int port, const StoreIdentity& identity,
+                               const StoreServerOptions& options) {
+  const ErrorContext ctx{0, -1, "tcp store listen"};
   SKYRING_CHECK_ARG(port >= 0 && port <= 65535, ctx, "store port ", port, " is outside [0, 65535]");
+  SKYRING_CHECK_ARG(identity.worldSize >= 1, ctx, "a store for a world of ", identity.worldSize,
+                    " ranks");
+  SKYRING_CHECK_ARG(identity.jobId.size() <= store_wire::kMaxJobIdBytes, ctx, "a job id of ",
+                    identity.jobId.size(), " bytes is longer than store_wire::kMaxJobIdBytes = ",
+                    store_wire::kMaxJobIdBytes);
   std::string error;
   detail::AddrInfoList addrs = detail::resolveTcp(bindAddr, port, /*passive=*/true, error);
   if (!addrs) {
     SKYRING_THROW(TransportError, ctx, "cannot resolve the store address '", bindAddr,
                   "': ", error);
   }
-  UniqueFd listenFd;
-  for (const addrinfo* a = addrs.get(); a != nullptr && listenFd.get() < 0; a = a->ai_next) {
-    UniqueFd fd(::socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol));
-    const int one = 1;
-    if (fd.get() < 0) {
-      error = "socket: " + detail::errnoText(errno);
-    } else if (::setsockopt(fd.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0) {
-      error = "SO_REUSEADDR: " + detail::errnoText(errno);
-    } else if (::bind(fd.get(), a->ai_addr, a->ai_addrlen) < 0) {
-      error = "bind: " + detail::errnoText(errno);
-    } else if (::listen(fd.get(), SOMAXCONN) < 0) {
-      error = "listen: " + detail::errnoText(errno);
-    } else if (!detail::setNonBlocking(fd.get())) {
-      error = "fcntl: " + detail::errnoText(errno);
-    } else {
-      listenFd = std::move(fd);
-    }
+  bool notLocal = false;
+  UniqueFd listenFd = listenOn(addrs.get(), error, notLocal);
+  if (listenFd.get() < 0 && notLocal) {
+    SKYRING_THROW(InvalidArgument, ctx, "'", bindAddr, "' (", numericAddresses(addrs.get()),
+                  ") is not an address of this host, so the store cannot listen there");
   }
   if (listenFd.get() < 0) {
     SKYRING_THROW(TransportError, ctx, "cannot listen on ", bindAddr, ":", port, ": ", error);
@@ -395,7 +478,8 @@ TcpStoreServer::TcpStoreServer(const std::string& bindAddr, int port) {
   if (!detail::setNonBlocking(wakeRead.get()) || !detail::setNonBlocking(wakeWrite.get())) {
     SKYRING_THROW(TransportError, ctx, "fcntl: ", detail::errnoText(errno));
   }
-  loop_ = std::make_unique<Loop>(std::move(listenFd), std::move(wakeRead), std::move(wakeWrite));
+  loop_ = std::make_unique<Loop>(std::move(listenFd), std::move(wakeRead), std::move(wakeWrite),
+                                 identity, options);
   thread_ = std::thread([loop = loop_.get()] { loop->run(); });
 }
 

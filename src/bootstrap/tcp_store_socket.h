@@ -3,13 +3,21 @@
 
 #include <netdb.h>
 
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <span>
 #include <string>
 #include <utility>
 
+namespace skyring {
+struct ErrorContext;
+}
+
 namespace skyring::bootstrap::detail {
+
+using Clock = std::chrono::steady_clock;
 
 // Owns one file descriptor; closes it on destruction.
 class UniqueFd {
@@ -49,6 +57,21 @@ std::string errnoText(int err);
 bool setNonBlocking(int fd) noexcept;
 // Disables Nagle's algorithm (requests are small and latency-bound); best effort.
 void setNoDelay(int fd) noexcept;
+
+// Milliseconds left until deadline, for poll(), clamped to [0, INT_MAX].
+int msUntil(Clock::time_point deadline);
+// Waits for events on fd until deadline. Returns false when the deadline passed first.
+bool waitFor(int fd, short events, Clock::time_point deadline);
+// Blocking-style I/O on a non-blocking socket, bounded by deadline: Timeout when it
+// passes, TransportError on a socket error, both naming the store's endpoint.
+void sendAll(int fd, std::span<const std::byte> data, Clock::time_point deadline,
+             const ErrorContext& ctx, const std::string& endpoint);
+// Reads what is there (at least one byte); 0 when the peer closed or reset the stream.
+std::size_t recvSome(int fd, std::span<std::byte> data, Clock::time_point deadline,
+                     const ErrorContext& ctx, const std::string& endpoint);
+// Reads exactly data.size() bytes; an end of stream is a TransportError.
+void recvAll(int fd, std::span<std::byte> data, Clock::time_point deadline, const ErrorContext& ctx,
+             const std::string& endpoint);
 
 inline void putU32(std::byte* p, std::uint32_t v) noexcept {
   for (int i = 3; i >= 0; --i, v >>= 8)

@@ -45,7 +45,7 @@ TEST(OutOfBand, TorchrunStyleRanksExchangeThroughTheStore) {
                                   {"WORLD_SIZE", std::to_string(kRanks)},
                                   {"MASTER_ADDR", "127.0.0.1"},
                                   {"MASTER_PORT", port},
-                                  {"SKYRING_TIMEOUT_MS", "10000"}});
+                                  {"SKYRING_INIT_TIMEOUT_MS", "10000"}});
       auto oob = makeOutOfBand(c);
       std::vector<std::byte> mine(static_cast<std::size_t>(r), std::byte(r));
       for (int round = 0; round < 3; ++round) {
