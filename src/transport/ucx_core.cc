@@ -2,6 +2,7 @@
 #include "transport/ucx_core.h"
 
 #include <algorithm>
+#include <array>
 #include <cstdlib>
 #include <cstring>
 #include <sstream>
@@ -31,6 +32,68 @@ std::vector<std::byte> encodeAbort(ErrorKind kind, int sender, const std::string
   std::memcpy(out.data(), &header, sizeof header);
   if (n > 0) std::memcpy(out.data() + sizeof header, reason.data(), n);
   return out;
+}
+
+// Worker addresses travel framed: magic | u32 rank | u32 length | address. UCX's packed
+// address carries no length of its own and ucp_ep_create trusts it: bytes that are not
+// a worker address (a stranger's, a truncated record, another rank's) are read past
+// their end or end in an assertion (ucp_address_unpack_header aborts on an unknown
+// address version), killing the process with SIGABRT. The frame lets a malformed record
+// fail as a TransportError naming its rank before UCX sees it. (A record crafted to pass
+// these checks is kept out by the out-of-band channel itself: MPI, or the bootstrap
+// store, which admits only the job's ranks and takes rank r's record only from rank r.)
+constexpr std::array<char, 4> kAddressMagic = {'S', 'K', 'U', 'A'};
+constexpr std::size_t kAddressHeaderBytes = kAddressMagic.size() + 4 + 4;
+// UCX worker addresses are a few hundred bytes to a few KiB.
+constexpr std::size_t kMaxWorkerAddressBytes = 64 * 1024;
+
+void putU32(std::byte* p, std::uint32_t v) {
+  for (int i = 3; i >= 0; --i, v >>= 8)
+    p[i] = static_cast<std::byte>(v & 0xffU);
+}
+
+std::uint32_t getU32(const std::byte* p) {
+  std::uint32_t v = 0;
+  for (int i = 0; i < 4; ++i)
+    v = (v << 8) | std::to_integer<std::uint32_t>(p[i]);
+  return v;
+}
+
+std::vector<std::byte> frameAddress(int rank, std::span<const std::byte> address) {
+  std::vector<std::byte> out(kAddressHeaderBytes + address.size());
+  std::memcpy(out.data(), kAddressMagic.data(), kAddressMagic.size());
+  putU32(out.data() + 4, static_cast<std::uint32_t>(rank));
+  putU32(out.data() + 8, static_cast<std::uint32_t>(address.size()));
+  std::memcpy(out.data() + kAddressHeaderBytes, address.data(), address.size());
+  return out;
+}
+
+// The low 4 bits of a packed address's first byte are its format version (UCX 1.13: 0 or
+// 1); a peer's may not be newer than this process's UCX can read.
+unsigned addressVersion(std::span<const std::byte> address) {
+  return std::to_integer<unsigned>(address[0]) & 0xfU;
+}
+
+// Rank p's worker address out of its record, or a TransportError naming rank p.
+std::span<const std::byte> unframeAddress(std::span<const std::byte> record, int p,
+                                          unsigned maxVersion, const ErrorContext& ctx) {
+  const char* problem = nullptr;
+  if (record.size() < kAddressHeaderBytes + 1 ||
+      std::memcmp(record.data(), kAddressMagic.data(), kAddressMagic.size()) != 0) {
+    problem = "is not a framed worker address";
+  } else if (getU32(record.data() + 4) != static_cast<std::uint32_t>(p)) {
+    problem = "carries another rank's worker address";
+  } else if (getU32(record.data() + 8) != record.size() - kAddressHeaderBytes ||
+             record.size() - kAddressHeaderBytes > kMaxWorkerAddressBytes) {
+    problem = "has a worker address of the wrong length (truncated or oversized)";
+  } else if (addressVersion(record.subspan(kAddressHeaderBytes)) > maxVersion) {
+    problem = "has a worker address of a format this UCX cannot read (another UCX version?)";
+  }
+  if (problem != nullptr) {
+    SKYRING_THROW(TransportError, ctx, "the ", record.size(), "-byte record of rank ", p,
+                  " from the out-of-band exchange ", problem, ": refused before UCX sees it");
+  }
+  return record.subspan(kAddressHeaderBytes);
 }
 
 std::int32_t decodeRank(std::span<const std::byte> bytes) {
@@ -87,8 +150,9 @@ void Core::initUcx(const AllgatherFn& oob) {
   std::size_t length = 0;
   SKYRING_UCX_CHECK(ucp_worker_get_address(worker_, &address, &length), ctx,
                     "getting the worker address");
-  const auto* first = reinterpret_cast<const std::byte*>(address);
-  std::vector<std::byte> mine(first, first + length);
+  const std::span<const std::byte> own(reinterpret_cast<const std::byte*>(address), length);
+  const std::vector<std::byte> mine = frameAddress(rank_, own);
+  const unsigned maxVersion = std::max(1U, addressVersion(own));
   ucp_worker_release_address(worker_, address);
 
   const std::vector<std::vector<std::byte>> all = oob(mine);
@@ -100,12 +164,12 @@ void Core::initUcx(const AllgatherFn& oob) {
     Peer& peer = peers_[static_cast<std::size_t>(p)];
     peer.core = this;
     peer.rank = p;
-    SKYRING_CHECK(!all[p].empty(), TransportError, (ErrorContext{rank_, p, "ucx setup"}), "rank ",
-                  p, " sent an empty worker address");
+    const std::span<const std::byte> remote =
+        unframeAddress(all[p], p, maxVersion, ErrorContext{rank_, p, "ucx setup"});
     ucp_ep_params_t ep{};
     ep.field_mask = UCP_EP_PARAM_FIELD_REMOTE_ADDRESS | UCP_EP_PARAM_FIELD_ERR_HANDLING_MODE |
                     UCP_EP_PARAM_FIELD_ERR_HANDLER;
-    ep.address = reinterpret_cast<const ucp_address_t*>(all[p].data());
+    ep.address = reinterpret_cast<const ucp_address_t*>(remote.data());
     ep.err_mode = UCP_ERR_HANDLING_MODE_PEER;
     ep.err_handler.cb = &Core::onEndpointError;
     ep.err_handler.arg = &peer;

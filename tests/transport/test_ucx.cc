@@ -475,6 +475,44 @@ TEST(Ucx, HandshakeTimesOutNamingTheMissingRank) {
   });
 }
 
+TEST(Ucx, AMalformedAddressIsRefusedNamingItsRank) {
+  // Rank 0's out-of-band exchange hands it a bad record for rank 1: UCX must never see it
+  // (a malformed address aborts the process inside ucp_ep_create).
+  const std::vector<std::function<void(std::vector<std::vector<std::byte>>&)>> corruptions = {
+      [](auto& all) { all[1].assign(40, std::byte{0x7f}); },   // not an address at all
+      [](auto& all) { all[1].pop_back(); },                    // truncated
+      [](auto& all) { all[1] = all[0]; },                      // another rank's
+      [](auto& all) { all[1].resize(all[1].size() + 1000); },  // longer than it says
+      [](auto& all) { all[1][12] = std::byte{0x0f}; },         // an unknown format
+  };
+  for (std::size_t i = 0; i < corruptions.size(); ++i) {
+    Hub hub(2);
+    UcxOptions options;
+    options.connectTimeout = 300ms;
+    runRanks(2, [&](int r) {
+      if (r == 1) {
+        try {
+          makeUcxTransport(1, 2, hub.allgather(1), options);  // rank 0 never connects
+        } catch (const Error&) {
+        }
+        return;
+      }
+      AllgatherFn bad = [&](std::span<const std::byte> mine) {
+        auto all = hub.allgather(0)(mine);
+        corruptions[i](all);
+        return all;
+      };
+      try {
+        makeUcxTransport(0, 2, bad, options);
+        ADD_FAILURE() << "corruption " << i << " reached UCX";
+      } catch (const TransportError& e) {
+        EXPECT_EQ(e.peer(), 1);
+        EXPECT_NE(std::string(e.what()).find("record of rank 1"), std::string::npos) << e.what();
+      }
+    });
+  }
+}
+
 // Moves n bytes through fd with read or write, or throws.
 template <typename Io, typename Byte>
 void transferAll(Io io, int fd, Byte* p, std::size_t n) {
