@@ -41,8 +41,8 @@ enum class Verdict : std::uint8_t {
   otherJob = 1,        // the hello's job id is not the store's
   otherWorldSize = 2,  // same job id, different world size
   badProof = 3,        // the hello's HMAC is wrong: another token (or none)
-  rankClaimed = 4,     // a second claim on a rank during the join: the join has failed
-  joinClosed = 5,      // every rank has joined already: a late claim, refused
+  rankClaimed = 4,     // a second claim on a rank during start-up: the join has failed
+  joinClosed = 5,      // a second claim on a rank of a running job: refused
   joinFailed = 6,      // the join failed earlier; the message says why
 };
 

@@ -2,12 +2,34 @@
 // every rank is a client, joined as its RANK of the job Config names (job id, world size,
 // token). Each exchange uses a fresh key prefix; every wait is bounded by the init
 // timeout (SKYRING_INIT_TIMEOUT_MS), the goodbye at destruction included.
+#include <algorithm>
+
 #include "bootstrap/out_of_band.h"
 #include "bootstrap/tcp_store.h"
 #include "skyring/error.h"
 
 namespace skyring::bootstrap {
 namespace {
+
+// How long rank 0 asks what holds MASTER_PORT when it cannot listen there.
+constexpr std::chrono::milliseconds kPortProbeWait{2000};
+
+// Rank 0 could not listen on MASTER_PORT. If a store of this job's identity holds it,
+// this is a second launch (or a repeated RANK=0): claiming rank 0 there makes that
+// store's join fail too, for all of its ranks, instead of letting the first ranks to
+// arrive from both launches run as one group. Otherwise the answer names what is there.
+std::string whoHoldsThePort(const Config& config, const StoreIdentity& identity) {
+  try {
+    TcpStoreClient probe(config.launch.masterAddr, config.launch.masterPort,
+                         std::min(config.initTimeout, kPortProbeWait), identity, 0);
+  } catch (const Timeout&) {
+    return "nothing answers there";
+  } catch (const Error& e) {
+    return e.detail();
+  }
+  return "a store of this job listens there and took this process as rank 0: two launches "
+         "on one MASTER_PORT?";
+}
 
 // Rank 0 listens where MASTER_ADDR points (loopback stays loopback), never on every
 // interface: the other ranks connect to MASTER_ADDR, and nobody else needs to.
@@ -22,7 +44,8 @@ std::unique_ptr<TcpStoreServer> hostStore(const Config& config, const StoreIdent
   } catch (const TransportError& e) {
     SKYRING_THROW(TransportError, (ErrorContext{0, -1, "bootstrap"}),
                   "rank 0 cannot host the store at MASTER_ADDR:MASTER_PORT = ", launch.masterAddr,
-                  ":", launch.masterPort, " (another job on MASTER_PORT?): ", e.detail());
+                  ":", launch.masterPort, ": ", e.detail(), "; ",
+                  whoHoldsThePort(config, identity));
   }
 }
 

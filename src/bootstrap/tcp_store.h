@@ -16,10 +16,13 @@
 //     SHA-256("skyring store job id v2" | job id), which is NOT a secret: it only keeps
 //     jobs apart;
 //   - each connection claims one rank; a rank is claimed once per job. A second claim
-//     during the join (two launches on one port, a repeated RANK) fails the whole join:
-//     without distinct job ids two identical launches cannot be told apart, so every
-//     rank must fail rather than some forming a mixed group. Once every rank has joined,
-//     a late claim is refused and the job goes on;
+//     during start-up (two launches on one port, a repeated RANK) fails the whole join:
+//     without distinct job ids two identical launches cannot be told apart, and the
+//     first N distinct claims may well come from both, so every rank must fail rather
+//     than some forming a mixed group. Start-up lasts until every rank has joined and
+//     the store has then been quiet (no request, no get waiting) for kStartupQuiet:
+//     after that the job is running (it uses the store again only for its goodbye) and
+//     a late claim is refused without touching it;
 //   - a connection may replace only keys it set itself, and a get reports which rank
 //     set the value, so allgather() accepts rank r's record only from rank r.
 //
@@ -36,9 +39,9 @@
 //                       | HMAC(key, "skyring store server v2" | C | S | n | job id
 //                              | worldSize | rank)   (zeros unless the verdict is ok)
 //   verdicts: 0 ok, 1 another job, 2 another world size, 3 wrong proof (another token),
-//   4 rank already claimed (the join has failed), 5 every rank has joined (late claim
-//   refused), 6 the join failed earlier (message: why). Proofs are compared in constant
-//   time. The client checks the server's proof, so it never trusts a fake store.
+//   4 rank already claimed during start-up (the join has failed), 5 rank already claimed
+//   by a running job (refused), 6 the join failed earlier (message: why). Proofs are compared in
+//   constant time. The client checks the server's proof, so it never trusts a fake store.
 //
 // Requests, one at a time per connection (the client reads each response first):
 //   request:  u8 op | u32 keyLength | key bytes | u32 valueLength | value bytes
@@ -101,6 +104,7 @@ inline constexpr std::size_t kMaxJobIdBytes = 1024;
 inline constexpr std::size_t kMaxPendingConnections = 256;
 inline constexpr std::chrono::milliseconds kHandshakeTimeout{5000};
 inline constexpr std::chrono::milliseconds kRequestTimeout{30000};
+inline constexpr std::chrono::milliseconds kStartupQuiet{2000};
 inline constexpr std::size_t kRequestHeaderBytes = 1 + 4;  // op, keyLength
 inline constexpr std::size_t kResponseHeaderBytes = 1 + 4 + 4;
 }  // namespace store_wire
@@ -117,6 +121,7 @@ struct StoreIdentity {
 struct StoreServerOptions {
   std::chrono::milliseconds handshakeTimeout = store_wire::kHandshakeTimeout;
   std::chrono::milliseconds requestTimeout = store_wire::kRequestTimeout;
+  std::chrono::milliseconds startupQuiet = store_wire::kStartupQuiet;
   std::size_t maxPendingConnections = store_wire::kMaxPendingConnections;
   std::size_t maxStoredBytes = store_wire::kMaxStoredBytes;
 };

@@ -8,9 +8,9 @@
 
 namespace skyring::bootstrap {
 
+using ::skyring::detail::concat;
 using store_wire::Op;
 using store_wire::Status;
-using ::skyring::detail::concat;
 namespace hs = handshake;
 
 std::string TcpStoreServer::Loop::jobName() const {
@@ -38,18 +38,20 @@ void TcpStoreServer::Loop::admit(std::uint64_t id, Connection& c, const hs::Hell
     return;
   }
   const int rank = static_cast<int>(hello.rank);
-  if (!joinFailure_.empty()) return refuse(c, hs::Verdict::joinFailed, joinFailureRank_, joinFailure_);
+  if (!joinFailure_.empty())
+    return refuse(c, hs::Verdict::joinFailed, joinFailureRank_, joinFailure_);
   if (claimed_.contains(rank)) {
-    if (claimed_.size() == static_cast<std::size_t>(worldSize_)) {
-      // The job is complete and running: the newcomer is a stranger, and only it is told.
+    if (running(Clock::now())) {
+      // The job started long ago: the newcomer is a stranger, and only it is told.
       return refuse(c, hs::Verdict::joinClosed, rank,
                     concat("all ", worldSize_, " ranks of ", jobName(),
-                           " had joined when this process claimed rank ", rank,
+                           " were running when this process claimed rank ", rank,
                            " too: refused (a second launch on the same MASTER_PORT?)"));
     }
-    // Two processes claim one rank while ranks are still joining. Without distinct job
-    // ids two identical launches look alike, so which one is "right" is unknowable: the
-    // whole join fails, every rank with this reason, rather than form a mixed group.
+    // Two processes claim one rank while the job starts. Without distinct job ids two
+    // identical launches look alike, and the ranks that joined first may be a mix of
+    // both: which group is "right" is unknowable, so the whole join fails, every rank
+    // with this reason, rather than let a mixed group run.
     joinFailure_ = concat("two processes claim rank ", rank, " of ", jobName(),
                           " (two launches on one MASTER_PORT, or a repeated RANK?): the join "
                           "failed on every rank");
@@ -59,6 +61,7 @@ void TcpStoreServer::Loop::admit(std::uint64_t id, Connection& c, const hs::Hell
     return;
   }
   claimed_.insert(rank);
+  lastRequest_ = Clock::now();
   c.joined = true;
   c.rank = rank;
   pending_.erase(id);
@@ -69,6 +72,11 @@ void TcpStoreServer::Loop::admit(std::uint64_t id, Connection& c, const hs::Hell
   const std::vector<std::byte> bytes = hs::encodeWelcome(welcome);
   c.out.insert(c.out.end(), bytes.begin(), bytes.end());
   flush(c);
+}
+
+bool TcpStoreServer::Loop::running(Clock::time_point now) const {
+  return claimed_.size() == static_cast<std::size_t>(worldSize_) && waiters_.empty() &&
+         now - lastRequest_ >= options_.startupQuiet;
 }
 
 void TcpStoreServer::Loop::refuse(Connection& c, hs::Verdict verdict, int culprit,
@@ -88,6 +96,7 @@ void TcpStoreServer::Loop::refuse(Connection& c, hs::Verdict verdict, int culpri
 
 void TcpStoreServer::Loop::handle(std::uint64_t id, Connection& c, Op op, std::string key,
                                   std::span<const std::byte> value) {
+  lastRequest_ = Clock::now();
   if (op == Op::leave) {
     const auto named = static_cast<std::int32_t>(detail::getU32(value.data()));
     const int culprit = named >= 0 && named < worldSize_ ? named : c.rank;
@@ -130,8 +139,8 @@ void TcpStoreServer::Loop::handleSet(Connection& c, const std::string& key,
     return replyText(c, Status::error, -1,
                      it->second.owner < 0
                          ? concat("key '", key, "' is a counter")
-                         : concat("key '", key, "' was set by rank ", it->second.owner,
-                                  "; rank ", c.rank, " may not replace it"));
+                         : concat("key '", key, "' was set by rank ", it->second.owner, "; rank ",
+                                  c.rank, " may not replace it"));
   }
   const std::size_t oldBytes = it == data_.end() ? 0 : key.size() + it->second.value.size();
   const std::size_t newBytes = key.size() + value.size();
@@ -167,9 +176,9 @@ void TcpStoreServer::Loop::handleAdd(Connection& c, const std::string& key,
   }
   std::int64_t sum = 0;
   if (__builtin_add_overflow(counter, delta, &sum)) {
-    return replyText(c, Status::error, -1,
-                     concat("counter '", key, "' = ", counter, " overflows when ", delta,
-                            " is added"));
+    return replyText(
+        c, Status::error, -1,
+        concat("counter '", key, "' = ", counter, " overflows when ", delta, " is added"));
   }
   std::byte encoded[8];
   detail::putU64(encoded, static_cast<std::uint64_t>(sum));

@@ -92,6 +92,8 @@ class TcpStoreServer::Loop {
   // A rank left or its connection closed: waits for missing keys fail from now on.
   void rankGone(int culprit, const std::string& reason);
   std::string jobName() const;
+  // Every rank has joined and the store has been quiet since: see tcp_store.h.
+  bool running(Clock::time_point now) const;
 
   detail::UniqueFd listen_;
   detail::UniqueFd wakeRead_;
@@ -108,6 +110,7 @@ class TcpStoreServer::Loop {
   std::size_t storedBytes_ = 0;  // keys and values in data_
   std::unordered_map<std::string, std::vector<std::uint64_t>> waiters_;
   std::unordered_set<int> claimed_;  // ranks claimed so far; the join is done at worldSize_
+  Clock::time_point lastRequest_{};  // of any joined rank: the job is starting up
   // Set once the join failed (a duplicate claim): every request fails with it.
   std::string joinFailure_;
   int joinFailureRank_ = -1;

@@ -65,8 +65,8 @@ TEST(StoreJoin, AnotherJobIsRefused) {
 
 TEST(StoreJoin, AnotherWorldSizeIsRefused) {
   TcpStoreServer server(kHost, 0, job(4));
-  const std::string what = transportErrorOf(
-      [&] { TcpStoreClient client(kHost, server.port(), kTimeout, job(3), 0); });
+  const std::string what =
+      transportErrorOf([&] { TcpStoreClient client(kHost, server.port(), kTimeout, job(3), 0); });
   EXPECT_TRUE(contains(what, "of 4 ranks")) << what;
   EXPECT_TRUE(contains(what, "WORLD_SIZE=3")) << what;
 }
@@ -120,8 +120,8 @@ TEST(StoreJoin, NotASkyringStoreIsNamed) {
   FakeServer fake(std::vector<std::byte>(bytesOf(http).begin(), bytesOf(http).end()));
   fake.serveOnce({});
   const auto start = Clock::now();
-  const std::string what = transportErrorOf(
-      [&] { TcpStoreClient client(kHost, fake.port(), kTimeout, job(2), 1); });
+  const std::string what =
+      transportErrorOf([&] { TcpStoreClient client(kHost, fake.port(), kTimeout, job(2), 1); });
   EXPECT_TRUE(contains(what, "is not a skyring store")) << what;
   EXPECT_LT(since(start), milliseconds(3000));
 }
@@ -172,20 +172,51 @@ TEST(StoreJoin, DuplicateClaimFailsTheWholeJoinFast) {
   EXPECT_LT(since(start), milliseconds(5000));
 }
 
-TEST(StoreJoin, LateStrangerIsRefusedAndTheJobGoesOn) {
+TEST(StoreJoin, ALateClaimDuringStartUpFailsTheJoin) {
+  // Every rank has joined, but the job is still starting up (rank 0 waits for rank 1's
+  // record): the first ranks to join may be a mix of two launches, so a second claim
+  // fails them all.
   TcpStoreServer server(kHost, 0, job(2));
+  TcpStoreClient rank0(kHost, server.port(), kTimeout, job(2), 0);
+  TcpStoreClient rank1(kHost, server.port(), kTimeout, job(2), 1);
+  std::thread late([&] {
+    std::this_thread::sleep_for(milliseconds(200));
+    const std::string what =
+        transportErrorOf([&] { TcpStoreClient second(kHost, server.port(), kTimeout, job(2), 1); });
+    EXPECT_TRUE(contains(what, "two processes claim rank 1")) << what;
+  });
+  const auto start = Clock::now();
+  try {
+    allgather(rank0, "ag/", bytesOf("x"));
+    FAIL() << "the allgather returned although rank 1 was claimed twice";
+  } catch (const TransportError& e) {
+    EXPECT_EQ(e.peer(), 1);
+    EXPECT_TRUE(contains(e.what(), "two processes claim rank 1")) << e.what();
+  }
+  late.join();
+  EXPECT_LT(since(start), milliseconds(3000));
+  EXPECT_THROW(rank1.set("ag/1", bytesOf("y")), TransportError);
+}
+
+TEST(StoreJoin, ALateStrangerIsRefusedAndTheRunningJobGoesOn) {
+  StoreServerOptions options;
+  options.startupQuiet = milliseconds(200);
+  TcpStoreServer server(kHost, 0, job(2), options);
   std::atomic<bool> strangerDone{false};
   runRanks(2, [&](int rank) {
     TcpStoreClient client(kHost, server.port(), kTimeout, job(2), rank);
     allgather(client, "ag/0/", bytesOf("r" + std::to_string(rank)));
+    barrier(client, "b/");
+    // Started up: the store is quiet for a while, as while the job trains.
     if (rank == 0) {
+      std::this_thread::sleep_for(milliseconds(400));
       const std::string what = transportErrorOf(
           [&] { TcpStoreClient stranger(kHost, server.port(), kTimeout, job(2), 1); });
       EXPECT_TRUE(contains(what, "claimed rank 1") && contains(what, "refused")) << what;
       strangerDone = true;
     }
-    barrier(client, "b/");
-    EXPECT_TRUE(strangerDone.load());
+    while (!strangerDone.load())
+      std::this_thread::sleep_for(milliseconds(5));
     const auto all = allgather(client, "ag/1/", bytesOf("s" + std::to_string(rank)));
     EXPECT_EQ(stringOf(all[0]), "s0");
     EXPECT_EQ(stringOf(all[1]), "s1");
@@ -252,6 +283,26 @@ TEST(StoreJoin, ARankThatLeavesTellsEveryoneWhy) {
   leaver.join();
   EXPECT_LT(since(start), milliseconds(3000));
   EXPECT_THROW(rank1.set("k", {}), TransportError);  // it has left
+}
+
+TEST(StoreListen, ASecondRankZeroOnThePortFailsTheOtherJoinToo) {
+  // Launch B's rank 0 finds launch A's store on MASTER_PORT (same job id, none given) and
+  // claims rank 0 there: A's start-up fails too, instead of A's and B's first ranks
+  // forming one group.
+  const std::string port = std::to_string(unusedPort());
+  const auto launch = [&](int rank) {
+    return Config::fromMap({{"RANK", std::to_string(rank)},
+                            {"WORLD_SIZE", "2"},
+                            {"MASTER_ADDR", "127.0.0.1"},
+                            {"MASTER_PORT", port},
+                            {"SKYRING_INIT_TIMEOUT_MS", "20000"}});
+  };
+  auto a0 = makeOutOfBand(launch(0));
+  const std::string what = transportErrorOf([&] { makeOutOfBand(launch(0)); });
+  EXPECT_TRUE(contains(what, "rank 0 cannot host the store")) << what;
+  EXPECT_TRUE(contains(what, "two processes claim rank 0")) << what;
+  const std::string theirs = transportErrorOf([&] { a0->allgather(bytesOf("x")); });
+  EXPECT_TRUE(contains(theirs, "two processes claim rank 0")) << theirs;
 }
 
 TEST(StoreListen, ANonLocalAddressIsRefusedNamingMasterAddr) {
