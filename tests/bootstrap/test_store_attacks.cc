@@ -2,7 +2,10 @@
 // the join, slow clients, a crowd of idle connections, and clients that try to make the
 // server hold a lot of memory. The server must drop them and go on serving the job.
 #include <fcntl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <gtest/gtest.h>
 
@@ -138,6 +141,58 @@ TEST(StoreAttacks, ACrowdOfIdleConnectionsDoesNotKeepRanksOut) {
     if (::recv(raw->fd(), buf, sizeof buf, 0) == 0 || errno == ECONNRESET) ++dropped;
   }
   EXPECT_GE(dropped, kIdle - store_wire::kMaxPendingConnections);
+}
+
+TEST(StoreAttacks, RunningOutOfFileDescriptorsCostsOnlyStrangers) {
+  // The server runs in a child process allowed 64 open files; a crowd of 1100 idle
+  // connections waits in its listen queue. Out of descriptors, it drops the oldest
+  // connection that has not joined to accept the next, so the ranks still get in.
+  constexpr int kIdle = 1100, kRanks = 4;
+  ASSERT_TRUE(raiseFileLimit(4 * kIdle)) << "cannot open enough files for this test";
+  int portPipe[2], stopPipe[2];
+  ASSERT_EQ(::pipe(portPipe), 0);
+  ASSERT_EQ(::pipe(stopPipe), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    rlimit lim{};
+    ::getrlimit(RLIMIT_NOFILE, &lim);
+    lim.rlim_cur = 64;
+    if (::setrlimit(RLIMIT_NOFILE, &lim) != 0) std::_Exit(3);
+    try {
+      TcpStoreServer server(kHost, 0, job(kRanks));
+      const int port = server.port();
+      char stop = 0;
+      if (::write(portPipe[1], &port, sizeof port) != sizeof port ||
+          ::read(stopPipe[0], &stop, 1) < 0) {
+        std::_Exit(4);
+      }
+    } catch (...) {
+      std::_Exit(2);
+    }
+    std::_Exit(0);
+  }
+  int port = 0;
+  ASSERT_EQ(::read(portPipe[0], &port, sizeof port), static_cast<ssize_t>(sizeof port));
+  {
+    std::vector<std::unique_ptr<RawSocket>> crowd;
+    for (int i = 0; i < kIdle; ++i)
+      crowd.push_back(std::make_unique<RawSocket>(port));
+    const auto start = Clock::now();
+    EXPECT_NO_THROW(runRanks(kRanks, [&](int rank) {
+      TcpStoreClient client(kHost, port, kTimeout, job(kRanks), rank);
+      const auto all = allgather(client, "ag/", bytesOf(std::to_string(rank)));
+      EXPECT_EQ(stringOf(all[static_cast<std::size_t>(kRanks - 1)]), std::to_string(kRanks - 1));
+      barrier(client, "b/");
+    }));
+    EXPECT_LT(since(start), milliseconds(10000));
+  }
+  ASSERT_EQ(::write(stopPipe[1], "x", 1), 1);
+  int status = 0;
+  ASSERT_EQ(::waitpid(child, &status, 0), child);
+  EXPECT_TRUE(WIFEXITED(status) && WEXITSTATUS(status) == 0) << "server process status " << status;
+  for (int fd : {portPipe[0], portPipe[1], stopPipe[0], stopPipe[1]})
+    ::close(fd);
 }
 
 // Sends bytes, blocking for up to 3 s at a time (a server that stops reading, or drops
