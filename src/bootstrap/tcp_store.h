@@ -40,8 +40,9 @@
 //                              | worldSize | rank)   (zeros unless the verdict is ok)
 //   verdicts: 0 ok, 1 another job, 2 another world size, 3 wrong proof (another token),
 //   4 rank already claimed during start-up (the join has failed), 5 rank already claimed
-//   by a running job (refused), 6 the join failed earlier (message: why). Proofs are compared in
-//   constant time. The client checks the server's proof, so it never trusts a fake store.
+//   by a running job (refused), 6 the join failed earlier (message: why). Proofs are
+//   compared in constant time. The client checks the server's proof, so it never trusts
+//   a fake store.
 //
 // Requests, one at a time per connection (the client reads each response first):
 //   request:  u8 op | u32 keyLength | key bytes | u32 valueLength | value bytes
