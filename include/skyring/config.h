@@ -83,6 +83,11 @@ struct Config {
   // The levels that codec applies to. SKYRING_COMPRESSION_LEVELS: cross_cloud (default),
   // cloud, or cloud,cross_cloud.
   CompressionLevels compressionLevels;
+  // The engine (skyring/engine.h): how often its background thread runs a negotiation
+  // cycle while any rank has work (SKYRING_CYCLE_TIME_MS), and the most bytes one fused
+  // allreduce carries (SKYRING_FUSION_THRESHOLD; must agree, as every rank must fuse alike).
+  std::chrono::microseconds cycleTime{1000};
+  std::size_t fusionThreshold = std::size_t{64} << 20;
 
   // Where this rank runs (docs/topology.md): read by topology::localRecord.
   std::string node;               // SKYRING_NODE; empty: the hostname

@@ -188,6 +188,21 @@ const std::vector<ParameterSpec>& specs() {
         "cloud (inside each cloud), or both, comma-separated.",
         true},
        [](Config& c, const std::string& v) { c.compressionLevels = parseCompressionLevels(v); }},
+      {{"SKYRING_CYCLE_TIME_MS", "1",
+        "How often the engine runs a negotiation cycle while any rank has work (ms, 0 to "
+        "60000; fractions allowed)."},
+       [](Config& c, const std::string& v) {
+         c.cycleTime = std::chrono::microseconds(
+             static_cast<std::int64_t>(parseDecimal("SKYRING_CYCLE_TIME_MS", v, 0, 60000) * 1000));
+       }},
+      {{"SKYRING_FUSION_THRESHOLD", "67108864",
+        "Most bytes the engine fuses into one allreduce (0: no fusion); a larger tensor runs "
+        "alone.",
+        true},
+       [](Config& c, const std::string& v) {
+         c.fusionThreshold = static_cast<std::size_t>(
+             parseInteger("SKYRING_FUSION_THRESHOLD", v, 0, std::int64_t{1} << 40));
+       }},
       {{"SKYRING_NODE", "(hostname)",
         "Name of this rank's node; ranks with equal node and cloud share a node."},
        [](Config& c, const std::string& v) { c.node = v; }},
@@ -360,6 +375,7 @@ std::vector<std::pair<std::string_view, std::string>> Config::jobSettings() cons
       {"SKYRING_ALLREDUCE", std::string(algorithmText(allreduceAlgorithm))},
       {"SKYRING_COMPRESSION", compression},
       {"SKYRING_COMPRESSION_LEVELS", levels},
+      {"SKYRING_FUSION_THRESHOLD", std::to_string(fusionThreshold)},
       {"SKYRING_LINK_INTRA_NODE_GBPS", node.first},
       {"SKYRING_LINK_INTRA_NODE_LATENCY_MS", node.second},
       {"SKYRING_LINK_INTRA_CLOUD_GBPS", cloudLink.first},

@@ -62,6 +62,18 @@ TEST(Config, CompressionLevels) {
   }
 }
 
+TEST(Config, EngineSettings) {
+  const Config d = Config::fromMap({});
+  EXPECT_EQ(d.cycleTime, std::chrono::microseconds(1000));
+  EXPECT_EQ(d.fusionThreshold, std::size_t{64} << 20);
+  const Config c =
+      Config::fromMap({{"SKYRING_CYCLE_TIME_MS", "2.5"}, {"SKYRING_FUSION_THRESHOLD", "0"}});
+  EXPECT_EQ(c.cycleTime, std::chrono::microseconds(2500));
+  EXPECT_EQ(c.fusionThreshold, 0u);
+  EXPECT_THROW(Config::fromMap({{"SKYRING_CYCLE_TIME_MS", "-1"}}), InvalidArgument);
+  EXPECT_THROW(Config::fromMap({{"SKYRING_FUSION_THRESHOLD", "1k"}}), InvalidArgument);
+}
+
 TEST(Config, UnknownVariablesWarn) {
   const Config c = Config::fromMap({{"SKYRING_TIMEOUT", "5"}});
   ASSERT_EQ(c.warnings.size(), 1u);

@@ -64,6 +64,7 @@ TEST(Join, EverySettingThatMustAgreeIsChecked) {
       {"SKYRING_ALLREDUCE", "ring"},
       {"SKYRING_COMPRESSION", "fp16"},
       {"SKYRING_COMPRESSION_LEVELS", "cloud"},
+      {"SKYRING_FUSION_THRESHOLD", "4096"},
       {"SKYRING_LINK_INTRA_NODE_GBPS", "7"},
       {"SKYRING_LINK_INTRA_NODE_LATENCY_MS", "7"},
       {"SKYRING_LINK_INTRA_CLOUD_GBPS", "7"},

@@ -1,0 +1,126 @@
+// The background engine: asynchronous, named collectives over one Communicator.
+//
+//   skyring::Engine engine(runtime->world());
+//   auto h = engine.allreduceAsync("layer1.weight.grad", skyring::Tensor::of(grad), ReduceOp::avg);
+//   ...
+//   h.wait();  // grad now holds the average over ranks; throws if the call failed
+//
+// Framework threads submit tensors by name, in any order on any rank; one background thread
+// per engine agrees with the other ranks on which names are ready everywhere, fuses small
+// tensors of one dtype and op into one buffer, runs the allreduces and completes the
+// handles. docs/engine.md explains the negotiation, the response cache and fusion.
+//
+// Collective use: every rank of the communicator makes an Engine over it (engines meet on
+// EngineOptions::tag, which nothing else may use), and every rank submits each name; a name
+// submitted with different shapes, dtypes or ops on different ranks fails on every rank with
+// a TransportError naming the ranks and the name.
+//
+// Ownership: the engine borrows the Communicator, which must outlive it. A submitted Tensor
+// is held (with its keep-alive) until its handle completes; the caller must not touch the
+// memory meanwhile. Results are written in place.
+//
+// Threads: every public call may be made from any thread. Handles may be shared and waited
+// on from several threads.
+//
+// Failure: a failed collective (dead or stalled peer) fails every pending handle with that
+// error and stops the engine; later submissions return handles failed with Aborted. No
+// exception leaves the background thread: errors are stored on handles.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <memory>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "skyring/buffer_view.h"
+#include "skyring/reduce_op.h"
+
+namespace skyring {
+
+class Communicator;
+
+// An owned view of a tensor: where it is, its shape, and something that keeps the memory
+// alive until the engine is done with it (a DLPack capsule, an at::Tensor, a vector).
+struct Tensor {
+  BufferView buffer;                // host memory only, for now
+  std::vector<std::int64_t> shape;  // empty: one dimension of buffer.count elements
+  std::shared_ptr<void> keepAlive;  // may be null when the caller keeps the memory alive
+
+  // A view of a contiguous host container the caller keeps alive.
+  template <typename T>
+  static Tensor of(std::span<T> s) {
+    return {view(s), {}, nullptr};
+  }
+  template <typename C>
+  static Tensor of(C& c) {
+    return of(std::span(c));
+  }
+};
+
+// Completion of one asynchronous call. Copyable: copies share one completion.
+class Handle {
+ public:
+  struct State;
+  Handle() = default;
+  explicit Handle(std::shared_ptr<State> state) : state_(std::move(state)) {}
+
+  // True once the call finished, successfully or not. Never blocks.
+  bool poll() const;
+  // Waits until the call finished; rethrows its error (a skyring::Error) if it failed.
+  void wait() const;
+  // Waits at most timeout; true when finished (then wait() returns or throws at once).
+  bool waitFor(std::chrono::milliseconds timeout) const;
+  // The call's error once it failed; null while pending or after success.
+  std::exception_ptr error() const;
+  bool valid() const noexcept { return state_ != nullptr; }
+
+ private:
+  std::shared_ptr<State> state_;
+};
+
+struct EngineOptions {
+  // Tag of the engine's collectives on the communicator (Communicator's tag space,
+  // 0..4095). Nothing else may use it while the engine runs.
+  std::uint32_t tag = 4095;
+  // How long the first cycle waits for the other ranks' engines to start; zero: the
+  // communicator's Config::initTimeout.
+  std::chrono::milliseconds startTimeout{0};
+};
+
+struct AllreduceSpec {
+  ReduceOp op = ReduceOp::sum;
+  // Floating-point tensors only: input multiplied by prescale before the reduction, result
+  // by postscale after it (1 leaves the bytes alone).
+  double prescale = 1;
+  double postscale = 1;
+};
+
+class Engine {
+ public:
+  // Starts the background thread. Cycle time and fusion threshold come from comm.config()
+  // (SKYRING_CYCLE_TIME_MS, SKYRING_FUSION_THRESHOLD).
+  explicit Engine(Communicator& comm, EngineOptions options = {});
+  // shutdown(), then joins the thread. noexcept.
+  ~Engine();
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+
+  // Submits tensor for an in-place allreduce under name. Throws InvalidArgument at once for
+  // what can never work (empty name, device memory, scaling an integer tensor, a name that
+  // is already pending on this rank); everything else is reported through the handle.
+  Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
+
+  // Stops the engine collectively: this rank's pending handles fail with Aborted at once,
+  // and the background thread keeps taking part in cycles (so no other rank hangs) until
+  // every rank has called shutdown, then exits. Returns when it has. Idempotent.
+  void shutdown();
+
+ private:
+  struct Impl;
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace skyring

@@ -1,0 +1,378 @@
+// The engine's background thread: one cycle every Config::cycleTime while any rank has
+// work, each cycle one small allreduce that says what is ready everywhere.
+//
+// A cycle, on every rank alike (docs/engine.md):
+//  1. Take the tensors submitted since the last cycle. Each pending tensor is either
+//     cached (its descriptor has a slot in the response cache) or must be announced: not
+//     cached, or its name is in the announcement table (some rank announced it, maybe
+//     with another shape; announcing too lets the ranks compare).
+//  2. Allreduce (min over u8) of [no-announcements, nothing-pending, shutting-down,
+//     ready(slot 0), ready(slot 1), ...]: a min of 1 is an AND, a min of 0 an OR.
+//  3. If any rank announces: allgather the announcement lists (lengths, then the padded
+//     lists). Every rank feeds them to the announcement table in rank order and gets the
+//     same verdicts: agreed names get a cache slot (the same slot on every rank), others
+//     fail on every rank with an error naming the ranks.
+//  4. The slots ready everywhere run in slot order, fused by planFusion.
+// Every decision depends only on the results of the cycle's collectives, which are the
+// same on every rank, so every rank runs the same collectives in the same order: tensors
+// submitted in any order cannot deadlock. In steady state (every name cached) a cycle is
+// step 2 and the data, with no other round trip.
+//
+// Sleep: when step 2 says nothing is pending anywhere, the thread sleeps on its condition
+// variable until a tensor is submitted here or kIdleTick passes, then runs a cycle again;
+// the other ranks, woken by their own submissions or their tick, meet it there, so a rank
+// waits in that collective at most kIdleTick longer than it would have.
+#include <algorithm>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <set>
+#include <thread>
+
+#include "engine/fusion.h"
+#include "engine/handle_state.h"
+#include "engine/negotiation.h"
+#include "skyring/communicator.h"
+#include "skyring/engine.h"
+#include "skyring/error.h"
+
+namespace skyring {
+
+namespace {
+
+// How long an idle engine sleeps between cycles when no tensor is submitted on its rank:
+// what a rank whose peers are all idle waits at most for them. 50 ms costs nothing next
+// to a training step and keeps an idle job at 20 tiny allreduces per second.
+constexpr std::chrono::milliseconds kIdleTick{50};
+
+enum Header : std::size_t { kNoAnnouncements, kNothingPending, kShuttingDown, kHeaderBytes };
+
+struct Pending {
+  engine::Descriptor descriptor;
+  Tensor tensor;
+  AllreduceSpec spec;
+  std::shared_ptr<Handle::State> state;
+  std::optional<std::uint32_t> slot;  // in the response cache, once agreed
+  bool announced = false;             // waiting for the announcement's verdict
+};
+
+}  // namespace
+
+struct Engine::Impl {
+  Impl(Communicator& c, EngineOptions o) : comm(c), options(o), announcements(c.size()) {}
+
+  void run() noexcept;
+  void cycle(bool first, bool& idle, bool& stop);
+  void negotiate(const std::vector<std::byte>& mine);
+  void execute(const std::vector<std::uint32_t>& readySlots);
+  void finish(Pending& p, std::exception_ptr error);
+  void failAll(const std::exception_ptr& error);
+  CollectiveOptions collectiveOptions(bool first) const;
+  ErrorContext context(const char* op) const { return {comm.rank(), -1, op}; }
+
+  Communicator& comm;
+  EngineOptions options;
+
+  std::mutex mutex;
+  std::condition_variable wake;      // a submission or shutdown
+  std::condition_variable finished;  // the thread has left its loop
+  std::vector<Pending> submitted;    // guarded by mutex
+  std::set<std::string> names;       // pending on this rank; guarded by mutex
+  bool shutdownRequested = false;    // guarded by mutex
+  bool threadDone = false;           // guarded by mutex
+  std::exception_ptr failure;        // guarded by mutex: why the engine stopped
+  std::mutex joinMutex;
+  std::thread thread;
+
+  // The engine thread's own.
+  std::map<std::string, Pending> pending;
+  bool shutDownHere = false;
+  engine::ResponseCache cache;
+  engine::Announcements announcements;
+  std::vector<std::byte> fusion;
+};
+
+Engine::Engine(Communicator& comm, EngineOptions options)
+    : impl_(std::make_unique<Impl>(comm, options)) {
+  impl_->thread = std::thread([impl = impl_.get()] { impl->run(); });
+}
+
+Engine::~Engine() {
+  shutdown();
+}
+
+void Engine::shutdown() {
+  Impl& s = *impl_;
+  {
+    std::unique_lock lock(s.mutex);
+    s.shutdownRequested = true;
+    s.wake.notify_all();
+    s.finished.wait(lock, [&] { return s.threadDone; });
+  }
+  std::lock_guard join(s.joinMutex);
+  if (s.thread.joinable()) s.thread.join();
+}
+
+Handle Engine::allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec) {
+  Impl& s = *impl_;
+  const ErrorContext ctx = s.context("allreduceAsync");
+  SKYRING_CHECK_ARG(!name.empty(), ctx, "a tensor needs a name");
+  SKYRING_CHECK_ARG(tensor.buffer.memory == MemoryKind::host, ctx, "'", name,
+                    "': the engine takes host memory only for now");
+  SKYRING_CHECK_ARG(tensor.buffer.data != nullptr || tensor.buffer.count == 0, ctx, "'", name,
+                    "': null data");
+  SKYRING_CHECK_ARG(
+      isFloatingPoint(tensor.buffer.dtype) || (spec.prescale == 1 && spec.postscale == 1), ctx, "'",
+      name, "': pre/post scaling needs a floating-point tensor, not ",
+      dtypeName(tensor.buffer.dtype));
+  std::vector<std::int64_t> shape = tensor.shape;
+  if (shape.empty()) shape.push_back(static_cast<std::int64_t>(tensor.buffer.count));
+  std::int64_t elements = 1;
+  for (std::int64_t d : shape) {
+    SKYRING_CHECK_ARG(d >= 0, ctx, "'", name, "': negative dimension ", d);
+    elements *= d;
+  }
+  SKYRING_CHECK_ARG(static_cast<std::size_t>(elements) == tensor.buffer.count, ctx, "'", name,
+                    "': shape holds ", elements, " elements, the buffer ", tensor.buffer.count);
+
+  auto state = std::make_shared<Handle::State>();
+  Pending p{{name, tensor.buffer.dtype, spec.op, std::move(shape)},
+            std::move(tensor),
+            spec,
+            state,
+            std::nullopt,
+            false};
+  std::lock_guard lock(s.mutex);
+  if (s.shutdownRequested || s.failure) {
+    std::exception_ptr why = s.failure;
+    if (!why) {
+      why = std::make_exception_ptr(
+          Aborted("'" + name + "' submitted after the engine was shut down", ctx));
+    }
+    state->complete(why);
+    return Handle(state);
+  }
+  SKYRING_CHECK_ARG(s.names.insert(name).second, ctx, "'", name,
+                    "' is already pending on this rank (wait for its handle first)");
+  s.submitted.push_back(std::move(p));
+  s.wake.notify_all();
+  return Handle(std::move(state));
+}
+
+void Engine::Impl::run() noexcept {
+  bool idle = false;
+  bool first = true;
+  try {
+    while (true) {
+      bool stop = false;
+      cycle(first, idle, stop);
+      first = false;
+      if (stop) break;
+    }
+  } catch (...) {
+    failAll(std::current_exception());
+  }
+  std::lock_guard lock(mutex);
+  threadDone = true;
+  finished.notify_all();
+}
+
+CollectiveOptions Engine::Impl::collectiveOptions(bool first) const {
+  CollectiveOptions o;
+  o.tag = options.tag;
+  // Peers' engines may start late (start-up), or sleep up to kIdleTick before they meet
+  // this rank's cycle.
+  o.timeout =
+      first ? (options.startTimeout.count() > 0 ? options.startTimeout : comm.config().initTimeout)
+            : comm.config().timeout + kIdleTick;
+  return o;
+}
+
+void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
+  const auto start = std::chrono::steady_clock::now();
+  bool shutdownNow = false;
+  {
+    std::unique_lock lock(mutex);
+    if (idle) {
+      wake.wait_for(lock, kIdleTick, [&] { return !submitted.empty() || shutdownRequested; });
+    }
+    for (auto& p : submitted) {
+      std::string name = p.descriptor.name;
+      pending.emplace(std::move(name), std::move(p));
+    }
+    submitted.clear();
+    shutdownNow = shutdownRequested;
+  }
+  if (shutdownNow && !shutDownHere) {
+    shutDownHere = true;
+    for (auto& [name, p] : pending) {
+      finish(p, std::make_exception_ptr(
+                    Aborted("the engine was shut down before every rank submitted '" + name + "'",
+                            context("shutdown"))));
+    }
+    pending.clear();
+  }
+
+  // Step 1: what this rank has, as the cycle's vector.
+  std::vector<std::byte> announce;
+  std::vector<std::uint8_t> vec(kHeaderBytes + cache.size(), 0);
+  for (auto& [name, p] : pending) {
+    if (!p.slot) p.slot = cache.find(p.descriptor);
+    if (p.announced) continue;
+    if (!p.slot || announcements.contains(name)) {
+      engine::appendDescriptor(announce, p.descriptor);
+      p.announced = true;
+    } else {
+      vec[kHeaderBytes + *p.slot] = 1;
+    }
+  }
+  vec[kNoAnnouncements] = announce.empty() ? 1 : 0;
+  vec[kNothingPending] = pending.empty() ? 1 : 0;
+  vec[kShuttingDown] = shutDownHere ? 1 : 0;
+
+  // Step 2.
+  comm.allreduce(BufferView{vec.data(), vec.size(), DType::u8, MemoryKind::host}, ReduceOp::min,
+                 collectiveOptions(first));
+  if (vec[kShuttingDown] == 1) {
+    stop = true;
+    return;
+  }
+  std::vector<std::uint32_t> ready;
+  for (std::size_t s = kHeaderBytes; s < vec.size(); ++s) {
+    if (vec[s] == 1) ready.push_back(static_cast<std::uint32_t>(s - kHeaderBytes));
+  }
+  // Step 3 (changes the cache only after the ready slots were read off step 2).
+  if (vec[kNoAnnouncements] == 0) negotiate(announce);
+  // Step 4.
+  if (!ready.empty()) execute(ready);
+
+  idle = vec[kNothingPending] == 1 && vec[kNoAnnouncements] == 1;
+  if (!idle) {
+    const auto cycleTime = comm.config().cycleTime;
+    std::unique_lock lock(mutex);
+    wake.wait_until(lock, start + cycleTime, [&] { return false; });
+  }
+}
+
+void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
+  const int n = comm.size();
+  const CollectiveOptions o = collectiveOptions(false);
+  std::uint64_t length = mine.size();
+  std::vector<std::uint64_t> lengths(static_cast<std::size_t>(n));
+  comm.allgather(BufferView{&length, 1, DType::i64, MemoryKind::host},
+                 BufferView{lengths.data(), lengths.size(), DType::i64, MemoryKind::host}, o);
+  const std::uint64_t longest = *std::max_element(lengths.begin(), lengths.end());
+  std::vector<std::byte> padded(longest);
+  std::copy(mine.begin(), mine.end(), padded.begin());
+  std::vector<std::byte> all(longest * static_cast<std::size_t>(n));
+  comm.allgather(BufferView{padded.data(), padded.size(), DType::u8, MemoryKind::host},
+                 BufferView{all.data(), all.size(), DType::u8, MemoryKind::host}, o);
+  for (int r = 0; r < n; ++r) {
+    const auto len = lengths[static_cast<std::size_t>(r)];
+    if (len > longest) continue;  // cannot happen: longest is their maximum
+    const auto list = engine::parseDescriptors(
+        std::span<const std::byte>(all).subspan(static_cast<std::size_t>(r) * longest, len), r,
+        comm.rank());
+    for (auto& verdict : announcements.add(r, list)) {
+      std::optional<std::uint32_t> slot;
+      if (verdict.agreed) slot = cache.insert(verdict.descriptor);
+      auto it = pending.find(verdict.name);
+      if (it == pending.end() || !it->second.announced) continue;
+      if (slot) {
+        it->second.slot = slot;
+        it->second.announced = false;
+      } else {
+        finish(it->second,
+               std::make_exception_ptr(TransportError(verdict.error, context("allreduceAsync"))));
+        pending.erase(it);
+      }
+    }
+  }
+}
+
+void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
+  std::map<std::uint32_t, std::string> bySlot;
+  for (auto& [name, p] : pending) {
+    if (p.slot && !p.announced) bySlot.emplace(*p.slot, name);
+  }
+  std::vector<Pending*> items;
+  std::vector<engine::FusionItem> plan;
+  for (std::uint32_t slot : readySlots) {
+    auto it = bySlot.find(slot);
+    if (it == bySlot.end()) {
+      // Every rank set this slot's bit, this one included: its tensor must be here.
+      SKYRING_THROW(Aborted, context("engine cycle"), "slot ", slot, " ('", cache.at(slot).name,
+                    "') is ready everywhere but not pending on this rank");
+    }
+    Pending& p = pending.at(it->second);
+    items.push_back(&p);
+    plan.push_back({p.descriptor.dtype, p.descriptor.op, p.tensor.buffer.bytes()});
+  }
+  const CollectiveOptions o = collectiveOptions(false);
+  for (const auto& batch : engine::planFusion(plan, comm.config().fusionThreshold)) {
+    const Pending& head = *items[batch.front()];
+    if (batch.size() == 1) {
+      const BufferView b = head.tensor.buffer;
+      engine::scaleInPlace(b, head.spec.prescale);
+      comm.allreduce(b, head.descriptor.op, o);
+      engine::scaleInPlace(b, head.spec.postscale);
+      continue;
+    }
+    std::size_t bytes = 0;
+    for (std::size_t i : batch)
+      bytes += items[i]->tensor.buffer.bytes();
+    if (fusion.size() < bytes) fusion.resize(bytes);
+    const DType dtype = head.descriptor.dtype;
+    std::size_t offset = 0;
+    for (std::size_t i : batch) {
+      const BufferView b = items[i]->tensor.buffer;
+      std::memcpy(fusion.data() + offset, b.data, b.bytes());
+      engine::scaleInPlace({fusion.data() + offset, b.count, dtype, MemoryKind::host},
+                           items[i]->spec.prescale);
+      offset += b.bytes();
+    }
+    comm.allreduce(BufferView{fusion.data(), bytes / dtypeSize(dtype), dtype, MemoryKind::host},
+                   head.descriptor.op, o);
+    offset = 0;
+    for (std::size_t i : batch) {
+      const BufferView b = items[i]->tensor.buffer;
+      engine::scaleInPlace({fusion.data() + offset, b.count, dtype, MemoryKind::host},
+                           items[i]->spec.postscale);
+      std::memcpy(b.data, fusion.data() + offset, b.bytes());
+      offset += b.bytes();
+    }
+  }
+  // Every ready tensor is done, those of zero elements included.
+  for (Pending* p : items) {
+    const std::string name = p->descriptor.name;
+    finish(*p, nullptr);
+    pending.erase(name);
+  }
+}
+
+void Engine::Impl::finish(Pending& p, std::exception_ptr error) {
+  {
+    std::lock_guard lock(mutex);
+    names.erase(p.descriptor.name);
+  }
+  p.tensor.keepAlive.reset();
+  p.state->complete(std::move(error));
+}
+
+void Engine::Impl::failAll(const std::exception_ptr& error) {
+  std::vector<Pending> late;
+  {
+    std::lock_guard lock(mutex);
+    failure = error;
+    late = std::move(submitted);
+    submitted.clear();
+  }
+  for (auto& p : late)
+    finish(p, error);
+  for (auto& [name, p] : pending)
+    finish(p, error);
+  pending.clear();
+}
+
+}  // namespace skyring

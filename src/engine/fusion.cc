@@ -1,0 +1,66 @@
+#include "engine/fusion.h"
+
+#include <type_traits>
+
+namespace skyring::engine {
+
+std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& items,
+                                                 std::size_t threshold) {
+  struct Open {
+    DType dtype;
+    ReduceOp op;
+    std::size_t bytes;
+    std::vector<std::size_t> members;
+  };
+  std::vector<std::vector<std::size_t>> batches;
+  std::vector<Open> open;  // at most one per (dtype, op), in order of creation
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    const FusionItem& it = items[i];
+    if (it.bytes == 0) continue;
+    if (it.bytes > threshold) {
+      batches.push_back({i});
+      continue;
+    }
+    Open* same = nullptr;
+    for (auto& o : open) {
+      if (o.dtype == it.dtype && o.op == it.op) same = &o;
+    }
+    if (same != nullptr && same->bytes + it.bytes > threshold) {
+      batches.push_back(std::move(same->members));
+      same->members.clear();
+      same->bytes = 0;
+    }
+    if (same == nullptr) {
+      open.push_back({it.dtype, it.op, 0, {}});
+      same = &open.back();
+    }
+    same->bytes += it.bytes;
+    same->members.push_back(i);
+  }
+  for (auto& o : open) {
+    if (!o.members.empty()) batches.push_back(std::move(o.members));
+  }
+  return batches;
+}
+
+void scaleInPlace(BufferView buffer, double factor) {
+  if (factor == 1) return;
+  dispatchDType(buffer.dtype, [&]<typename T>() {
+    auto* p = static_cast<T*>(buffer.data);
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>) {
+      const auto f = static_cast<T>(factor);
+      for (std::size_t i = 0; i < buffer.count; ++i)
+        p[i] *= f;
+    } else if constexpr (std::is_same_v<T, Float16>) {
+      const auto f = static_cast<float>(factor);
+      for (std::size_t i = 0; i < buffer.count; ++i)
+        p[i] = toFloat16(toFloat(p[i]) * f);
+    } else if constexpr (std::is_same_v<T, BFloat16>) {
+      const auto f = static_cast<float>(factor);
+      for (std::size_t i = 0; i < buffer.count; ++i)
+        p[i] = toBFloat16(toFloat(p[i]) * f);
+    }
+  });
+}
+
+}  // namespace skyring::engine

@@ -1,0 +1,30 @@
+// Tensor fusion: which ready tensors share one allreduce, and the scaling applied while
+// they are copied in and out. Pure: no communication; the engine thread calls it.
+#pragma once
+
+#include <cstddef>
+#include <vector>
+
+#include "skyring/buffer_view.h"
+#include "skyring/reduce_op.h"
+
+namespace skyring::engine {
+
+struct FusionItem {
+  DType dtype;
+  ReduceOp op;
+  std::size_t bytes;
+};
+
+// Splits items (in the order every rank agreed on) into batches, each run as one
+// allreduce: items of one dtype and op, together at most threshold bytes. An item larger
+// than threshold is a batch of its own. Items of zero bytes are left out (they need no
+// collective). Depends only on its arguments, so every rank gets the same batches.
+std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& items,
+                                                 std::size_t threshold);
+
+// Multiplies a floating-point buffer in place by factor (f16 and bf16 through float);
+// factor 1 leaves the bytes alone. The caller has checked the dtype is floating point.
+void scaleInPlace(BufferView buffer, double factor);
+
+}  // namespace skyring::engine

@@ -1,0 +1,77 @@
+// The engine's negotiation state, kept identical on every rank: the response cache (a slot
+// number per tensor descriptor) and the announcements of names not cached yet. Both change
+// only through data every rank has received alike (the results of the cycle's collectives,
+// processed in rank order), so slot numbers and verdicts agree without a coordinator.
+//
+// Pure logic, no I/O: tested on its own. Not thread-safe: the engine thread owns it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <span>
+#include <string>
+#include <vector>
+
+#include "skyring/dtype.h"
+#include "skyring/reduce_op.h"
+
+namespace skyring::engine {
+
+// What every rank must submit alike under one name.
+struct Descriptor {
+  std::string name;
+  DType dtype = DType::f32;
+  ReduceOp op = ReduceOp::sum;
+  std::vector<std::int64_t> shape;
+
+  bool operator==(const Descriptor&) const = default;
+  auto operator<=>(const Descriptor&) const = default;
+  // "f32[4,5] sum", for error messages.
+  std::string describe() const;
+};
+
+// Appends d to out in the wire format; parseDescriptors reads a concatenation back.
+void appendDescriptor(std::vector<std::byte>& out, const Descriptor& d);
+// Throws TransportError naming fromRank when the bytes are not a well-formed list.
+std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int fromRank, int rank);
+
+// Slot numbers of agreed descriptors, in the order they were agreed (never reused).
+class ResponseCache {
+ public:
+  std::optional<std::uint32_t> find(const Descriptor& d) const;
+  // The slot of d, adding it when missing.
+  std::uint32_t insert(const Descriptor& d);
+  const Descriptor& at(std::uint32_t slot) const { return slots_[slot]; }
+  std::size_t size() const noexcept { return slots_.size(); }
+
+ private:
+  std::vector<Descriptor> slots_;
+  std::map<Descriptor, std::uint32_t> bySlot_;
+};
+
+// Names that some ranks announced and others have not yet: once every rank has announced
+// a name, a verdict says whether they agree.
+class Announcements {
+ public:
+  explicit Announcements(int ranks) : ranks_(ranks) {}
+
+  struct Verdict {
+    std::string name;
+    bool agreed = false;
+    Descriptor descriptor;  // when agreed
+    std::string error;      // when not: every rank's descriptor, naming the ranks
+  };
+
+  bool contains(const std::string& name) const { return byName_.count(name) != 0; }
+  // Records what rank announced; returns the names it completed, in list order. Call for
+  // ranks 0..n-1 in order with the same lists on every rank to get the same verdicts.
+  std::vector<Verdict> add(int rank, const std::vector<Descriptor>& list);
+
+ private:
+  int ranks_;
+  std::map<std::string, std::vector<std::optional<Descriptor>>> byName_;
+};
+
+}  // namespace skyring::engine

@@ -1,0 +1,95 @@
+// The engine's pure pieces: descriptors on the wire, the response cache, announcements and
+// their verdicts, and the fusion plan.
+#include "engine/negotiation.h"
+
+#include <gtest/gtest.h>
+
+#include "engine/fusion.h"
+#include "skyring/error.h"
+
+namespace skyring::engine {
+namespace {
+
+TEST(Negotiation, DescriptorsRoundTrip) {
+  const std::vector<Descriptor> in = {{"a", DType::f32, ReduceOp::sum, {4, 5}},
+                                      {"", DType::i64, ReduceOp::max, {}},
+                                      {"layer.0.weight", DType::bf16, ReduceOp::avg, {0}}};
+  std::vector<std::byte> bytes;
+  for (const auto& d : in)
+    appendDescriptor(bytes, d);
+  EXPECT_EQ(parseDescriptors(bytes, 1, 0), in);
+  bytes.pop_back();
+  EXPECT_THROW(parseDescriptors(bytes, 1, 0), TransportError);
+  std::vector<std::byte> bad;
+  appendDescriptor(bad, in[0]);
+  bad[5] = std::byte{200};  // the dtype byte
+  EXPECT_THROW(parseDescriptors(bad, 1, 0), TransportError);
+}
+
+TEST(Negotiation, CacheSlotsInOrderOfAgreement) {
+  ResponseCache cache;
+  const Descriptor a{"a", DType::f32, ReduceOp::sum, {4}};
+  const Descriptor a5{"a", DType::f32, ReduceOp::sum, {5}};
+  EXPECT_FALSE(cache.find(a));
+  EXPECT_EQ(cache.insert(a), 0u);
+  EXPECT_EQ(cache.insert(a5), 1u);
+  EXPECT_EQ(cache.insert(a), 0u);
+  EXPECT_EQ(cache.at(1), a5);
+  EXPECT_EQ(cache.size(), 2u);
+}
+
+TEST(Negotiation, VerdictOnceEveryRankAnnounced) {
+  Announcements ann(3);
+  const Descriptor x{"x", DType::f32, ReduceOp::sum, {4}};
+  const Descriptor y{"y", DType::i32, ReduceOp::min, {2}};
+  const Descriptor y3{"y", DType::i32, ReduceOp::min, {3}};
+  EXPECT_TRUE(ann.add(0, {x, y}).empty());
+  EXPECT_TRUE(ann.contains("x"));
+  EXPECT_TRUE(ann.add(2, {y3}).empty());
+  const auto v = ann.add(1, {y, x});
+  ASSERT_EQ(v.size(), 1u);  // x waits for rank 2
+  EXPECT_EQ(v[0].name, "y");
+  EXPECT_FALSE(v[0].agreed);
+  EXPECT_NE(v[0].error.find("ranks 0,1 i32[2] min; rank 2 i32[3] min"), std::string::npos)
+      << v[0].error;
+  EXPECT_FALSE(ann.contains("y"));
+  EXPECT_TRUE(ann.contains("x"));
+}
+
+TEST(Negotiation, AgreedVerdict) {
+  Announcements ann(2);
+  const Descriptor x{"x", DType::f32, ReduceOp::sum, {4}};
+  EXPECT_TRUE(ann.add(1, {x}).empty());
+  const auto v = ann.add(0, {x});
+  ASSERT_EQ(v.size(), 1u);
+  EXPECT_TRUE(v[0].agreed);
+  EXPECT_EQ(v[0].descriptor, x);
+  EXPECT_FALSE(ann.contains("x"));
+}
+
+TEST(Fusion, PlanGroupsByDtypeAndOpUpToThreshold) {
+  const std::vector<FusionItem> items = {
+      {DType::f32, ReduceOp::sum, 40},  {DType::f32, ReduceOp::sum, 40},
+      {DType::i32, ReduceOp::sum, 40},  {DType::f32, ReduceOp::sum, 40},
+      {DType::f32, ReduceOp::sum, 0},   {DType::f32, ReduceOp::sum, 500},
+      {DType::f32, ReduceOp::max, 100},
+  };
+  const auto batches = planFusion(items, 100);
+  const std::vector<std::vector<std::size_t>> expected = {{0, 1}, {5}, {3}, {2}, {6}};
+  EXPECT_EQ(batches, expected);
+  const auto none = planFusion(items, 0);
+  EXPECT_EQ(none.size(), 6u);  // every item alone but the empty one
+}
+
+TEST(Fusion, ScaleInPlace) {
+  std::vector<float> f = {1, 2, 3};
+  scaleInPlace(view(std::span(f)), 0.5);
+  EXPECT_EQ(f, (std::vector<float>{0.5f, 1, 1.5f}));
+  std::vector<BFloat16> b = {toBFloat16(3), toBFloat16(-2)};
+  scaleInPlace(view(std::span(b)), 2);
+  EXPECT_EQ(toFloat(b[0]), 6.0f);
+  EXPECT_EQ(toFloat(b[1]), -4.0f);
+}
+
+}  // namespace
+}  // namespace skyring::engine
