@@ -24,9 +24,11 @@
 #pragma once
 
 #include <memory>
+#include <mutex>
 
 #include "skyring/communicator.h"
 #include "skyring/config.h"
+#include "skyring/engine.h"
 #include "skyring/metering_transport.h"
 
 namespace skyring {
@@ -51,6 +53,11 @@ class Runtime {
   // transport; the node channel's shared memory is not a link and is not counted.
   transport::TrafficStats stats() const;
   const Config& config() const noexcept { return config_; }
+  // The background engine over world() (skyring/engine.h), started by the first call.
+  // Collective the first time: every rank calls it (skyring::init() does), as its first
+  // cycle waits for the others' engines. Any thread. The destructor stops it (which waits
+  // until every rank stops its own) before the goodbye.
+  Engine& engine();
 
   struct Parts;
 
@@ -68,6 +75,8 @@ class Runtime {
   std::unique_ptr<Parts> parts_;
   std::shared_ptr<const topology::Topology> topology_;
   std::unique_ptr<Communicator> world_;
+  std::once_flag engineOnce_;
+  std::unique_ptr<Engine> engine_;  // after world_: destroyed first
 };
 
 }  // namespace skyring

@@ -1,10 +1,24 @@
-// Umbrella header of the skyring C++ API.
+// Umbrella header of the skyring C++ API, and the process-wide API: one default Runtime
+// (skyring/runtime.h) and its Engine (skyring/engine.h), as Horovod's hvd.* calls.
+//
+//   skyring::init();                      // every rank; under mpirun, torchrun-style vars or alone
+//   auto h = skyring::allreduceAsync("grad.fc1", skyring::Tensor::of(grad),
+//                                    {skyring::ReduceOp::avg});
+//   h.wait();
+//   skyring::shutdown();                  // every rank
+//
+// Threads: init() and shutdown() are made once each by one thread; the other calls may be
+// made from any thread between them. Failure: calls other than init() and isInitialized()
+// throw InvalidArgument before init() or after shutdown().
 #pragma once
+
+#include <string>
 
 #include "skyring/buffer_view.h"
 #include "skyring/communicator.h"
 #include "skyring/config.h"
 #include "skyring/dtype.h"
+#include "skyring/engine.h"
 #include "skyring/error.h"
 #include "skyring/inprocess_transport.h"
 #include "skyring/logging.h"
@@ -12,3 +26,23 @@
 #include "skyring/runtime.h"
 #include "skyring/transport.h"
 #include "skyring/version.h"
+
+namespace skyring {
+
+// Joins the job (Runtime::init) and starts the engine. Collective. A second call while
+// initialised does nothing (as Horovod's init).
+void init(Config config = Config::fromEnvironment());
+// Stops the engine (pending handles of names the other ranks never submitted fail with
+// Aborted) and leaves the job (Runtime's goodbye). Collective; nothing when not initialised.
+void shutdown();
+bool isInitialized();
+int rank();
+int size();
+int localRank();
+int localSize();
+// The default runtime, for what the process-wide calls do not cover (world(), stats()).
+Runtime& runtime();
+// Engine::allreduceAsync on the default runtime's engine.
+Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
+
+}  // namespace skyring

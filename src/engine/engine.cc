@@ -181,6 +181,11 @@ void Engine::Impl::run() noexcept {
 CollectiveOptions Engine::Impl::collectiveOptions(bool first) const {
   CollectiveOptions o;
   o.tag = options.tag;
+  // The communicator's choice of algorithm (hierarchical across clouds), which it makes on
+  // tag 0 only unless asked. No codec: compression belongs to tensors that ask for it, and
+  // codec state keyed by the fusion buffer would mix unrelated tensors (issue 12).
+  o.algorithm = comm.config().allreduceAlgorithm;
+  o.compression = "none";
   // Peers' engines may start late (start-up), or sleep up to kIdleTick before they meet
   // this rank's cycle.
   o.timeout =

@@ -47,6 +47,9 @@ Runtime::Runtime(Config config) : config_(std::move(config)), parts_(std::make_u
 // naming it, not a hang. After a failure there is no goodbye at all (the group is
 // aborted and every rank already knows), so the process can exit at once.
 Runtime::~Runtime() {
+  // The engine's collectives run on the world: it stops (collectively) before the goodbye.
+  if (engine_) engine_->shutdown();
+  engine_.reset();
   bool clean = world_ != nullptr && !world_->failed();
   if (clean && size_ > 1) {
     try {
@@ -207,6 +210,11 @@ void Runtime::logSummary() const {
   os << ". timeouts: collectives " << config_.timeout.count() << " ms, start-up "
      << config_.initTimeout.count() << " ms.";
   log.log(LogLevel::info, os.str());
+}
+
+Engine& Runtime::engine() {
+  std::call_once(engineOnce_, [&] { engine_ = std::make_unique<Engine>(*world_); });
+  return *engine_;
 }
 
 transport::TrafficStats Runtime::stats() const {

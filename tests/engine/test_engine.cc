@@ -7,8 +7,10 @@
 #include <algorithm>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
+#include "common/cloud_world.h"
 #include "common/exact_data.h"
 #include "common/local_world.h"
 #include "skyring/error.h"
@@ -19,6 +21,12 @@ namespace {
 using testing::expectedResult;
 using testing::LocalWorld;
 using testing::makeInput;
+
+// Waits for h at most a generous bound, so a test that goes wrong fails instead of hanging.
+void finish(const Handle& h) {
+  ASSERT_TRUE(h.waitFor(std::chrono::seconds(60))) << "a handle did not complete in 60 s";
+  h.wait();
+}
 
 // One named tensor of a test step: what every rank submits under that name.
 struct Spec {
@@ -44,7 +52,8 @@ std::vector<Spec> manySpecs(int names) {
 // Every rank submits every spec (in its own shuffled order, from seed and its rank), waits,
 // and checks each result bit for bit. Runs `steps` times: the second step finds every
 // name in the response cache.
-void runSteps(int n, const std::vector<Spec>& specs, int steps, Config config, unsigned seed = 1) {
+void runSteps(int n, const std::vector<Spec>& specs, int steps, Config config, unsigned seed = 1,
+              bool stagger = false) {
   LocalWorld world(n, config);
   world.run([&](Communicator& comm) {
     Engine engine(comm);
@@ -59,12 +68,17 @@ void runSteps(int n, const std::vector<Spec>& specs, int steps, Config config, u
       for (std::size_t i : order) {
         const Spec& s = specs[i];
         data[i] = makeInput(s.op, s.dtype, comm.rank(), s.count, i);
+        // Staggered: pauses of up to a few cycles, so submissions spread over many cycles
+        // and ranks see each other's names at different times.
+        if (stagger && rng() % 16 == 0) {
+          std::this_thread::sleep_for(std::chrono::microseconds(rng() % 3000));
+        }
         handles[i] =
             engine.allreduceAsync(s.name, {testing::viewOf(data[i], s.dtype), {}, nullptr}, {s.op});
       }
       for (std::size_t i = 0; i < specs.size(); ++i) {
         const Spec& s = specs[i];
-        handles[i].wait();
+        finish(handles[i]);
         ASSERT_EQ(data[i], expectedResult(s.op, s.dtype, n, s.count, i))
             << s.name << " on rank " << comm.rank() << " step " << step;
       }
@@ -85,7 +99,41 @@ TEST_P(EngineSizes, SmallFusionThreshold) {
   runSteps(GetParam(), manySpecs(60), 1, c, 2);
 }
 
+TEST_P(EngineSizes, StaggeredSubmissions) {
+  runSteps(GetParam(), manySpecs(200), 2, LocalWorld::defaultConfig(), 4, true);
+}
+
 INSTANTIATE_TEST_SUITE_P(Ranks, EngineSizes, ::testing::Values(1, 2, 3, 5, 8));
+
+TEST(Engine, ThousandsOfNames) {
+  runSteps(4, manySpecs(3000), 2, LocalWorld::defaultConfig(), 5, true);
+}
+
+// Across two clouds the fused buffers run hierarchically (the communicator's choice), and
+// SKYRING_COMPRESSION does not touch them: compression belongs to tensors that ask for it,
+// so f32 sums still come back bit for bit.
+TEST(Engine, TwoCloudsHierarchicalUncompressed) {
+  Config c = LocalWorld::defaultConfig();
+  c.compression = "topk:0.1";
+  const auto specs = manySpecs(50);
+  testing::runCloudRanks(
+      testing::topologyOf({"A1", "A1", "B1", "B2", "B2"}), c, [&](Communicator& comm) {
+        Engine engine(comm);
+        std::vector<std::vector<std::byte>> data(specs.size());
+        std::vector<Handle> handles;
+        for (std::size_t i = 0; i < specs.size(); ++i) {
+          const Spec& s = specs[i];
+          data[i] = makeInput(s.op, s.dtype, comm.rank(), s.count, i);
+          handles.push_back(engine.allreduceAsync(
+              s.name, {testing::viewOf(data[i], s.dtype), {}, nullptr}, {s.op}));
+        }
+        for (std::size_t i = 0; i < specs.size(); ++i) {
+          const Spec& s = specs[i];
+          finish(handles[i]);
+          ASSERT_EQ(data[i], expectedResult(s.op, s.dtype, 5, s.count, i)) << s.name;
+        }
+      });
+}
 
 TEST(Engine, NoFusion) {
   Config c = LocalWorld::defaultConfig();
@@ -101,8 +149,8 @@ TEST(Engine, ScalesBeforeAndAfter) {
     std::vector<double> b(3, 4.0);                                  // sum 12
     auto ha = engine.allreduceAsync("a", Tensor::of(a), {ReduceOp::sum, 2.0, 0.25});
     auto hb = engine.allreduceAsync("b", Tensor::of(b), {ReduceOp::sum, 0.5, 1.0});
-    ha.wait();
-    hb.wait();
+    finish(ha);
+    finish(hb);
     EXPECT_EQ(a, std::vector<float>(10, 3.0f));
     EXPECT_EQ(b, std::vector<double>(3, 6.0));
   });
@@ -127,7 +175,7 @@ TEST(Engine, MismatchedShapeFailsOnEveryRank) {
       EXPECT_NE(what.find("ranks 0,1 f32[4] sum"), std::string::npos) << what;
       EXPECT_NE(what.find("rank 2 f32[5] sum"), std::string::npos) << what;
     }
-    hg.wait();
+    finish(hg);
     EXPECT_EQ(good, std::vector<float>(8, 3.0f));
   });
 }
@@ -140,14 +188,14 @@ TEST(Engine, MismatchAfterCachingFailsOnEveryRank) {
   world.run([&](Communicator& comm) {
     Engine engine(comm);
     std::vector<float> w(4, 1.0f);
-    engine.allreduceAsync("w", Tensor::of(w)).wait();
+    finish(engine.allreduceAsync("w", Tensor::of(w)));
     std::vector<float> f(4, 1.0f);
     std::vector<double> d(4, 1.0);
     auto h = comm.rank() == 0 ? engine.allreduceAsync("w", Tensor::of(f))
                               : engine.allreduceAsync("w", Tensor::of(d));
     EXPECT_THROW(h.wait(), TransportError);
     // The name is usable again once both agree.
-    engine.allreduceAsync("w", Tensor::of(w)).wait();
+    finish(engine.allreduceAsync("w", Tensor::of(w)));
     EXPECT_EQ(w, std::vector<float>(4, 4.0f));
   });
 }
@@ -164,9 +212,9 @@ TEST(Engine, LargerThanThresholdAndZeroElements) {
     auto h0 = engine.allreduceAsync("empty", Tensor::of(empty));
     auto h1 = engine.allreduceAsync("big", {testing::viewOf(big, DType::f32), {}, nullptr});
     auto h2 = engine.allreduceAsync("small", {testing::viewOf(small, DType::f32), {}, nullptr});
-    h0.wait();
-    h1.wait();
-    h2.wait();
+    finish(h0);
+    finish(h1);
+    finish(h2);
     EXPECT_EQ(big, expectedResult(ReduceOp::sum, DType::f32, 3, 100000));
     EXPECT_EQ(small, expectedResult(ReduceOp::sum, DType::f32, 3, 10, 7));
   });
@@ -182,7 +230,7 @@ TEST(Engine, KeepAliveHeldUntilDone) {
     auto h = engine.allreduceAsync("owned", std::move(t));
     const std::vector<std::int32_t>* raw = owned.get();
     owned.reset();
-    h.wait();
+    finish(h);
     EXPECT_TRUE(watch.expired());  // released once done
     (void)raw;
   });
@@ -211,7 +259,7 @@ TEST(Engine, RejectsWhatCanNeverWork) {
       again.wait();
     } catch (const InvalidArgument&) {
     }
-    h.wait();
+    finish(h);
   });
 }
 
@@ -225,7 +273,7 @@ TEST(Engine, ShutdownFailsWhatIsStillPending) {
     Handle lonely;
     if (comm.rank() == 1) lonely = engine.allreduceAsync("only-on-1", Tensor::of(x));
     std::vector<float> y(4, 1.0f);
-    engine.allreduceAsync("y", Tensor::of(y)).wait();
+    finish(engine.allreduceAsync("y", Tensor::of(y)));
     engine.shutdown();
     if (comm.rank() == 1) {
       EXPECT_THROW(lonely.wait(), Aborted);

@@ -1,0 +1,74 @@
+// The process-wide API (skyring/skyring.h): one default Runtime. This file holds the one
+// mutable global of the library, as DESIGN.md allows for the default runtime of a process;
+// everything else is owned by that Runtime.
+#include <memory>
+#include <mutex>
+
+#include "skyring/skyring.h"
+
+namespace skyring {
+
+namespace {
+
+struct DefaultRuntime {
+  std::mutex mutex;
+  std::unique_ptr<Runtime> runtime;  // guarded by mutex
+};
+
+DefaultRuntime& defaultRuntime() {
+  static DefaultRuntime d;
+  return d;
+}
+
+}  // namespace
+
+void init(Config config) {
+  DefaultRuntime& d = defaultRuntime();
+  std::lock_guard lock(d.mutex);
+  if (d.runtime) return;
+  auto rt = Runtime::init(std::move(config));
+  rt->engine();
+  d.runtime = std::move(rt);
+}
+
+void shutdown() {
+  std::unique_ptr<Runtime> rt;
+  {
+    DefaultRuntime& d = defaultRuntime();
+    std::lock_guard lock(d.mutex);
+    rt = std::move(d.runtime);
+  }
+  rt.reset();  // stops the engine, then says goodbye
+}
+
+bool isInitialized() {
+  DefaultRuntime& d = defaultRuntime();
+  std::lock_guard lock(d.mutex);
+  return d.runtime != nullptr;
+}
+
+Runtime& runtime() {
+  DefaultRuntime& d = defaultRuntime();
+  std::lock_guard lock(d.mutex);
+  SKYRING_CHECK_ARG(d.runtime != nullptr, {}, "skyring::init() has not been called");
+  return *d.runtime;
+}
+
+int rank() {
+  return runtime().rank();
+}
+int size() {
+  return runtime().size();
+}
+int localRank() {
+  return runtime().localRank();
+}
+int localSize() {
+  return runtime().localSize();
+}
+
+Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec) {
+  return runtime().engine().allreduceAsync(std::move(name), std::move(tensor), spec);
+}
+
+}  // namespace skyring
