@@ -7,8 +7,9 @@
 //
 // Framework threads submit tensors by name, in any order on any rank; one background thread
 // per engine agrees with the other ranks on which names are ready everywhere, fuses small
-// tensors of one dtype and op into one buffer, runs the allreduces and completes the
-// handles. docs/engine.md explains the negotiation, the response cache and fusion.
+// tensors of one dtype and op (or broadcast root) into one buffer, runs the allreduces and
+// broadcasts and completes the handles. docs/engine.md explains the negotiation, the response cache
+// and fusion.
 //
 // Collective use: every rank of the communicator makes an Engine over it (engines meet on
 // EngineOptions::tag, which nothing else may use), and every rank submits each name; a name
@@ -112,6 +113,10 @@ class Engine {
   // what can never work (empty name, device memory, scaling an integer tensor, a name that
   // is already pending on this rank); everything else is reported through the handle.
   Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
+  // Submits tensor to be overwritten with root's tensor of that name (root's own is left
+  // as it is). Every rank must give the same root; the InvalidArgument cases as above,
+  // and a root outside the communicator.
+  Handle broadcastAsync(std::string name, Tensor tensor, int root);
 
   // Stops the engine collectively: this rank's pending handles fail with Aborted at once,
   // and the background thread keeps taking part in cycles (so no other rank hangs) until

@@ -44,5 +44,7 @@ int localSize();
 Runtime& runtime();
 // Engine::allreduceAsync on the default runtime's engine.
 Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
+// Engine::broadcastAsync on the default runtime's engine.
+Handle broadcastAsync(std::string name, Tensor tensor, int root);
 
 }  // namespace skyring

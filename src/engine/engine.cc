@@ -62,7 +62,11 @@ struct Pending {
 struct Engine::Impl {
   Impl(Communicator& c, EngineOptions o) : comm(c), options(o), announcements(c.size()) {}
 
+  Handle submit(std::string name, Tensor tensor, AllreduceSpec spec, engine::Collective collective,
+                int root);
   void run() noexcept;
+  // Runs one batch (items of one collective, dtype and op) as one collective.
+  void runBatch(const std::vector<Pending*>& batch, const CollectiveOptions& o);
   void cycle(bool first, bool& idle, bool& stop);
   void negotiate(const std::vector<std::byte>& mine);
   void execute(const std::vector<std::uint32_t>& readySlots);
@@ -115,17 +119,28 @@ void Engine::shutdown() {
 }
 
 Handle Engine::allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec) {
-  Impl& s = *impl_;
-  const ErrorContext ctx = s.context("allreduceAsync");
+  SKYRING_CHECK_ARG(
+      isFloatingPoint(tensor.buffer.dtype) || (spec.prescale == 1 && spec.postscale == 1),
+      impl_->context("allreduceAsync"), "'", name,
+      "': pre/post scaling needs a floating-point tensor, not ", dtypeName(tensor.buffer.dtype));
+  return impl_->submit(std::move(name), std::move(tensor), spec, engine::Collective::allreduce, 0);
+}
+
+Handle Engine::broadcastAsync(std::string name, Tensor tensor, int root) {
+  SKYRING_CHECK_ARG(root >= 0 && root < impl_->comm.size(), impl_->context("broadcastAsync"), "'",
+                    name, "': root ", root, " is not a rank of ", impl_->comm.size());
+  return impl_->submit(std::move(name), std::move(tensor), {}, engine::Collective::broadcast, root);
+}
+
+Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
+                            engine::Collective collective, int root) {
+  const ErrorContext ctx =
+      context(collective == engine::Collective::allreduce ? "allreduceAsync" : "broadcastAsync");
   SKYRING_CHECK_ARG(!name.empty(), ctx, "a tensor needs a name");
   SKYRING_CHECK_ARG(tensor.buffer.memory == MemoryKind::host, ctx, "'", name,
                     "': the engine takes host memory only for now");
   SKYRING_CHECK_ARG(tensor.buffer.data != nullptr || tensor.buffer.count == 0, ctx, "'", name,
                     "': null data");
-  SKYRING_CHECK_ARG(
-      isFloatingPoint(tensor.buffer.dtype) || (spec.prescale == 1 && spec.postscale == 1), ctx, "'",
-      name, "': pre/post scaling needs a floating-point tensor, not ",
-      dtypeName(tensor.buffer.dtype));
   std::vector<std::int64_t> shape = tensor.shape;
   if (shape.empty()) shape.push_back(static_cast<std::int64_t>(tensor.buffer.count));
   std::int64_t elements = 1;
@@ -137,15 +152,12 @@ Handle Engine::allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spe
                     "': shape holds ", elements, " elements, the buffer ", tensor.buffer.count);
 
   auto state = std::make_shared<Handle::State>();
-  Pending p{{name, tensor.buffer.dtype, spec.op, std::move(shape)},
-            std::move(tensor),
-            spec,
-            state,
-            std::nullopt,
-            false};
-  std::lock_guard lock(s.mutex);
-  if (s.shutdownRequested || s.failure) {
-    std::exception_ptr why = s.failure;
+  engine::Descriptor d{name, tensor.buffer.dtype, spec.op, std::move(shape), collective, root};
+  if (collective != engine::Collective::allreduce) d.op = ReduceOp::sum;
+  Pending p{std::move(d), std::move(tensor), spec, state, std::nullopt, false};
+  std::lock_guard lock(mutex);
+  if (shutdownRequested || failure) {
+    std::exception_ptr why = failure;
     if (!why) {
       why = std::make_exception_ptr(
           Aborted("'" + name + "' submitted after the engine was shut down", ctx));
@@ -153,10 +165,10 @@ Handle Engine::allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spe
     state->complete(why);
     return Handle(state);
   }
-  SKYRING_CHECK_ARG(s.names.insert(name).second, ctx, "'", name,
+  SKYRING_CHECK_ARG(names.insert(name).second, ctx, "'", name,
                     "' is already pending on this rank (wait for its handle first)");
-  s.submitted.push_back(std::move(p));
-  s.wake.notify_all();
+  submitted.push_back(std::move(p));
+  wake.notify_all();
   return Handle(std::move(state));
 }
 
@@ -312,47 +324,68 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
     }
     Pending& p = pending.at(it->second);
     items.push_back(&p);
-    plan.push_back({p.descriptor.dtype, p.descriptor.op, p.tensor.buffer.bytes()});
+    plan.push_back(
+        {p.descriptor.dtype, p.descriptor.op, p.tensor.buffer.bytes(),
+         p.descriptor.collective == engine::Collective::broadcast ? p.descriptor.root : -1});
   }
   const CollectiveOptions o = collectiveOptions(false);
   for (const auto& batch : engine::planFusion(plan, comm.config().fusionThreshold)) {
-    const Pending& head = *items[batch.front()];
-    if (batch.size() == 1) {
-      const BufferView b = head.tensor.buffer;
-      engine::scaleInPlace(b, head.spec.prescale);
-      comm.allreduce(b, head.descriptor.op, o);
-      engine::scaleInPlace(b, head.spec.postscale);
-      continue;
-    }
-    std::size_t bytes = 0;
+    std::vector<Pending*> members;
     for (std::size_t i : batch)
-      bytes += items[i]->tensor.buffer.bytes();
-    if (fusion.size() < bytes) fusion.resize(bytes);
-    const DType dtype = head.descriptor.dtype;
-    std::size_t offset = 0;
-    for (std::size_t i : batch) {
-      const BufferView b = items[i]->tensor.buffer;
-      std::memcpy(fusion.data() + offset, b.data, b.bytes());
-      engine::scaleInPlace({fusion.data() + offset, b.count, dtype, MemoryKind::host},
-                           items[i]->spec.prescale);
-      offset += b.bytes();
-    }
-    comm.allreduce(BufferView{fusion.data(), bytes / dtypeSize(dtype), dtype, MemoryKind::host},
-                   head.descriptor.op, o);
-    offset = 0;
-    for (std::size_t i : batch) {
-      const BufferView b = items[i]->tensor.buffer;
-      engine::scaleInPlace({fusion.data() + offset, b.count, dtype, MemoryKind::host},
-                           items[i]->spec.postscale);
-      std::memcpy(b.data, fusion.data() + offset, b.bytes());
-      offset += b.bytes();
-    }
+      members.push_back(items[i]);
+    runBatch(members, o);
   }
   // Every ready tensor is done, those of zero elements included.
   for (Pending* p : items) {
     const std::string name = p->descriptor.name;
     finish(*p, nullptr);
     pending.erase(name);
+  }
+}
+
+void Engine::Impl::runBatch(const std::vector<Pending*>& batch, const CollectiveOptions& o) {
+  const engine::Descriptor& head = batch.front()->descriptor;
+  const bool broadcast = head.collective == engine::Collective::broadcast;
+  // The collective over one buffer; pre/post scales are 1 for broadcasts.
+  auto run = [&](BufferView b) {
+    if (broadcast) {
+      comm.broadcast(b, head.root, o);
+    } else {
+      comm.allreduce(b, head.op, o);
+    }
+  };
+  if (batch.size() == 1) {
+    const BufferView b = batch.front()->tensor.buffer;
+    engine::scaleInPlace(b, batch.front()->spec.prescale);
+    run(b);
+    engine::scaleInPlace(b, batch.front()->spec.postscale);
+    return;
+  }
+  std::size_t bytes = 0;
+  for (const Pending* p : batch)
+    bytes += p->tensor.buffer.bytes();
+  if (fusion.size() < bytes) fusion.resize(bytes);
+  const DType dtype = head.dtype;
+  // Only the root's bytes matter to a broadcast: the others skip copying in.
+  const bool copyIn = !broadcast || head.root == comm.rank();
+  std::size_t offset = 0;
+  for (const Pending* p : batch) {
+    const BufferView b = p->tensor.buffer;
+    if (copyIn) {
+      std::memcpy(fusion.data() + offset, b.data, b.bytes());
+      engine::scaleInPlace({fusion.data() + offset, b.count, dtype, MemoryKind::host},
+                           p->spec.prescale);
+    }
+    offset += b.bytes();
+  }
+  run(BufferView{fusion.data(), bytes / dtypeSize(dtype), dtype, MemoryKind::host});
+  offset = 0;
+  for (const Pending* p : batch) {
+    const BufferView b = p->tensor.buffer;
+    engine::scaleInPlace({fusion.data() + offset, b.count, dtype, MemoryKind::host},
+                         p->spec.postscale);
+    std::memcpy(b.data, fusion.data() + offset, b.bytes());
+    offset += b.bytes();
   }
 }
 

@@ -7,13 +7,14 @@ namespace skyring::engine {
 std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& items,
                                                  std::size_t threshold) {
   struct Open {
+    int group;
     DType dtype;
     ReduceOp op;
     std::size_t bytes;
     std::vector<std::size_t> members;
   };
   std::vector<std::vector<std::size_t>> batches;
-  std::vector<Open> open;  // at most one per (dtype, op), in order of creation
+  std::vector<Open> open;  // at most one per (group, dtype, op), in order of creation
   for (std::size_t i = 0; i < items.size(); ++i) {
     const FusionItem& it = items[i];
     if (it.bytes == 0) continue;
@@ -23,7 +24,7 @@ std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& 
     }
     Open* same = nullptr;
     for (auto& o : open) {
-      if (o.dtype == it.dtype && o.op == it.op) same = &o;
+      if (o.group == it.group && o.dtype == it.dtype && o.op == it.op) same = &o;
     }
     if (same != nullptr && same->bytes + it.bytes > threshold) {
       batches.push_back(std::move(same->members));
@@ -31,7 +32,7 @@ std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& 
       same->bytes = 0;
     }
     if (same == nullptr) {
-      open.push_back({it.dtype, it.op, 0, {}});
+      open.push_back({it.group, it.dtype, it.op, 0, {}});
       same = &open.back();
     }
     same->bytes += it.bytes;

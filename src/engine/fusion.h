@@ -14,10 +14,12 @@ struct FusionItem {
   DType dtype;
   ReduceOp op;
   std::size_t bytes;
+  // Items fuse only within one group: -1 for allreduce, the root for broadcast.
+  int group = -1;
 };
 
 // Splits items (in the order every rank agreed on) into batches, each run as one
-// allreduce: items of one dtype and op, together at most threshold bytes. An item larger
+// collective: items of one group, dtype and op, together at most threshold bytes. An item larger
 // than threshold is a batch of its own. Items of zero bytes are left out (they need no
 // collective). Depends only on its arguments, so every rank gets the same batches.
 std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& items,

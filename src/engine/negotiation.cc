@@ -55,7 +55,12 @@ std::string Descriptor::describe() const {
   os << dtypeName(dtype) << '[';
   for (std::size_t i = 0; i < shape.size(); ++i)
     os << (i ? "," : "") << shape[i];
-  os << "] " << reduceOpName(op);
+  os << "] ";
+  if (collective == Collective::broadcast) {
+    os << "broadcast from " << root;
+  } else {
+    os << reduceOpName(op);
+  }
   return os.str();
 }
 
@@ -65,6 +70,8 @@ void appendDescriptor(std::vector<std::byte>& out, const Descriptor& d) {
   out.insert(out.end(), p, p + d.name.size());
   put(out, static_cast<std::uint8_t>(d.dtype));
   put(out, static_cast<std::uint8_t>(d.op));
+  put(out, static_cast<std::uint8_t>(d.collective));
+  put(out, d.root);
   put(out, static_cast<std::uint32_t>(d.shape.size()));
   for (std::int64_t dim : d.shape)
     put(out, dim);
@@ -78,14 +85,18 @@ std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int f
     d.name = in.text(in.get<std::uint32_t>());
     const auto dtype = in.get<std::uint8_t>();
     const auto op = in.get<std::uint8_t>();
+    const auto collective = in.get<std::uint8_t>();
+    d.root = in.get<std::int32_t>();
     const auto dims = in.get<std::uint32_t>();
-    if (dtype >= std::size(kAllDTypes) || op >= std::size(kAllReduceOps) || dims > 64) {
+    if (dtype >= std::size(kAllDTypes) || op >= std::size(kAllReduceOps) || collective > 1 ||
+        dims > 64) {
       SKYRING_THROW(TransportError, (ErrorContext{rank, fromRank, "engine negotiation"}),
                     "malformed announcement from rank ", fromRank, " (dtype ", int{dtype}, ", op ",
                     int{op}, ", ", dims, " dimensions)");
     }
     d.dtype = static_cast<DType>(dtype);
     d.op = static_cast<ReduceOp>(op);
+    d.collective = static_cast<Collective>(collective);
     for (std::uint32_t i = 0; i < dims; ++i)
       d.shape.push_back(in.get<std::int64_t>());
     out.push_back(std::move(d));

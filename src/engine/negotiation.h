@@ -19,16 +19,20 @@
 
 namespace skyring::engine {
 
+enum class Collective : std::uint8_t { allreduce, broadcast };
+
 // What every rank must submit alike under one name.
 struct Descriptor {
   std::string name;
   DType dtype = DType::f32;
-  ReduceOp op = ReduceOp::sum;
+  ReduceOp op = ReduceOp::sum;  // allreduce only (sum for the others)
   std::vector<std::int64_t> shape;
+  Collective collective = Collective::allreduce;
+  std::int32_t root = 0;  // broadcast only (0 for the others)
 
   bool operator==(const Descriptor&) const = default;
   auto operator<=>(const Descriptor&) const = default;
-  // "f32[4,5] sum", for error messages.
+  // "f32[4,5] sum" or "f32[4,5] broadcast from 1", for error messages.
   std::string describe() const;
 };
 

@@ -71,4 +71,8 @@ Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec) {
   return runtime().engine().allreduceAsync(std::move(name), std::move(tensor), spec);
 }
 
+Handle broadcastAsync(std::string name, Tensor tensor, int root) {
+  return runtime().engine().broadcastAsync(std::move(name), std::move(tensor), root);
+}
+
 }  // namespace skyring

@@ -220,6 +220,52 @@ TEST(Engine, LargerThanThresholdAndZeroElements) {
   });
 }
 
+// Broadcasts from every root, fused with each other per root and run beside allreduces.
+TEST(Engine, BroadcastFromEveryRoot) {
+  constexpr int n = 4;
+  LocalWorld world(n);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    std::vector<std::vector<std::int32_t>> data;
+    std::vector<Handle> handles;
+    for (int i = 0; i < 12; ++i) {
+      data.emplace_back(static_cast<std::size_t>(i * 3), comm.rank() * 100 + i);
+    }
+    std::vector<float> sum(5, 1.0f);
+    auto hs = engine.allreduceAsync("sum", Tensor::of(sum));
+    for (int i = 11; i >= 0; --i) {
+      handles.push_back(engine.broadcastAsync(
+          "b" + std::to_string(i), Tensor::of(data[static_cast<std::size_t>(i)]), i % n));
+    }
+    for (auto& h : handles)
+      finish(h);
+    finish(hs);
+    for (int i = 0; i < 12; ++i) {
+      EXPECT_EQ(data[static_cast<std::size_t>(i)],
+                std::vector<std::int32_t>(static_cast<std::size_t>(i * 3), (i % n) * 100 + i))
+          << "b" << i << " on rank " << comm.rank();
+    }
+    EXPECT_EQ(sum, std::vector<float>(5, 4.0f));
+  });
+}
+
+TEST(Engine, BroadcastRootsMustAgree) {
+  LocalWorld world(3);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    std::vector<float> x(4, 1.0f);
+    EXPECT_THROW(engine.broadcastAsync("x", Tensor::of(x), 3), InvalidArgument);
+    auto h = engine.broadcastAsync("x", Tensor::of(x), comm.rank() == 0 ? 1 : 0);
+    try {
+      h.wait();
+      ADD_FAILURE() << "broadcast with different roots completed";
+    } catch (const TransportError& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 0 f32[4] broadcast from 1"), std::string::npos)
+          << e.what();
+    }
+  });
+}
+
 TEST(Engine, KeepAliveHeldUntilDone) {
   LocalWorld world(2);
   world.run([&](Communicator& comm) {

@@ -11,9 +11,11 @@ namespace skyring::engine {
 namespace {
 
 TEST(Negotiation, DescriptorsRoundTrip) {
-  const std::vector<Descriptor> in = {{"a", DType::f32, ReduceOp::sum, {4, 5}},
-                                      {"", DType::i64, ReduceOp::max, {}},
-                                      {"layer.0.weight", DType::bf16, ReduceOp::avg, {0}}};
+  const std::vector<Descriptor> in = {
+      {"a", DType::f32, ReduceOp::sum, {4, 5}},
+      {"", DType::i64, ReduceOp::max, {}},
+      {"layer.0.weight", DType::bf16, ReduceOp::avg, {0}},
+      {"b", DType::u8, ReduceOp::sum, {3}, Collective::broadcast, 7}};
   std::vector<std::byte> bytes;
   for (const auto& d : in)
     appendDescriptor(bytes, d);

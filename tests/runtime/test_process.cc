@@ -27,6 +27,8 @@ TEST(ProcessApi, InitAllreduceShutdown) {
   hc.wait();
   EXPECT_EQ(g, (std::vector<float>{0.5f, 1, 1.5f}));
   EXPECT_EQ(c, (std::vector<std::int32_t>{4}));
+  broadcastAsync("c", Tensor::of(c), 0).wait();
+  EXPECT_EQ(c, (std::vector<std::int32_t>{4}));
   shutdown();
   EXPECT_FALSE(isInitialized());
   EXPECT_THROW(allreduceAsync("g", Tensor::of(g)), InvalidArgument);
