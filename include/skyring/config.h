@@ -88,6 +88,12 @@ struct Config {
   // allreduce carries (SKYRING_FUSION_THRESHOLD; must agree, as every rank must fuse alike).
   std::chrono::microseconds cycleTime{1000};
   std::size_t fusionThreshold = std::size_t{64} << 20;
+  // The engine's stall inspector: a name some ranks submitted and others did not is logged
+  // (naming them) once it has waited stallWarning (SKYRING_STALL_WARNING_S), and after
+  // stallShutdown (SKYRING_STALL_SHUTDOWN_S; zero: never) the engine stops and fails every
+  // pending handle with Timeout naming them.
+  std::chrono::milliseconds stallWarning{60000};
+  std::chrono::milliseconds stallShutdown{0};
 
   // Where this rank runs (docs/topology.md): read by topology::localRecord.
   std::string node;               // SKYRING_NODE; empty: the hostname

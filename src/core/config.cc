@@ -203,6 +203,21 @@ const std::vector<ParameterSpec>& specs() {
          c.fusionThreshold = static_cast<std::size_t>(
              parseInteger("SKYRING_FUSION_THRESHOLD", v, 0, std::int64_t{1} << 40));
        }},
+      {{"SKYRING_STALL_WARNING_S", "60",
+        "Seconds a name submitted on some ranks only waits before the engine logs it with "
+        "the ranks that miss it (0.001 to 1e6)."},
+       [](Config& c, const std::string& v) {
+         c.stallWarning = std::chrono::milliseconds(static_cast<std::int64_t>(
+             parseDecimal("SKYRING_STALL_WARNING_S", v, 0.001, 1e6) * 1000));
+       }},
+      {{"SKYRING_STALL_SHUTDOWN_S", "0",
+        "0: never. Else seconds after which such a name stops the engine: every pending "
+        "handle fails with Timeout naming the names and the missing ranks.",
+        true},
+       [](Config& c, const std::string& v) {
+         c.stallShutdown = std::chrono::milliseconds(
+             static_cast<std::int64_t>(parseDecimal("SKYRING_STALL_SHUTDOWN_S", v, 0, 1e6) * 1000));
+       }},
       {{"SKYRING_NODE", "(hostname)",
         "Name of this rank's node; ranks with equal node and cloud share a node."},
        [](Config& c, const std::string& v) { c.node = v; }},
@@ -376,6 +391,7 @@ std::vector<std::pair<std::string_view, std::string>> Config::jobSettings() cons
       {"SKYRING_COMPRESSION", compression},
       {"SKYRING_COMPRESSION_LEVELS", levels},
       {"SKYRING_FUSION_THRESHOLD", std::to_string(fusionThreshold)},
+      {"SKYRING_STALL_SHUTDOWN_S", std::to_string(stallShutdown.count()) + " ms"},
       {"SKYRING_LINK_INTRA_NODE_GBPS", node.first},
       {"SKYRING_LINK_INTRA_NODE_LATENCY_MS", node.second},
       {"SKYRING_LINK_INTRA_CLOUD_GBPS", cloudLink.first},

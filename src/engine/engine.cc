@@ -7,12 +7,14 @@
 //     cached, or its name is in the announcement table (some rank announced it, maybe
 //     with another shape; announcing too lets the ranks compare).
 //  2. Allreduce (min over u8) of [no-announcements, nothing-pending, shutting-down,
-//     ready(slot 0), ready(slot 1), ...]: a min of 1 is an AND, a min of 0 an OR.
+//     no-stall-check, ready(slot 0), ready(slot 1), ...]: a min of 1 is an AND, a min of 0
+//     an OR.
 //  3. If any rank announces: allgather the announcement lists (lengths, then the padded
 //     lists). Every rank feeds them to the announcement table in rank order and gets the
 //     same verdicts: agreed names get a cache slot (the same slot on every rank), others
 //     fail on every rank with an error naming the ranks.
 //  4. The slots ready everywhere run in slot order, fused by planFusion.
+//  5. If any rank asks for a stall check: allgather what every rank has pending (stall.h).
 // Every decision depends only on the results of the cycle's collectives, which are the
 // same on every rank, so every rank runs the same collectives in the same order: tensors
 // submitted in any order cannot deadlock. In steady state (every name cached) a cycle is
@@ -33,6 +35,7 @@
 #include "engine/fusion.h"
 #include "engine/handle_state.h"
 #include "engine/negotiation.h"
+#include "engine/stall.h"
 #include "skyring/communicator.h"
 #include "skyring/engine.h"
 #include "skyring/error.h"
@@ -46,13 +49,22 @@ namespace {
 // to a training step and keeps an idle job at 20 tiny allreduces per second.
 constexpr std::chrono::milliseconds kIdleTick{50};
 
-enum Header : std::size_t { kNoAnnouncements, kNothingPending, kShuttingDown, kHeaderBytes };
+enum Header : std::size_t {
+  kNoAnnouncements,
+  kNothingPending,
+  kShuttingDown,
+  kNoStallCheck,
+  kHeaderBytes
+};
+
+using Clock = std::chrono::steady_clock;
 
 struct Pending {
   engine::Descriptor descriptor;
   Tensor tensor;
   AllreduceSpec spec;
   std::shared_ptr<Handle::State> state;
+  Clock::time_point submittedAt;
   std::optional<std::uint32_t> slot;  // in the response cache, once agreed
   bool announced = false;             // waiting for the announcement's verdict
 };
@@ -69,6 +81,14 @@ struct Engine::Impl {
   void runBatch(const std::vector<Pending*>& batch, const CollectiveOptions& o);
   void cycle(bool first, bool& idle, bool& stop);
   void negotiate(const std::vector<std::byte>& mine);
+  // Every rank's bytes, in rank order (lengths, then the padded bytes: two allgathers).
+  std::vector<std::vector<std::byte>> gather(const std::vector<std::byte>& mine);
+  // True when this rank has waited stallWarning for a name and has not asked for a check
+  // within stallWarning.
+  bool wantsStallCheck(Clock::time_point now) const;
+  // Exchanges what every rank has pending; warns of names some ranks have not submitted,
+  // and past stallShutdown throws (every rank alike) to stop the engine.
+  void inspectStalls(Clock::time_point now);
   void execute(const std::vector<std::uint32_t>& readySlots);
   void finish(Pending& p, std::exception_ptr error);
   void failAll(const std::exception_ptr& error);
@@ -92,6 +112,7 @@ struct Engine::Impl {
   // The engine thread's own.
   std::map<std::string, Pending> pending;
   bool shutDownHere = false;
+  Clock::time_point lastStallCheck = Clock::now();
   engine::ResponseCache cache;
   engine::Announcements announcements;
   std::vector<std::byte> fusion;
@@ -154,7 +175,7 @@ Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
   auto state = std::make_shared<Handle::State>();
   engine::Descriptor d{name, tensor.buffer.dtype, spec.op, std::move(shape), collective, root};
   if (collective != engine::Collective::allreduce) d.op = ReduceOp::sum;
-  Pending p{std::move(d), std::move(tensor), spec, state, std::nullopt, false};
+  Pending p{std::move(d), std::move(tensor), spec, state, Clock::now(), std::nullopt, false};
   std::lock_guard lock(mutex);
   if (shutdownRequested || failure) {
     std::exception_ptr why = failure;
@@ -207,7 +228,7 @@ CollectiveOptions Engine::Impl::collectiveOptions(bool first) const {
 }
 
 void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
-  const auto start = std::chrono::steady_clock::now();
+  const auto start = Clock::now();
   bool shutdownNow = false;
   {
     std::unique_lock lock(mutex);
@@ -247,6 +268,7 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   vec[kNoAnnouncements] = announce.empty() ? 1 : 0;
   vec[kNothingPending] = pending.empty() ? 1 : 0;
   vec[kShuttingDown] = shutDownHere ? 1 : 0;
+  vec[kNoStallCheck] = wantsStallCheck(start) ? 0 : 1;
 
   // Step 2.
   comm.allreduce(BufferView{vec.data(), vec.size(), DType::u8, MemoryKind::host}, ReduceOp::min,
@@ -263,6 +285,7 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   if (vec[kNoAnnouncements] == 0) negotiate(announce);
   // Step 4.
   if (!ready.empty()) execute(ready);
+  if (vec[kNoStallCheck] == 0) inspectStalls(start);
 
   idle = vec[kNothingPending] == 1 && vec[kNoAnnouncements] == 1;
   if (!idle) {
@@ -272,7 +295,7 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   }
 }
 
-void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
+std::vector<std::vector<std::byte>> Engine::Impl::gather(const std::vector<std::byte>& mine) {
   const int n = comm.size();
   const CollectiveOptions o = collectiveOptions(false);
   std::uint64_t length = mine.size();
@@ -285,12 +308,19 @@ void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
   std::vector<std::byte> all(longest * static_cast<std::size_t>(n));
   comm.allgather(BufferView{padded.data(), padded.size(), DType::u8, MemoryKind::host},
                  BufferView{all.data(), all.size(), DType::u8, MemoryKind::host}, o);
-  for (int r = 0; r < n; ++r) {
-    const auto len = lengths[static_cast<std::size_t>(r)];
-    if (len > longest) continue;  // cannot happen: longest is their maximum
-    const auto list = engine::parseDescriptors(
-        std::span<const std::byte>(all).subspan(static_cast<std::size_t>(r) * longest, len), r,
-        comm.rank());
+  std::vector<std::vector<std::byte>> out;
+  for (std::size_t r = 0; r < lengths.size(); ++r) {
+    const auto* first = all.data() + r * longest;
+    out.emplace_back(first, first + lengths[r]);  // lengths[r] <= longest, their maximum
+  }
+  return out;
+}
+
+void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
+  const auto everyone = gather(mine);
+  for (int r = 0; r < comm.size(); ++r) {
+    const auto list =
+        engine::parseDescriptors(everyone[static_cast<std::size_t>(r)], r, comm.rank());
     for (auto& verdict : announcements.add(r, list)) {
       std::optional<std::uint32_t> slot;
       if (verdict.agreed) slot = cache.insert(verdict.descriptor);
@@ -306,6 +336,40 @@ void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
       }
     }
   }
+}
+
+bool Engine::Impl::wantsStallCheck(Clock::time_point now) const {
+  const auto warning = comm.config().stallWarning;
+  if (now - lastStallCheck < warning) return false;
+  for (const auto& [name, p] : pending) {
+    if (now - p.submittedAt >= warning) return true;
+  }
+  return false;
+}
+
+void Engine::Impl::inspectStalls(Clock::time_point now) {
+  lastStallCheck = now;
+  std::vector<std::byte> mine;
+  for (const auto& [name, p] : pending) {
+    const auto age = std::chrono::duration_cast<std::chrono::milliseconds>(now - p.submittedAt);
+    engine::appendReport(mine, {name, static_cast<std::uint64_t>(age.count())});
+  }
+  const auto everyone = gather(mine);
+  std::vector<std::vector<engine::PendingReport>> reports;
+  for (int r = 0; r < comm.size(); ++r)
+    reports.push_back(engine::parseReports(everyone[static_cast<std::size_t>(r)], r, comm.rank()));
+  const Config& c = comm.config();
+  const auto stalls =
+      engine::findStalls(reports, static_cast<std::uint64_t>(c.stallWarning.count()));
+  if (stalls.empty()) return;
+  // Every rank has the same reports, so every rank reaches the same verdict here.
+  if (c.stallShutdown.count() > 0 &&
+      stalls.front().ageMs >= static_cast<std::uint64_t>(c.stallShutdown.count())) {
+    SKYRING_THROW(Timeout, context("engine"), "the engine stopped after SKYRING_STALL_SHUTDOWN_S=",
+                  c.stallShutdown.count() / 1000.0, ": ", engine::describeStalls(stalls));
+  }
+  SKYRING_LOG(comm.logger(), warn,
+              "names submitted on some ranks only: ", engine::describeStalls(stalls));
 }
 
 void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {

@@ -1,5 +1,7 @@
 #include "engine/negotiation.h"
 
+#include "engine/wire.h"
+
 #include <cstring>
 #include <sstream>
 
@@ -7,48 +9,7 @@
 
 namespace skyring::engine {
 
-namespace {
-
-template <typename T>
-void put(std::vector<std::byte>& out, T v) {
-  const auto* p = reinterpret_cast<const std::byte*>(&v);
-  out.insert(out.end(), p, p + sizeof v);
-}
-
-// Reads from bytes at pos, refusing to run past the end (bytes come from the network).
-class Reader {
- public:
-  Reader(std::span<const std::byte> bytes, int from, int rank)
-      : bytes_(bytes), from_(from), rank_(rank) {}
-  bool done() const noexcept { return pos_ == bytes_.size(); }
-  template <typename T>
-  T get() {
-    T v;
-    std::memcpy(&v, take(sizeof v), sizeof v);
-    return v;
-  }
-  std::string text(std::size_t n) {
-    const std::byte* p = take(n);
-    return {reinterpret_cast<const char*>(p), n};
-  }
-
- private:
-  const std::byte* take(std::size_t n) {
-    if (n > bytes_.size() - pos_) {
-      SKYRING_THROW(TransportError, (ErrorContext{rank_, from_, "engine negotiation"}),
-                    "malformed announcement from rank ", from_, " (", bytes_.size(), " bytes)");
-    }
-    const std::byte* p = bytes_.data() + pos_;
-    pos_ += n;
-    return p;
-  }
-  std::span<const std::byte> bytes_;
-  std::size_t pos_ = 0;
-  int from_;
-  int rank_;
-};
-
-}  // namespace
+namespace {}  // namespace
 
 std::string Descriptor::describe() const {
   std::ostringstream os;
@@ -65,24 +26,22 @@ std::string Descriptor::describe() const {
 }
 
 void appendDescriptor(std::vector<std::byte>& out, const Descriptor& d) {
-  put(out, static_cast<std::uint32_t>(d.name.size()));
-  const auto* p = reinterpret_cast<const std::byte*>(d.name.data());
-  out.insert(out.end(), p, p + d.name.size());
-  put(out, static_cast<std::uint8_t>(d.dtype));
-  put(out, static_cast<std::uint8_t>(d.op));
-  put(out, static_cast<std::uint8_t>(d.collective));
-  put(out, d.root);
-  put(out, static_cast<std::uint32_t>(d.shape.size()));
+  putWire(out, d.name);
+  putWire(out, static_cast<std::uint8_t>(d.dtype));
+  putWire(out, static_cast<std::uint8_t>(d.op));
+  putWire(out, static_cast<std::uint8_t>(d.collective));
+  putWire(out, d.root);
+  putWire(out, static_cast<std::uint32_t>(d.shape.size()));
   for (std::int64_t dim : d.shape)
-    put(out, dim);
+    putWire(out, dim);
 }
 
 std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int fromRank, int rank) {
-  Reader in(bytes, fromRank, rank);
+  WireReader in(bytes, fromRank, rank);
   std::vector<Descriptor> out;
   while (!in.done()) {
     Descriptor d;
-    d.name = in.text(in.get<std::uint32_t>());
+    d.name = in.text();
     const auto dtype = in.get<std::uint8_t>();
     const auto op = in.get<std::uint8_t>();
     const auto collective = in.get<std::uint8_t>();

@@ -266,6 +266,51 @@ TEST(Engine, BroadcastRootsMustAgree) {
   });
 }
 
+// A name that rank 1 never submits: after SKYRING_STALL_SHUTDOWN_S every rank's engine
+// stops, the handles fail with Timeout naming the name and the missing rank, and later
+// submissions fail alike.
+TEST(Engine, StallShutdownNamesTheMissingRank) {
+  Config c = LocalWorld::defaultConfig();
+  c.stallWarning = std::chrono::milliseconds(50);
+  c.stallShutdown = std::chrono::milliseconds(200);
+  LocalWorld world(3, c);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    std::vector<float> x(4, 1.0f);
+    finish(engine.allreduceAsync("fine", Tensor::of(x)));
+    // Ranks 0 and 2 submit "lonely", rank 1 "only-on-1": both stall, and every rank's
+    // handle fails with the same verdict.
+    auto h = engine.allreduceAsync(comm.rank() == 1 ? "only-on-1" : "lonely", Tensor::of(x));
+    ASSERT_TRUE(h.waitFor(std::chrono::seconds(30)));
+    try {
+      h.wait();
+      ADD_FAILURE() << "rank " << comm.rank() << ": a stalled name completed";
+    } catch (const Timeout& e) {
+      const std::string what = e.what();
+      EXPECT_NE(what.find("'lonely'"), std::string::npos) << what;
+      EXPECT_NE(what.find("submitted by ranks 0,2, missing on rank 1"), std::string::npos) << what;
+      EXPECT_NE(what.find("'only-on-1'"), std::string::npos) << what;
+      EXPECT_NE(what.find("submitted by rank 1, missing on ranks 0,2"), std::string::npos) << what;
+    }
+    EXPECT_THROW(engine.allreduceAsync("later", Tensor::of(x)).wait(), Timeout);
+  });
+}
+
+// With no stall shutdown, a name submitted late on one rank (after the warning) still
+// completes: the inspector only warns.
+TEST(Engine, StallWarningOnlyWarns) {
+  Config c = LocalWorld::defaultConfig();
+  c.stallWarning = std::chrono::milliseconds(20);
+  LocalWorld world(2, c);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    std::vector<float> x(4, 1.0f);
+    if (comm.rank() == 1) std::this_thread::sleep_for(std::chrono::milliseconds(150));
+    finish(engine.allreduceAsync("slow", Tensor::of(x)));
+    EXPECT_EQ(x, std::vector<float>(4, 2.0f));
+  });
+}
+
 TEST(Engine, KeepAliveHeldUntilDone) {
   LocalWorld world(2);
   world.run([&](Communicator& comm) {

@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include "engine/fusion.h"
+#include "engine/stall.h"
 #include "skyring/error.h"
 
 namespace skyring::engine {
@@ -67,6 +68,33 @@ TEST(Negotiation, AgreedVerdict) {
   EXPECT_TRUE(v[0].agreed);
   EXPECT_EQ(v[0].descriptor, x);
   EXPECT_FALSE(ann.contains("x"));
+}
+
+TEST(Stall, ReportsRoundTripAndNameTheMissing) {
+  std::vector<std::byte> bytes;
+  appendReport(bytes, {"a", 1500});
+  appendReport(bytes, {"b", 20});
+  const auto parsed = parseReports(bytes, 0, 1);
+  ASSERT_EQ(parsed.size(), 2u);
+  EXPECT_EQ(parsed[0].name, "a");
+  EXPECT_EQ(parsed[0].ageMs, 1500u);
+  bytes.pop_back();
+  EXPECT_THROW(parseReports(bytes, 0, 1), TransportError);
+
+  const std::vector<std::vector<PendingReport>> reports = {
+      {{"a", 1500}, {"b", 20}, {"all", 5000}},
+      {{"all", 10}},
+      {{"a", 900}, {"all", 10}},
+  };
+  const auto stalls = findStalls(reports, 100);
+  ASSERT_EQ(stalls.size(), 1u);  // "b" is too young, "all" is everywhere
+  EXPECT_EQ(stalls[0].name, "a");
+  EXPECT_EQ(stalls[0].submitted, (std::vector<int>{0, 2}));
+  EXPECT_EQ(stalls[0].missing, (std::vector<int>{1}));
+  EXPECT_EQ(describeStalls(stalls),
+            "'a' (waiting 1.50 s) submitted by ranks 0,2, missing on rank 1");
+  EXPECT_EQ(findStalls(reports, 0).size(), 2u);
+  EXPECT_EQ(findStalls(reports, 0)[0].name, "a");  // oldest first
 }
 
 TEST(Fusion, PlanGroupsByDtypeAndOpUpToThreshold) {
