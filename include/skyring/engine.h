@@ -23,9 +23,10 @@
 // Threads: every public call may be made from any thread. Handles may be shared and waited
 // on from several threads.
 //
-// Failure: a failed collective (dead or stalled peer) fails every pending handle with that
-// error and stops the engine; later submissions return handles failed with Aborted. No
-// exception leaves the background thread: errors are stored on handles.
+// Failure: a failed collective (dead or stalled peer), or a name that some ranks never
+// submit past SKYRING_STALL_SHUTDOWN_S, fails every pending handle with that error and stops
+// the engine; later submissions return handles failed with the same error. No exception
+// leaves the background thread: errors are stored on handles.
 #pragma once
 
 #include <chrono>
@@ -120,7 +121,9 @@ class Engine {
 
   // Stops the engine collectively: this rank's pending handles fail with Aborted at once,
   // and the background thread keeps taking part in cycles (so no other rank hangs) until
-  // every rank has called shutdown, then exits. Returns when it has. Idempotent.
+  // every rank has called shutdown, then exits. Returns when it has: it waits for the
+  // other ranks without bound (as Horovod's shutdown), unless the engine already stopped
+  // on a failure. Idempotent.
   void shutdown();
 
  private:
