@@ -311,6 +311,27 @@ TEST(Engine, StallWarningOnlyWarns) {
   });
 }
 
+// A rank that dies while the engines run (InProcessWorld::kill, as a broken connection):
+// every other rank's pending handles fail with an error instead of waiting, later
+// submissions fail at once, and shutdown returns.
+TEST(Engine, DeadRankFailsPendingHandles) {
+  LocalWorld world(3);
+  world.runCollect([&](Communicator& comm) {
+    Engine engine(comm);
+    std::vector<float> x(1000, 1.0f);
+    finish(engine.allreduceAsync("before", Tensor::of(x)));
+    if (comm.rank() == 2) {
+      world.world().kill(2);
+      return;
+    }
+    // Rank 2 never submits this: only its death can end the wait.
+    auto h = engine.allreduceAsync("after", Tensor::of(x));
+    ASSERT_TRUE(h.waitFor(std::chrono::seconds(30)));
+    EXPECT_THROW(h.wait(), Error);
+    EXPECT_THROW(engine.allreduceAsync("later", Tensor::of(x)).wait(), Error);
+  });
+}
+
 TEST(Engine, KeepAliveHeldUntilDone) {
   LocalWorld world(2);
   world.run([&](Communicator& comm) {
