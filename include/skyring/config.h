@@ -94,6 +94,9 @@ struct Config {
   // pending handle with Timeout naming them.
   std::chrono::milliseconds stallWarning{60000};
   std::chrono::milliseconds stallShutdown{0};
+  // Where the engine writes its Chrome trace (SKYRING_TIMELINE): rank 0 writes this path,
+  // or every rank when it contains "{rank}" (replaced by the rank). Empty: no trace.
+  std::string timeline;
 
   // Where this rank runs (docs/topology.md): read by topology::localRecord.
   std::string node;               // SKYRING_NODE; empty: the hostname

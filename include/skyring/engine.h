@@ -119,6 +119,14 @@ class Engine {
   // and a root outside the communicator.
   Handle broadcastAsync(std::string name, Tensor tensor, int root);
 
+  // Writes a Chrome trace of this rank's engine to path (chrome://tracing, Perfetto) from
+  // now on, replacing a trace already running: per tensor its negotiation and collective,
+  // per fused batch the copies and the collective (docs/engine.md). SKYRING_TIMELINE starts
+  // one at construction. Throws InvalidArgument when path cannot be written. Any thread.
+  void startTimeline(const std::string& path);
+  // Completes the trace's JSON and closes it. Any thread; nothing when none runs.
+  void stopTimeline() noexcept;
+
   // Stops the engine collectively: this rank's pending handles fail with Aborted at once,
   // and the background thread keeps taking part in cycles (so no other rank hangs) until
   // every rank has called shutdown, then exits. Returns when it has: it waits for the

@@ -46,5 +46,8 @@ Runtime& runtime();
 Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
 // Engine::broadcastAsync on the default runtime's engine.
 Handle broadcastAsync(std::string name, Tensor tensor, int root);
+// Engine::startTimeline / stopTimeline on the default runtime's engine.
+void startTimeline(const std::string& path);
+void stopTimeline();
 
 }  // namespace skyring

@@ -218,6 +218,10 @@ const std::vector<ParameterSpec>& specs() {
          c.stallShutdown = std::chrono::milliseconds(
              static_cast<std::int64_t>(parseDecimal("SKYRING_STALL_SHUTDOWN_S", v, 0, 1e6) * 1000));
        }},
+      {{"SKYRING_TIMELINE", "(none)",
+        "File the engine writes a Chrome trace to: rank 0, or every rank when the path "
+        "contains {rank}."},
+       [](Config& c, const std::string& v) { c.timeline = v; }},
       {{"SKYRING_NODE", "(hostname)",
         "Name of this rank's node; ranks with equal node and cloud share a node."},
        [](Config& c, const std::string& v) { c.node = v; }},

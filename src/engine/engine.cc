@@ -36,6 +36,7 @@
 #include "engine/handle_state.h"
 #include "engine/negotiation.h"
 #include "engine/stall.h"
+#include "engine/timeline.h"
 #include "skyring/communicator.h"
 #include "skyring/engine.h"
 #include "skyring/error.h"
@@ -116,10 +117,16 @@ struct Engine::Impl {
   engine::ResponseCache cache;
   engine::Announcements announcements;
   std::vector<std::byte> fusion;
+  engine::Timeline timeline;
 };
 
 Engine::Engine(Communicator& comm, EngineOptions options)
     : impl_(std::make_unique<Impl>(comm, options)) {
+  // SKYRING_TIMELINE: rank 0 writes the path, every rank when it holds "{rank}".
+  std::string path = comm.config().timeline;
+  const auto mark = path.find("{rank}");
+  if (mark != std::string::npos) path.replace(mark, 6, std::to_string(comm.rank()));
+  if (!path.empty() && (mark != std::string::npos || comm.rank() == 0)) startTimeline(path);
   impl_->thread = std::thread([impl = impl_.get()] { impl->run(); });
 }
 
@@ -137,6 +144,14 @@ void Engine::shutdown() {
   }
   std::lock_guard join(s.joinMutex);
   if (s.thread.joinable()) s.thread.join();
+}
+
+void Engine::startTimeline(const std::string& path) {
+  impl_->timeline.start(path, impl_->comm.rank());
+}
+
+void Engine::stopTimeline() noexcept {
+  impl_->timeline.stop();
 }
 
 Handle Engine::allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec) {
@@ -387,6 +402,7 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
                     "') is ready everywhere but not pending on this rank");
     }
     Pending& p = pending.at(it->second);
+    timeline.span(p.descriptor.name, "negotiate", "negotiation", p.submittedAt, Clock::now());
     items.push_back(&p);
     plan.push_back(
         {p.descriptor.dtype, p.descriptor.op, p.tensor.buffer.bytes(),
@@ -410,13 +426,23 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
 void Engine::Impl::runBatch(const std::vector<Pending*>& batch, const CollectiveOptions& o) {
   const engine::Descriptor& head = batch.front()->descriptor;
   const bool broadcast = head.collective == engine::Collective::broadcast;
-  // The collective over one buffer; pre/post scales are 1 for broadcasts.
+  const char* what = broadcast ? "broadcast" : "allreduce";
+  // The collective over one buffer (pre/post scales are 1 for broadcasts), on the
+  // timeline: once on the engine's lane, and on the lane of every tensor it carries.
   auto run = [&](BufferView b) {
+    const auto begin = Clock::now();
     if (broadcast) {
       comm.broadcast(b, head.root, o);
     } else {
       comm.allreduce(b, head.op, o);
     }
+    if (!timeline.active()) return;
+    const auto end = Clock::now();
+    const std::string args =
+        "\"tensors\":" + std::to_string(batch.size()) + ",\"bytes\":" + std::to_string(b.bytes());
+    timeline.span({}, what, "collective", begin, end, args);
+    for (const Pending* p : batch)
+      timeline.span(p->descriptor.name, what, "collective", begin, end);
   };
   if (batch.size() == 1) {
     const BufferView b = batch.front()->tensor.buffer;
@@ -432,6 +458,7 @@ void Engine::Impl::runBatch(const std::vector<Pending*>& batch, const Collective
   const DType dtype = head.dtype;
   // Only the root's bytes matter to a broadcast: the others skip copying in.
   const bool copyIn = !broadcast || head.root == comm.rank();
+  const auto copyInBegin = Clock::now();
   std::size_t offset = 0;
   for (const Pending* p : batch) {
     const BufferView b = p->tensor.buffer;
@@ -442,7 +469,9 @@ void Engine::Impl::runBatch(const std::vector<Pending*>& batch, const Collective
     }
     offset += b.bytes();
   }
+  timeline.span({}, "copy in", "fusion", copyInBegin, Clock::now());
   run(BufferView{fusion.data(), bytes / dtypeSize(dtype), dtype, MemoryKind::host});
+  const auto copyOutBegin = Clock::now();
   offset = 0;
   for (const Pending* p : batch) {
     const BufferView b = p->tensor.buffer;
@@ -451,6 +480,7 @@ void Engine::Impl::runBatch(const std::vector<Pending*>& batch, const Collective
     std::memcpy(b.data, fusion.data() + offset, b.bytes());
     offset += b.bytes();
   }
+  timeline.span({}, "copy out", "fusion", copyOutBegin, Clock::now());
 }
 
 void Engine::Impl::finish(Pending& p, std::exception_ptr error) {

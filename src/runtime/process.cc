@@ -75,4 +75,12 @@ Handle broadcastAsync(std::string name, Tensor tensor, int root) {
   return runtime().engine().broadcastAsync(std::move(name), std::move(tensor), root);
 }
 
+void startTimeline(const std::string& path) {
+  runtime().engine().startTimeline(path);
+}
+
+void stopTimeline() {
+  runtime().engine().stopTimeline();
+}
+
 }  // namespace skyring

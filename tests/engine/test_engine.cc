@@ -5,7 +5,10 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <filesystem>
+#include <fstream>
 #include <random>
+#include <sstream>
 #include <string>
 #include <thread>
 #include <vector>
@@ -330,6 +333,57 @@ TEST(Engine, DeadRankFailsPendingHandles) {
     EXPECT_THROW(h.wait(), Error);
     EXPECT_THROW(engine.allreduceAsync("later", Tensor::of(x)).wait(), Error);
   });
+}
+
+std::string readFile(const std::filesystem::path& p) {
+  std::ifstream in(p);
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return ss.str();
+}
+
+// SKYRING_TIMELINE with {rank}: every rank writes its own trace, a complete JSON array with
+// each tensor's lane, negotiation and collective and the batch's copies; a second trace
+// started while running holds only what came after.
+TEST(Engine, TimelinePerRankStartedAndStopped) {
+  const auto dir =
+      std::filesystem::temp_directory_path() /
+      ("skyring-timeline-" + std::to_string(::testing::UnitTest::GetInstance()->random_seed()) +
+       "-" + std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  std::filesystem::create_directories(dir);
+  Config c = LocalWorld::defaultConfig();
+  c.timeline = (dir / "trace-{rank}.json").string();
+  LocalWorld world(2, c);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    std::vector<std::vector<float>> x(3, std::vector<float>(8, 1.0f));
+    std::vector<Handle> hs;
+    for (int i = 0; i < 3; ++i)
+      hs.push_back(engine.allreduceAsync("w\"" + std::to_string(i),
+                                         Tensor::of(x[static_cast<std::size_t>(i)])));
+    for (auto& h : hs)
+      finish(h);
+    engine.stopTimeline();
+    const auto second = dir / ("second-" + std::to_string(comm.rank()) + ".json");
+    engine.startTimeline(second.string());
+    finish(engine.allreduceAsync("after", Tensor::of(x[0])));
+    engine.stopTimeline();
+    engine.stopTimeline();  // nothing to do
+
+    const std::string trace = readFile(dir / ("trace-" + std::to_string(comm.rank()) + ".json"));
+    EXPECT_EQ(trace.rfind("[\n", 0), 0u) << trace;
+    EXPECT_EQ(trace.substr(trace.size() - 3), "\n]\n") << trace;
+    for (const char* want : {"\"args\":{\"name\":\"w\\\"0\"}", "\"cat\":\"negotiation\"",
+                             "\"name\":\"copy in\"", "\"name\":\"copy out\"",
+                             "\"name\":\"allreduce\",\"cat\":\"collective\"", "\"tensors\":3"}) {
+      EXPECT_NE(trace.find(want), std::string::npos) << want << " missing from " << trace;
+    }
+    EXPECT_EQ(trace.find("after"), std::string::npos);
+    const std::string later = readFile(second);
+    EXPECT_NE(later.find("\"args\":{\"name\":\"after\"}"), std::string::npos) << later;
+    EXPECT_EQ(later.find("w\\\"0"), std::string::npos) << later;
+  });
+  std::filesystem::remove_all(dir);
 }
 
 TEST(Engine, KeepAliveHeldUntilDone) {
