@@ -40,6 +40,11 @@ int rank();
 int size();
 int localRank();
 int localSize();
+// As Horovod's cross_rank and cross_size: the index of this rank's node among the job's
+// nodes (in the topology's order: by cloud, then node, as skyring/topology.h), and how many
+// nodes there are.
+int crossRank();
+int crossSize();
 // The default runtime, for what the process-wide calls do not cover (world(), stats()).
 Runtime& runtime();
 // Engine::allreduceAsync on the default runtime's engine.

@@ -1,6 +1,7 @@
 // The process-wide API (skyring/skyring.h): one default Runtime. This file holds the one
 // mutable global of the library, as DESIGN.md allows for the default runtime of a process;
 // everything else is owned by that Runtime.
+#include <algorithm>
 #include <memory>
 #include <mutex>
 
@@ -65,6 +66,16 @@ int localRank() {
 }
 int localSize() {
   return runtime().localSize();
+}
+
+int crossRank() {
+  Runtime& rt = runtime();
+  const auto& nodes = rt.topology().groups(topology::Level::node);
+  const auto& mine = rt.topology().groupOf(topology::Level::node, rt.rank());
+  return static_cast<int>(std::find(nodes.begin(), nodes.end(), mine) - nodes.begin());
+}
+int crossSize() {
+  return runtime().topology().nodes();
 }
 
 Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec) {

@@ -29,6 +29,9 @@ int main() {
     init();
     const int n = size();
     const int me = rank();
+    if (crossSize() < 1 || crossSize() > n || crossRank() < 0 || crossRank() >= crossSize()) {
+      fail("cross rank " + std::to_string(crossRank()) + " of " + std::to_string(crossSize()));
+    }
     const DType dtypes[] = {DType::f32, DType::bf16, DType::i32, DType::f64};
     const ReduceOp ops[] = {ReduceOp::sum, ReduceOp::avg, ReduceOp::max};
     const std::size_t counts[] = {0, 1, 13, 1000, 100003};

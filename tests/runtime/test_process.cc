@@ -19,6 +19,8 @@ TEST(ProcessApi, InitAllreduceShutdown) {
   EXPECT_EQ(size(), 1);
   EXPECT_EQ(localRank(), 0);
   EXPECT_EQ(localSize(), 1);
+  EXPECT_EQ(crossRank(), 0);
+  EXPECT_EQ(crossSize(), 1);
   std::vector<float> g = {1, 2, 3};
   std::vector<std::int32_t> c = {4};
   auto hg = allreduceAsync("g", Tensor::of(g), {ReduceOp::avg, 1, 0.5});
