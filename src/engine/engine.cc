@@ -126,7 +126,14 @@ Engine::Engine(Communicator& comm, EngineOptions options)
   std::string path = comm.config().timeline;
   const auto mark = path.find("{rank}");
   if (mark != std::string::npos) path.replace(mark, 6, std::to_string(comm.rank()));
-  if (!path.empty() && (mark != std::string::npos || comm.rank() == 0)) startTimeline(path);
+  if (!path.empty() && (mark != std::string::npos || comm.rank() == 0)) {
+    // A diagnostic never stops training (nor this rank's engine, which the others need).
+    try {
+      startTimeline(path);
+    } catch (const InvalidArgument& e) {
+      SKYRING_LOG(comm.logger(), warn, "SKYRING_TIMELINE: ", e.detail(), "; no timeline");
+    }
+  }
   impl_->thread = std::thread([impl = impl_.get()] { impl->run(); });
 }
 

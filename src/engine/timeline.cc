@@ -32,8 +32,10 @@ void Timeline::start(const std::string& path, int rank) {
   stop();
   std::lock_guard lock(mutex_);
   out_.open(path, std::ios::out | std::ios::trunc);
-  SKYRING_CHECK_ARG(out_.is_open(), (ErrorContext{rank, -1, "timeline"}), "cannot write '", path,
-                    "'");
+  if (!out_.is_open()) {
+    SKYRING_THROW(InvalidArgument, (ErrorContext{rank, -1, "timeline"}), "cannot write '", path,
+                  "'");
+  }
   rank_ = rank;
   origin_ = Clock::now();
   lanes_.clear();

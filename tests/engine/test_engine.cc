@@ -386,6 +386,20 @@ TEST(Engine, TimelinePerRankStartedAndStopped) {
   std::filesystem::remove_all(dir);
 }
 
+// A timeline that cannot be written is a warning, not a failed engine.
+TEST(Engine, UnwritableTimelineOnlyWarns) {
+  Config c = LocalWorld::defaultConfig();
+  c.timeline = "/nonexistent-dir/trace.json";
+  LocalWorld world(2, c);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    EXPECT_THROW(engine.startTimeline("/nonexistent-dir/x.json"), InvalidArgument);
+    std::vector<float> x(3, 1.0f);
+    finish(engine.allreduceAsync("x", Tensor::of(x)));
+    EXPECT_EQ(x, std::vector<float>(3, 2.0f));
+  });
+}
+
 TEST(Engine, KeepAliveHeldUntilDone) {
   LocalWorld world(2);
   world.run([&](Communicator& comm) {
