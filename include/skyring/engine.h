@@ -7,9 +7,9 @@
 //
 // Framework threads submit tensors by name, in any order on any rank; one background thread
 // per engine agrees with the other ranks on which names are ready everywhere, fuses small
-// tensors of one dtype and op (or broadcast root) into one buffer, runs the allreduces and
-// broadcasts and completes the handles. docs/engine.md explains the negotiation, the response cache
-// and fusion.
+// tensors of one dtype and op (or broadcast root) into one buffer, runs the allreduces,
+// broadcasts and allgathers and completes the handles. docs/engine.md explains the negotiation, the
+// response cache and fusion.
 //
 // Collective use: every rank of the communicator makes an Engine over it (engines meet on
 // EngineOptions::tag, which nothing else may use), and every rank submits each name; a name
@@ -32,6 +32,7 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -118,6 +119,16 @@ class Engine {
   // as it is). Every rank must give the same root; the InvalidArgument cases as above,
   // and a root outside the communicator.
   Handle broadcastAsync(std::string name, Tensor tensor, int root);
+
+  // Where an allgather's result goes: called once on the engine thread, when every rank
+  // has submitted the name, with the sum of every rank's first dimension; returns a host
+  // tensor of that many rows of the input's row shape (and its dtype) to write into.
+  using Allocator = std::function<Tensor(std::int64_t firstDim)>;
+  // Submits tensor to be gathered from every rank, in rank order, along the first dimension
+  // (which may differ between ranks; the other dimensions, the dtype and the name must
+  // agree). An allocator that throws, or returns a tensor that does not fit, fails this
+  // rank's handle only. The InvalidArgument cases as above.
+  Handle allgatherAsync(std::string name, Tensor tensor, Allocator allocate);
 
   // Writes a Chrome trace of this rank's engine to path (chrome://tracing, Perfetto) from
   // now on, replacing a trace already running: per tensor its negotiation and collective,

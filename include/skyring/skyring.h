@@ -51,6 +51,8 @@ Runtime& runtime();
 Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
 // Engine::broadcastAsync on the default runtime's engine.
 Handle broadcastAsync(std::string name, Tensor tensor, int root);
+// Engine::allgatherAsync on the default runtime's engine.
+Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate);
 // Engine::startTimeline / stopTimeline on the default runtime's engine.
 void startTimeline(const std::string& path);
 void stopTimeline();

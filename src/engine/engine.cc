@@ -33,6 +33,7 @@
 #include <thread>
 
 #include "engine/fusion.h"
+#include "engine/gather.h"
 #include "engine/handle_state.h"
 #include "engine/negotiation.h"
 #include "engine/stall.h"
@@ -66,6 +67,10 @@ struct Pending {
   AllreduceSpec spec;
   std::shared_ptr<Handle::State> state;
   Clock::time_point submittedAt;
+  Engine::Allocator allocate;  // allgather only
+  // allgather only: every rank's first dimension, from the verdict (it may change from one
+  // submission of the name to the next, so an allgather is announced every time).
+  std::vector<std::int64_t> firstDims;
   std::optional<std::uint32_t> slot;  // in the response cache, once agreed
   bool announced = false;             // waiting for the announcement's verdict
 };
@@ -76,7 +81,7 @@ struct Engine::Impl {
   Impl(Communicator& c, EngineOptions o) : comm(c), options(o), announcements(c.size()) {}
 
   Handle submit(std::string name, Tensor tensor, AllreduceSpec spec, engine::Collective collective,
-                int root);
+                int root, Allocator allocate = nullptr);
   void run() noexcept;
   // Runs one batch (items of one collective, dtype and op) as one collective.
   void runBatch(const std::vector<Pending*>& batch, const CollectiveOptions& o);
@@ -175,8 +180,15 @@ Handle Engine::broadcastAsync(std::string name, Tensor tensor, int root) {
   return impl_->submit(std::move(name), std::move(tensor), {}, engine::Collective::broadcast, root);
 }
 
+Handle Engine::allgatherAsync(std::string name, Tensor tensor, Allocator allocate) {
+  SKYRING_CHECK_ARG(allocate != nullptr, impl_->context("allgatherAsync"), "'", name,
+                    "': no allocator");
+  return impl_->submit(std::move(name), std::move(tensor), {}, engine::Collective::allgather, 0,
+                       std::move(allocate));
+}
+
 Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
-                            engine::Collective collective, int root) {
+                            engine::Collective collective, int root, Allocator allocate) {
   const ErrorContext ctx =
       context(collective == engine::Collective::allreduce ? "allreduceAsync" : "broadcastAsync");
   SKYRING_CHECK_ARG(!name.empty(), ctx, "a tensor needs a name");
@@ -197,7 +209,8 @@ Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
   auto state = std::make_shared<Handle::State>();
   engine::Descriptor d{name, tensor.buffer.dtype, spec.op, std::move(shape), collective, root};
   if (collective != engine::Collective::allreduce) d.op = ReduceOp::sum;
-  Pending p{std::move(d), std::move(tensor), spec, state, Clock::now(), std::nullopt, false};
+  Pending p{std::move(d), std::move(tensor), spec, state, Clock::now(), std::move(allocate),
+            {},           std::nullopt,      false};
   std::lock_guard lock(mutex);
   if (shutdownRequested || failure) {
     std::exception_ptr why = failure;
@@ -345,15 +358,21 @@ void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
         engine::parseDescriptors(everyone[static_cast<std::size_t>(r)], r, comm.rank());
     for (auto& verdict : announcements.add(r, list)) {
       std::optional<std::uint32_t> slot;
-      if (verdict.agreed) slot = cache.insert(verdict.descriptor);
+      if (verdict.agreed) {
+        // An allgather's slot stands for the name with any first dimension.
+        engine::Descriptor key = verdict.descriptor;
+        if (key.collective == engine::Collective::allgather) key.shape.front() = -1;
+        slot = cache.insert(key);
+      }
       auto it = pending.find(verdict.name);
       if (it == pending.end() || !it->second.announced) continue;
       if (slot) {
         it->second.slot = slot;
+        it->second.firstDims = std::move(verdict.firstDims);
         it->second.announced = false;
       } else {
-        finish(it->second,
-               std::make_exception_ptr(TransportError(verdict.error, context("allreduceAsync"))));
+        finish(it->second, std::make_exception_ptr(
+                               TransportError(verdict.error, context("engine negotiation"))));
         pending.erase(it);
       }
     }
@@ -399,7 +418,8 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
   for (auto& [name, p] : pending) {
     if (p.slot && !p.announced) bySlot.emplace(*p.slot, name);
   }
-  std::vector<Pending*> items;
+  std::vector<Pending*> items;    // fused: allreduce and broadcast
+  std::vector<Pending*> gathers;  // each alone
   std::vector<engine::FusionItem> plan;
   for (std::uint32_t slot : readySlots) {
     auto it = bySlot.find(slot);
@@ -410,6 +430,10 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
     }
     Pending& p = pending.at(it->second);
     timeline.span(p.descriptor.name, "negotiate", "negotiation", p.submittedAt, Clock::now());
+    if (p.descriptor.collective == engine::Collective::allgather) {
+      gathers.push_back(&p);
+      continue;
+    }
     items.push_back(&p);
     plan.push_back(
         {p.descriptor.dtype, p.descriptor.op, p.tensor.buffer.bytes(),
@@ -426,6 +450,15 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
   for (Pending* p : items) {
     const std::string name = p->descriptor.name;
     finish(*p, nullptr);
+    pending.erase(name);
+  }
+  for (Pending* p : gathers) {
+    const auto begin = Clock::now();
+    std::exception_ptr error = engine::runAllgather(comm, o, p->descriptor, p->tensor.buffer,
+                                                    p->firstDims, p->allocate, fusion);
+    timeline.span(p->descriptor.name, "allgather", "collective", begin, Clock::now());
+    const std::string name = p->descriptor.name;
+    finish(*p, std::move(error));
     pending.erase(name);
   }
 }

@@ -2,6 +2,7 @@
 
 #include "engine/wire.h"
 
+#include <algorithm>
 #include <cstring>
 #include <sstream>
 
@@ -19,6 +20,8 @@ std::string Descriptor::describe() const {
   os << "] ";
   if (collective == Collective::broadcast) {
     os << "broadcast from " << root;
+  } else if (collective == Collective::allgather) {
+    os << "allgather";
   } else {
     os << reduceOpName(op);
   }
@@ -47,7 +50,7 @@ std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int f
     const auto collective = in.get<std::uint8_t>();
     d.root = in.get<std::int32_t>();
     const auto dims = in.get<std::uint32_t>();
-    if (dtype >= std::size(kAllDTypes) || op >= std::size(kAllReduceOps) || collective > 1 ||
+    if (dtype >= std::size(kAllDTypes) || op >= std::size(kAllReduceOps) || collective > 2 ||
         dims > 64) {
       SKYRING_THROW(TransportError, (ErrorContext{rank, fromRank, "engine negotiation"}),
                     "malformed announcement from rank ", fromRank, " (dtype ", int{dtype}, ", op ",
@@ -61,6 +64,14 @@ std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int f
     out.push_back(std::move(d));
   }
   return out;
+}
+
+bool sameCall(const Descriptor& a, const Descriptor& b) {
+  if (a.collective != Collective::allgather || b.collective != Collective::allgather) {
+    return a == b;
+  }
+  return a.name == b.name && a.dtype == b.dtype && a.shape.size() == b.shape.size() &&
+         !a.shape.empty() && std::equal(a.shape.begin() + 1, a.shape.end(), b.shape.begin() + 1);
 }
 
 std::optional<std::uint32_t> ResponseCache::find(const Descriptor& d) const {
@@ -88,14 +99,16 @@ std::vector<Announcements::Verdict> Announcements::add(int rank,
     bool agreed = true;
     for (const auto& p : perRank) {
       complete = complete && p.has_value();
-      agreed = agreed && p.has_value() && *p == *perRank.front();
+      agreed = agreed && p.has_value() && sameCall(*p, *perRank.front());
     }
     if (!complete) continue;
     Verdict v;
     v.name = d.name;
     v.agreed = agreed;
     if (agreed) {
-      v.descriptor = d;
+      v.descriptor = *perRank.front();
+      for (const auto& p : perRank)
+        v.firstDims.push_back(p->shape.empty() ? 1 : p->shape.front());
     } else {
       // Ranks grouped by what they submitted, each group in rank order.
       std::map<Descriptor, std::vector<int>> groups;

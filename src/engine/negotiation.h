@@ -19,7 +19,7 @@
 
 namespace skyring::engine {
 
-enum class Collective : std::uint8_t { allreduce, broadcast };
+enum class Collective : std::uint8_t { allreduce, broadcast, allgather };
 
 // What every rank must submit alike under one name.
 struct Descriptor {
@@ -32,9 +32,13 @@ struct Descriptor {
 
   bool operator==(const Descriptor&) const = default;
   auto operator<=>(const Descriptor&) const = default;
-  // "f32[4,5] sum" or "f32[4,5] broadcast from 1", for error messages.
+  // "f32[4,5] sum", "f32[4,5] broadcast from 1" or "f32[4,5] allgather", for errors.
   std::string describe() const;
 };
+
+// Whether two ranks' descriptors of one name describe the same call: equal, except that
+// an allgather's first dimension may differ between ranks.
+bool sameCall(const Descriptor& a, const Descriptor& b);
 
 // Appends d to out in the wire format; parseDescriptors reads a concatenation back.
 void appendDescriptor(std::vector<std::byte>& out, const Descriptor& d);
@@ -64,8 +68,9 @@ class Announcements {
   struct Verdict {
     std::string name;
     bool agreed = false;
-    Descriptor descriptor;  // when agreed
-    std::string error;      // when not: every rank's descriptor, naming the ranks
+    Descriptor descriptor;                // when agreed (an allgather's: rank 0's)
+    std::vector<std::int64_t> firstDims;  // when agreed: every rank's first dimension
+    std::string error;                    // when not: every rank's descriptor, naming the ranks
   };
 
   bool contains(const std::string& name) const { return byName_.count(name) != 0; }

@@ -86,6 +86,10 @@ Handle broadcastAsync(std::string name, Tensor tensor, int root) {
   return runtime().engine().broadcastAsync(std::move(name), std::move(tensor), root);
 }
 
+Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate) {
+  return runtime().engine().allgatherAsync(std::move(name), std::move(tensor), std::move(allocate));
+}
+
 void startTimeline(const std::string& path) {
   runtime().engine().startTimeline(path);
 }

@@ -400,6 +400,106 @@ TEST(Engine, UnwritableTimelineOnlyWarns) {
   });
 }
 
+// An allocator that keeps what it allocates, for allgather tests.
+struct Gathered {
+  std::shared_ptr<std::vector<std::int32_t>> rows;
+  std::int64_t firstDim = -1;
+  Engine::Allocator allocator(std::size_t rowElems) {
+    return [this, rowElems](std::int64_t total) {
+      firstDim = total;
+      rows =
+          std::make_shared<std::vector<std::int32_t>>(static_cast<std::size_t>(total) * rowElems);
+      return Tensor{view(std::span(*rows)), {}, rows};
+    };
+  }
+};
+
+// Rank r gathers r + step + 1 rows of 3 (step 0 and 1, so the first dimension changes
+// between submissions of a name), several names in a different order on every rank,
+// beside allreduces; every rank gets every rank's rows in rank order.
+TEST(Engine, AllgatherFirstDimensionDiffers) {
+  for (int n : {1, 3, 5}) {
+    LocalWorld world(n);
+    world.run([&](Communicator& comm) {
+      Engine engine(comm);
+      std::mt19937 rng(static_cast<unsigned>(comm.rank()) + 7u);
+      for (int step = 0; step < 2; ++step) {
+        constexpr int kNames = 6;
+        std::vector<std::vector<std::int32_t>> in(kNames);
+        std::vector<Gathered> out(kNames);
+        std::vector<Handle> hs(kNames);
+        std::vector<float> sum(4, 1.0f);
+        std::vector<int> order = {0, 1, 2, 3, 4, 5};
+        std::shuffle(order.begin(), order.end(), rng);
+        auto hsum = engine.allreduceAsync("sum", Tensor::of(sum));
+        for (int k : order) {
+          const auto u = static_cast<std::size_t>(k);
+          const int rows = comm.rank() + step + 1;
+          for (int i = 0; i < rows * 3; ++i)
+            in[u].push_back(comm.rank() * 1000 + k * 100 + i);
+          hs[u] = engine.allgatherAsync("g" + std::to_string(k),
+                                        {view(std::span(in[u])), {rows, 3}, nullptr},
+                                        out[u].allocator(3));
+        }
+        finish(hsum);
+        EXPECT_EQ(sum, std::vector<float>(4, static_cast<float>(n)));
+        for (int k = 0; k < kNames; ++k) {
+          const auto u = static_cast<std::size_t>(k);
+          finish(hs[u]);
+          std::vector<std::int32_t> want;
+          for (int r = 0; r < n; ++r) {
+            for (int i = 0; i < (r + step + 1) * 3; ++i)
+              want.push_back(r * 1000 + k * 100 + i);
+          }
+          ASSERT_TRUE(out[u].rows);
+          EXPECT_EQ(*out[u].rows, want) << "g" << k << " step " << step;
+        }
+      }
+    });
+  }
+}
+
+TEST(Engine, AllgatherMismatchAndAllocatorFailure) {
+  LocalWorld world(3);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    // Rows of 2 on rank 1, of 3 elsewhere: every rank fails naming the shapes.
+    std::vector<std::int32_t> x(6, comm.rank());
+    Gathered g;
+    const std::int64_t cols = comm.rank() == 1 ? 2 : 3;
+    auto h = engine.allgatherAsync("x", {view(std::span(x)), {6 / cols, cols}, nullptr},
+                                   g.allocator(static_cast<std::size_t>(cols)));
+    try {
+      h.wait();
+      ADD_FAILURE() << "rank " << comm.rank() << ": mismatched rows completed";
+    } catch (const TransportError& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 1 i32[3,2] allgather"), std::string::npos)
+          << e.what();
+    }
+    // An allocator that throws on rank 0 fails rank 0's handle only.
+    std::vector<std::int32_t> y(2, comm.rank());
+    Gathered ok;
+    auto h2 =
+        engine.allgatherAsync("y", Tensor::of(y),
+                              comm.rank() == 0 ? Engine::Allocator([](std::int64_t) -> Tensor {
+                                throw InvalidArgument("no memory for you");
+                              })
+                                               : ok.allocator(1));
+    if (comm.rank() == 0) {
+      EXPECT_THROW(h2.wait(), InvalidArgument);
+    } else {
+      finish(h2);
+      EXPECT_EQ(*ok.rows, (std::vector<std::int32_t>{0, 0, 1, 1, 2, 2}));
+    }
+    // Zero rows everywhere: the allocator is asked for zero rows.
+    std::vector<std::int32_t> none;
+    Gathered empty;
+    finish(engine.allgatherAsync("none", {view(std::span(none)), {0, 4}, nullptr},
+                                 empty.allocator(4)));
+    EXPECT_EQ(empty.firstDim, 0);
+  });
+}
+
 TEST(Engine, KeepAliveHeldUntilDone) {
   LocalWorld world(2);
   world.run([&](Communicator& comm) {

@@ -62,6 +62,18 @@ int main() {
         ++checks;
       }
     }
+    // Rank r gathers r + 1 rows of 2; every rank gets every rank's rows in rank order.
+    std::vector<std::int64_t> rows(static_cast<std::size_t>(me + 1) * 2, me);
+    auto gathered = std::make_shared<std::vector<std::int64_t>>();
+    allgatherAsync("rows", {view(std::span(rows)), {me + 1, 2}, nullptr}, [&](std::int64_t total) {
+      gathered->resize(static_cast<std::size_t>(total) * 2);
+      return Tensor{view(std::span(*gathered)), {}, gathered};
+    }).wait();
+    std::vector<std::int64_t> want;
+    for (int r = 0; r < n; ++r)
+      want.insert(want.end(), static_cast<std::size_t>(r + 1) * 2, r);
+    if (*gathered != want) fail("WRONG allgather");
+    ++checks;
     std::vector<float> odd(me == n - 1 && n > 1 ? 5 : 4, 1.0f);
     try {
       allreduceAsync("odd", Tensor::of(odd)).wait();
