@@ -190,7 +190,9 @@ Handle Engine::allgatherAsync(std::string name, Tensor tensor, Allocator allocat
 Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
                             engine::Collective collective, int root, Allocator allocate) {
   const ErrorContext ctx =
-      context(collective == engine::Collective::allreduce ? "allreduceAsync" : "broadcastAsync");
+      context(collective == engine::Collective::allreduce   ? "allreduceAsync"
+              : collective == engine::Collective::broadcast ? "broadcastAsync"
+                                                            : "allgatherAsync");
   SKYRING_CHECK_ARG(!name.empty(), ctx, "a tensor needs a name");
   SKYRING_CHECK_ARG(tensor.buffer.memory == MemoryKind::host, ctx, "'", name,
                     "': the engine takes host memory only for now");
