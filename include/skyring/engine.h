@@ -140,9 +140,10 @@ class Engine {
 
   // Stops the engine collectively: this rank's pending handles fail with Aborted at once,
   // and the background thread keeps taking part in cycles (so no other rank hangs) until
-  // every rank has called shutdown, then exits. Returns when it has: it waits for the
-  // other ranks without bound (as Horovod's shutdown), unless the engine already stopped
-  // on a failure. Idempotent.
+  // every rank has called shutdown, then exits. Returns when it has, or at most
+  // Config::initTimeout after this call (the bound of Runtime's goodbye): then every
+  // rank's engine stops, its handles failing with Timeout naming the ranks that did not
+  // shut down. Idempotent.
   void shutdown();
 
  private:

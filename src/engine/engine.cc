@@ -7,8 +7,8 @@
 //     cached, or its name is in the announcement table (some rank announced it, maybe
 //     with another shape; announcing too lets the ranks compare).
 //  2. Allreduce (min over u8) of [no-announcements, nothing-pending, shutting-down,
-//     no-stall-check, ready(slot 0), ready(slot 1), ...]: a min of 1 is an AND, a min of 0
-//     an OR.
+//     no-stall-check, no-shutdown-deadline, ready(slot 0), ready(slot 1), ...]: a min of 1
+//     is an AND, a min of 0 an OR.
 //  3. If any rank announces: allgather the announcement lists (lengths, then the padded
 //     lists). Every rank feeds them to the announcement table in rank order and gets the
 //     same verdicts: agreed names get a cache slot (the same slot on every rank), others
@@ -56,6 +56,7 @@ enum Header : std::size_t {
   kNothingPending,
   kShuttingDown,
   kNoStallCheck,
+  kNoShutdownDeadline,
   kHeaderBytes
 };
 
@@ -95,6 +96,9 @@ struct Engine::Impl {
   // Exchanges what every rank has pending; warns of names some ranks have not submitted,
   // and past stallShutdown throws (every rank alike) to stop the engine.
   void inspectStalls(Clock::time_point now);
+  // A rank asked to shut down longer ago than Config::initTimeout (the bound of Runtime's
+  // goodbye) and some have not: every rank throws Timeout naming those, stopping its engine.
+  [[noreturn]] void failShutdown();
   void execute(const std::vector<std::uint32_t>& readySlots);
   void finish(Pending& p, std::exception_ptr error);
   void failAll(const std::exception_ptr& error);
@@ -118,6 +122,7 @@ struct Engine::Impl {
   // The engine thread's own.
   std::map<std::string, Pending> pending;
   bool shutDownHere = false;
+  Clock::time_point shutDownAt;
   Clock::time_point lastStallCheck = Clock::now();
   engine::ResponseCache cache;
   engine::Announcements announcements;
@@ -281,6 +286,7 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   }
   if (shutdownNow && !shutDownHere) {
     shutDownHere = true;
+    shutDownAt = start;
     for (auto& [name, p] : pending) {
       finish(p, std::make_exception_ptr(
                     Aborted("the engine was shut down before every rank submitted '" + name + "'",
@@ -306,6 +312,7 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   vec[kNothingPending] = pending.empty() ? 1 : 0;
   vec[kShuttingDown] = shutDownHere ? 1 : 0;
   vec[kNoStallCheck] = wantsStallCheck(start) ? 0 : 1;
+  vec[kNoShutdownDeadline] = shutDownHere && start - shutDownAt > comm.config().initTimeout ? 0 : 1;
 
   // Step 2.
   comm.allreduce(BufferView{vec.data(), vec.size(), DType::u8, MemoryKind::host}, ReduceOp::min,
@@ -314,6 +321,7 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
     stop = true;
     return;
   }
+  if (vec[kNoShutdownDeadline] == 0) failShutdown();
   std::vector<std::uint32_t> ready;
   for (std::size_t s = kHeaderBytes; s < vec.size(); ++s) {
     if (vec[s] == 1) ready.push_back(static_cast<std::uint32_t>(s - kHeaderBytes));
@@ -413,6 +421,19 @@ void Engine::Impl::inspectStalls(Clock::time_point now) {
   }
   SKYRING_LOG(comm.logger(), warn,
               "names submitted on some ranks only: ", engine::describeStalls(stalls));
+}
+
+void Engine::Impl::failShutdown() {
+  const auto everyone = gather({std::byte{shutDownHere ? std::uint8_t{1} : std::uint8_t{0}}});
+  std::string late;
+  for (std::size_t r = 0; r < everyone.size(); ++r) {
+    if (everyone[r].empty() || everyone[r][0] == std::byte{0}) {
+      late += (late.empty() ? "" : ",") + std::to_string(r);
+    }
+  }
+  SKYRING_THROW(Timeout, context("engine shutdown"), "rank(s) ", late,
+                " did not shut down their engines within SKYRING_INIT_TIMEOUT_MS=",
+                comm.config().initTimeout.count(), " of the others");
 }
 
 void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {

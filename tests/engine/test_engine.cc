@@ -299,6 +299,38 @@ TEST(Engine, ShutdownFailsWhatIsStillPending) {
   });
 }
 
+// A rank that never shuts down its engine: the others' shutdown is bounded by
+// SKYRING_INIT_TIMEOUT_MS (as Runtime's goodbye), and every engine stops with Timeout
+// naming that rank.
+TEST(Engine, ShutdownBoundedByInitTimeout) {
+  Config c = LocalWorld::defaultConfig();
+  c.initTimeout = std::chrono::milliseconds(300);
+  LocalWorld world(3, c);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    std::vector<float> x(4, 1.0f);
+    finish(engine.allreduceAsync("x", Tensor::of(x)));
+    if (comm.rank() != 1) {
+      const auto begin = std::chrono::steady_clock::now();
+      engine.shutdown();
+      EXPECT_LT(std::chrono::steady_clock::now() - begin, std::chrono::seconds(10));
+    }
+    try {
+      auto h = engine.allreduceAsync("late", Tensor::of(x));
+      ASSERT_TRUE(h.waitFor(std::chrono::seconds(30)));
+      h.wait();
+      ADD_FAILURE() << "rank " << comm.rank() << ": submitted after the engines stopped";
+    } catch (const Timeout& e) {
+      EXPECT_NE(std::string(e.what()).find("rank(s) 1 did not shut down"), std::string::npos)
+          << e.what();
+    } catch (const Aborted& e) {
+      // Ranks 0 and 2 asked to shut down themselves: a late submission there is Aborted or
+      // the engine's Timeout, whichever the engine recorded first.
+      EXPECT_NE(comm.rank(), 1) << e.what();
+    }
+  });
+}
+
 // Submissions from several framework threads of one rank at once.
 TEST(Engine, ConcurrentSubmitters) {
   LocalWorld world(2);
