@@ -120,6 +120,11 @@ class Engine {
   // and a root outside the communicator.
   Handle broadcastAsync(std::string name, Tensor tensor, int root);
 
+  // Returns once every rank has called barrier (or throws what failed the engine). It is a
+  // zero-element allreduce under the reserved name "__skyring.barrier" (names starting with
+  // "__skyring." are reserved): it does not wait for tensors submitted before it.
+  void barrier();
+
   // Where an allgather's result goes: called once on the engine thread, when every rank
   // has submitted the name, with the sum of every rank's first dimension; returns a host
   // tensor of that many rows of the input's row shape (and its dtype) to write into.

@@ -53,6 +53,8 @@ Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
 Handle broadcastAsync(std::string name, Tensor tensor, int root);
 // Engine::allgatherAsync on the default runtime's engine.
 Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate);
+// Engine::barrier on the default runtime's engine.
+void barrier();
 // Engine::startTimeline / stopTimeline on the default runtime's engine.
 void startTimeline(const std::string& path);
 void stopTimeline();

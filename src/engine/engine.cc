@@ -62,6 +62,10 @@ enum Header : std::size_t {
 
 using Clock = std::chrono::steady_clock;
 
+// Names the engine submits itself; users' names may not start with the prefix.
+constexpr std::string_view kReservedPrefix = "__skyring.";
+constexpr std::string_view kBarrierName = "__skyring.barrier";
+
 struct Pending {
   engine::Descriptor descriptor;
   Tensor tensor;
@@ -185,6 +189,13 @@ Handle Engine::broadcastAsync(std::string name, Tensor tensor, int root) {
   return impl_->submit(std::move(name), std::move(tensor), {}, engine::Collective::broadcast, root);
 }
 
+void Engine::barrier() {
+  impl_
+      ->submit(std::string(kBarrierName), Tensor{BufferView{nullptr, 0, DType::u8}, {0}, nullptr},
+               {}, engine::Collective::allreduce, 0)
+      .wait();
+}
+
 Handle Engine::allgatherAsync(std::string name, Tensor tensor, Allocator allocate) {
   SKYRING_CHECK_ARG(allocate != nullptr, impl_->context("allgatherAsync"), "'", name,
                     "': no allocator");
@@ -199,6 +210,8 @@ Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
               : collective == engine::Collective::broadcast ? "broadcastAsync"
                                                             : "allgatherAsync");
   SKYRING_CHECK_ARG(!name.empty(), ctx, "a tensor needs a name");
+  SKYRING_CHECK_ARG(name.rfind(kReservedPrefix, 0) != 0 || name == kBarrierName, ctx, "'", name,
+                    "': names starting with ", kReservedPrefix, " are reserved");
   SKYRING_CHECK_ARG(tensor.buffer.memory == MemoryKind::host, ctx, "'", name,
                     "': the engine takes host memory only for now");
   SKYRING_CHECK_ARG(tensor.buffer.data != nullptr || tensor.buffer.count == 0, ctx, "'", name,

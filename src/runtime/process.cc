@@ -90,6 +90,10 @@ Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocat
   return runtime().engine().allgatherAsync(std::move(name), std::move(tensor), std::move(allocate));
 }
 
+void barrier() {
+  runtime().engine().barrier();
+}
+
 void startTimeline(const std::string& path) {
   runtime().engine().startTimeline(path);
 }

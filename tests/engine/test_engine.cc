@@ -5,6 +5,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <random>
 #include <string>
 #include <thread>
@@ -328,6 +329,25 @@ TEST(Engine, ShutdownBoundedByInitTimeout) {
       // the engine's Timeout, whichever the engine recorded first.
       EXPECT_NE(comm.rank(), 1) << e.what();
     }
+  });
+}
+
+// No rank leaves the barrier before every rank has entered it (rank r enters after r * 30
+// ms), barriers repeat, and the reserved name cannot be used directly.
+TEST(Engine, Barrier) {
+  LocalWorld world(4);
+  std::atomic<int> entered{0};
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    for (int round = 1; round <= 3; ++round) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(comm.rank() * 30));
+      entered.fetch_add(1);
+      engine.barrier();
+      EXPECT_GE(entered.load(), 4 * round);
+      engine.barrier();  // nobody enters the next round before everyone checked this one
+    }
+    std::vector<float> x(1);
+    EXPECT_THROW(engine.allreduceAsync("__skyring.mine", Tensor::of(x)), InvalidArgument);
   });
 }
 

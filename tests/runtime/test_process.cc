@@ -30,6 +30,7 @@ TEST(ProcessApi, InitAllreduceShutdown) {
   EXPECT_EQ(g, (std::vector<float>{0.5f, 1, 1.5f}));
   EXPECT_EQ(c, (std::vector<std::int32_t>{4}));
   broadcastAsync("c", Tensor::of(c), 0).wait();
+  barrier();
   EXPECT_EQ(c, (std::vector<std::int32_t>{4}));
   shutdown();
   EXPECT_FALSE(isInitialized());
