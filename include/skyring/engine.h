@@ -127,7 +127,8 @@ class Engine {
 
   // Where an allgather's result goes: called once on the engine thread, when every rank
   // has submitted the name, with the sum of every rank's first dimension; returns a host
-  // tensor of that many rows of the input's row shape (and its dtype) to write into.
+  // tensor of that many rows of the input's row shape (and its dtype) to write into. It
+  // must not wait on handles (the engine thread would wait on itself).
   using Allocator = std::function<Tensor(std::int64_t firstDim)>;
   // Submits tensor to be gathered from every rank, in rank order, along the first dimension
   // (which may differ between ranks; the other dimensions, the dtype and the name must
