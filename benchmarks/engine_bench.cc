@@ -74,7 +74,8 @@ Options parse(int argc, char** argv) {
       for (const std::string& name : cli::list("--models", next())) {
         const auto it = std::find_if(all.begin(), all.end(),
                                      [&](const bench::Model& m) { return m.name == name; });
-        if (it == all.end()) cli::fail("--models: unknown model '", name, "' (resnet50, bert-base)");
+        if (it == all.end())
+          cli::fail("--models: unknown model '", name, "' (resnet50, bert-base)");
         o.models.push_back(*it);
       }
     } else if (a == "-n") {
@@ -213,10 +214,9 @@ Row measure(const bench::Model& m, const Options& o, bool mpi) {
   const auto fill = [&](float v) { std::fill(g.data.begin(), g.data.end(), v); };
   const auto tensor = [&](std::size_t i) {
     const bench::Param& p = m.params[i];
-    return Tensor{
-        BufferView{g.data.data() + g.start[i], static_cast<std::size_t>(p.count()), DType::f32,
-                   MemoryKind::host},
-        p.shape, nullptr};
+    return Tensor{BufferView{g.data.data() + g.start[i], static_cast<std::size_t>(p.count()),
+                             DType::f32, MemoryKind::host},
+                  p.shape, nullptr};
   };
   const auto engineStep = [&](int step) {
     const auto order = submissionOrder(m.params.size(), o.randomOrder, o.seed, rank, step);
@@ -245,8 +245,7 @@ Row measure(const bench::Model& m, const Options& o, bool mpi) {
       p = timeStep(comm, [&] {
         for (std::size_t i = m.params.size(); i-- > 0;) {
           MPI_Allreduce(MPI_IN_PLACE, g.data.data() + g.start[i],
-                        static_cast<int>(m.params[i].count()), MPI_FLOAT, MPI_SUM,
-                        MPI_COMM_WORLD);
+                        static_cast<int>(m.params[i].count()), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD);
         }
       });
     }
@@ -279,8 +278,7 @@ int main(int argc, char** argv) {
     long double largest = 0;
     for (const bench::Model& m : o.models)
       largest = std::max(largest, static_cast<long double>(m.count()) * 4);
-    cli::checkFits("the largest model's gradients (per rank, with the fusion buffer)",
-                   largest * 2);
+    cli::checkFits("the largest model's gradients (per rank, with the fusion buffer)", largest * 2);
     const Config config = cli::environment();  // a bad SKYRING_* setting is a usage error
     init(config);
     int mpiUp = 0;
@@ -288,9 +286,10 @@ int main(int argc, char** argv) {
     const bool mpi = o.peerMpi && mpiUp;
     const bool root = rank() == 0;
     if (root) {
-      std::printf("# skyring engine_bench: %d ranks, f32 sum, %s order, median of %d steps "
-                  "after %d warmup (ms; a step's time is the slowest rank's)\n",
-                  size(), o.randomOrder ? "random" : "backward", o.steps, o.warmup);
+      std::printf(
+          "# skyring engine_bench: %d ranks, f32 sum, %s order, median of %d steps "
+          "after %d warmup (ms; a step's time is the slowest rank's)\n",
+          size(), o.randomOrder ? "random" : "backward", o.steps, o.warmup);
       if (o.peerMpi && !mpiUp) std::printf("# mpi: not launched by mpirun, so n/a\n");
       std::printf("#%10s %8s %12s %10s %10s %8s %10s %8s %10s %8s %7s\n", "model", "tensors",
                   "bytes", "skyring", "flat", "x flat", "mpi", "mpi/sky", "gloo", "gloo/sky",
@@ -300,7 +299,8 @@ int main(int argc, char** argv) {
       const Row r = measure(m, o, mpi);
       if (!root) continue;
       char mpiCols[40] = "       n/a      n/a";
-      if (mpi) std::snprintf(mpiCols, sizeof(mpiCols), "%10.2f %8.2f", r.mpi * 1e3, r.mpi / r.engine);
+      if (mpi)
+        std::snprintf(mpiCols, sizeof(mpiCols), "%10.2f %8.2f", r.mpi * 1e3, r.mpi / r.engine);
       char glooCols[40] = "       n/a      n/a";
       if (const auto it = gloo.find(m.name); it != gloo.end()) {
         std::snprintf(glooCols, sizeof(glooCols), "%10.2f %8.2f", it->second * 1e3,

@@ -5,7 +5,7 @@
 # in std::terminate ("terminate called") or by a signal, or hang; and the good runs listed
 # must succeed.
 #
-#   bad_arguments.sh PROGRAM   (allreduce_inprocess, allreduce_perf, wan_bench,
+#   bad_arguments.sh PROGRAM   (allreduce_inprocess, allreduce_perf, engine_bench, wan_bench,
 #                               reduce_bench, compression_bench, compression_bench_cuda)
 set -u
 prog=$1
@@ -101,6 +101,26 @@ case $name in
     run 2 SKYRING_TIMEOUT_MS=abc --
     run 0 -- --help
     run 1 "${join_nobody[@]}" -- -b 8 -e 8 -n 1 -w 0
+    ;;
+  engine_bench)
+    usage --models vgg16
+    usage --models resnet50,,bert-base
+    usage --models
+    usage -n 0
+    usage -w -1
+    usage --order sideways
+    usage --peers nccl
+    usage --gloo /nonexistent/gloo.txt
+    usage --seed x
+    usage --bogus
+    run 2 SKYRING_TIMEOUT_MS=abc --
+    run 0 -- --help
+    run 0 -- --print-shapes
+    grep -q '"resnet50"' "$stdout_file" || {
+      echo "FAIL: --print-shapes printed no resnet50"
+      failures=$((failures + 1))
+    }
+    run 1 "${join_nobody[@]}" -- --models resnet50 -n 1 -w 0
     ;;
   wan_bench)
     usage --inprocess 100000x100000
