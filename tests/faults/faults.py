@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 
+sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness as h  # noqa: E402
@@ -303,6 +304,29 @@ def duplicate_rank(ctx):
                             "claim and rank 1\n" + "\n".join(o.describe() for o in ones))
     if sum(o.ok for o in ones) > 1:
         raise h.CaseFailure("both claimants of rank 1 succeeded")
+
+
+@case("join.duplicate_rank_late", 8 + 3 + 12)
+def duplicate_rank_late(ctx):
+    """A second process claims rank 1 after the job has joined (rank 0 keeps the store up
+    by destroying its Runtime 3 s late): the claim is refused naming rank 1 and the job
+    goes on undisturbed."""
+    with ctx.run() as run:
+        port = h.free_port()
+        env = base_env(2000, 8000)
+        job = run.start_job(3, env, ["--victim", 0, "--late", "exit:3000"], port=port)
+        joined = all(run.wait_for_line(o, r"^checked ", 8) for o in job)
+        since = h.now_ms()
+        dup = run.start(1, 3, port, env, label="duplicate-rank1")
+        run.wait(15)
+    if not joined:
+        raise h.CaseFailure("the job did not get through its collectives\n" + run.report())
+    h.expect_all_ok(job)
+    h.expect_no_wrong([dup])
+    h.expect_failed(dup, since, 8000)
+    if "claim" not in dup.error[1] or not re.search(r"\brank 1\b", dup.error[1]):
+        raise h.CaseFailure(f"the late claimant's error lacks 'claim' or 'rank 1'\n"
+                            f"{dup.describe()}")
 
 
 TWO_JOB_REPEATS = 10

@@ -286,6 +286,17 @@ class Run:
                 o.stderr = err
         return self.outcomes()
 
+    def wait_for_line(self, outcome, pattern, timeout_s):
+        """True once outcome's process (torchrun-style) printed a line matching pattern."""
+        path = next(p.out_path for p in self.processes if p.outcome is outcome)
+        end = time.monotonic() + timeout_s
+        while time.monotonic() < end:
+            if any((m := LINE.match(line)) and re.search(pattern, m[2])
+                   for line in _read(path).splitlines()):
+                return True
+            time.sleep(POLL_S)
+        return False
+
     def outcomes(self):
         out = [p.outcome for p in self.processes]
         for m in self.mpiruns:
