@@ -156,9 +156,10 @@ class Attacker:
                 opened += 1
         return opened
 
-    def big_values(self, connections=8, each=63 << 20):
+    def big_values(self, connections=8, each=63 << 20, wait_s=4.0):
         """Each connection announces a 64 MiB value and sends `each` bytes of it, then
-        holds the connection open (the value never completes)."""
+        holds the connection open (the value never completes). Returns once every
+        connection has sent what it could (the server may stop reading), at most wait_s."""
         chunk = os.urandom(1 << 20)
 
         def one(i):
@@ -177,8 +178,12 @@ class Attacker:
             except OSError:
                 pass
 
+        first = len(self.threads)
         for i in range(connections):
             self.spawn(one, i)
+        end = time.monotonic() + wait_s
+        for t in self.threads[first:]:
+            t.join(timeout=max(0.0, end - time.monotonic()))
 
     def forged_addresses(self, world):
         """Tries to plant bytes under other ranks' keys: the topology record and UCX
