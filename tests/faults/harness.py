@@ -165,18 +165,14 @@ class Run:
         full.update(env or {})
         label = label or f"rank{rank}"
         out_path, err_path = self._files(label)
-        preexec = None
+        argv = [self.ctx.prog, *map(str, args)]
         if nofile is not None:
-            import resource
-
-            def preexec():
-                hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, hard))
-
+            # A soft limit on open files, set by a shell that then execs the rank (same
+            # pid); not preexec_fn, which is unsafe while attack threads run.
+            argv = ["/bin/sh", "-c", f'ulimit -Sn {int(nofile)} && exec "$0" "$@"', *argv]
         with open(out_path, "w") as out, open(err_path, "w") as err:
-            popen = subprocess.Popen([self.ctx.prog, *map(str, args)], env=full, stdout=out,
-                                     stderr=err, stdin=subprocess.DEVNULL,
-                                     start_new_session=True, preexec_fn=preexec)
+            popen = subprocess.Popen(argv, env=full, stdout=out, stderr=err,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
         self.pids.add(popen.pid)
         outcome = Outcome(label, rank)
         outcome.pid = popen.pid
