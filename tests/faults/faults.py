@@ -47,6 +47,7 @@ class Context:
     def __init__(self, prog, mpirun, workdir):
         self.prog, self.mpirun, self.workdir = prog, mpirun, workdir
         self.runs = []
+        self.files = 0
 
     def run(self):
         r = h.Run(self)
@@ -344,7 +345,7 @@ def two_jobs_one_port(ctx):
             env = base_env(init_timeout_ms=TWO_JOB_INIT_MS)
             order = [("a", 0), ("b", 1000)] if rep % 2 == 0 else [("b", 1000), ("a", 0)]
             for name, salt in order:
-                run.start_job(3, env, ["--salt", salt], port=port, label=f"job{name}-")
+                run.start_job(3, env, ["--salt", salt], port=port, label=f"rep{rep}-job{name}-")
             outcomes = run.wait((TWO_JOB_INIT_MS + h.TIMEOUT_MS) / 1000 + 5)
         h.expect_no_hang(outcomes)
         h.expect_no_wrong(outcomes)

@@ -143,7 +143,6 @@ class Run:
         self.processes = []
         self.mpiruns = []
         self.pids = set()
-        self.counter = 0
 
     def __enter__(self):
         return self
@@ -153,8 +152,8 @@ class Run:
         return False
 
     def _files(self, label):
-        self.counter += 1
-        base = os.path.join(self.ctx.workdir, f"{self.counter:03d}-{label}")
+        self.ctx.files += 1  # numbered across the case's runs, so no run overwrites another's
+        base = os.path.join(self.ctx.workdir, f"{self.ctx.files:03d}-{label}")
         return base + ".out", base + ".err"
 
     def start(self, rank, world, port, env=None, args=(), label=None, nofile=None):
