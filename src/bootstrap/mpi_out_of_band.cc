@@ -57,6 +57,7 @@ constexpr int kRounds = 32767 / 4;
 
 constexpr auto kPollPause = std::chrono::microseconds(500);
 constexpr auto kVerdictGrace = std::chrono::seconds(2);
+constexpr auto kLingerBound = std::chrono::milliseconds(1500);
 
 std::string rankList(const std::vector<int>& ranks) {
   std::ostringstream os;
@@ -86,6 +87,15 @@ class MpiOutOfBand final : public OutOfBand {
     int finalized = 0;
     MPI_Finalized(&finalized);
     if (finalized) return;
+    // Rank 0's last table may still be on its way to ranks that will reach the same
+    // verdict: let it go out (bounded) before the process may exit without MPI_Finalize.
+    if (othersReading_) {
+      const auto until = Clock::now() + kLingerBound;
+      while (!pending_.empty() && Clock::now() < until) {
+        completeSends();
+        std::this_thread::sleep_for(kPollPause);
+      }
+    }
     // Sends still pending go to ranks that failed: cancelling them is all that is left.
     for (auto& r : pending_) {
       MPI_Cancel(&r);
@@ -98,7 +108,10 @@ class MpiOutOfBand final : public OutOfBand {
 
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return size_; }
-  void abandon() noexcept override { abandoned_ = true; }
+  void abandon(bool othersReading) noexcept override {
+    abandoned_ = true;
+    othersReading_ = othersReading_ || othersReading;  // a later plain abandon keeps it
+  }
 
   std::vector<std::vector<std::byte>> allgather(std::span<const std::byte> mine) override {
     const int round = round_++ % kRounds;
@@ -289,6 +302,7 @@ class MpiOutOfBand final : public OutOfBand {
   int round_ = 0;
   bool ownsMpi_ = false;
   bool abandoned_ = false;
+  bool othersReading_ = false;
   std::vector<MPI_Request> pending_;
   std::list<std::vector<std::byte>> buffers_;  // one per pending_ entry, same order
 };

@@ -29,7 +29,10 @@ class OutOfBand {
   virtual void barrier() = 0;
   // The job failed, or every rank has already said goodbye some other way: the destructor
   // then leaves at once instead of waiting for the other ranks (which may never come).
-  virtual void abandon() noexcept {}
+  // othersReading: this rank failed right after an exchange that the others may still be
+  // reading (they reach the same verdict and leave too): the channel stays up for them a
+  // little while (at most a second or two), so they see the verdict and not a closed channel.
+  virtual void abandon(bool othersReading = false) noexcept { (void)othersReading; }
 };
 
 // Picks the channel from config.launch: MPI under mpirun, the TCP store under

@@ -3,16 +3,22 @@
 // token). Each exchange uses a fresh key prefix; every wait is bounded by the init
 // timeout (SKYRING_INIT_TIMEOUT_MS), the goodbye at destruction included.
 #include <algorithm>
+#include <thread>
 
 #include "bootstrap/out_of_band.h"
 #include "bootstrap/tcp_store.h"
 #include "skyring/error.h"
+#include "skyring/logging.h"
 
 namespace skyring::bootstrap {
 namespace {
 
 // How long rank 0 asks what holds MASTER_PORT when it cannot listen there.
 constexpr std::chrono::milliseconds kPortProbeWait{2000};
+// Beyond kStartupQuiet, so that every rank's check comes after the store runs.
+constexpr std::chrono::milliseconds kSealMargin{300};
+// How long rank 0 keeps the store for ranks still reading when it leaves without a goodbye.
+constexpr std::chrono::milliseconds kLingerBound{1500};
 
 // Rank 0 could not listen on MASTER_PORT. If a store of this job's identity holds it,
 // this is a second launch (or a repeated RANK=0): claiming rank 0 there makes that
@@ -57,6 +63,7 @@ class StoreOutOfBand final : public OutOfBand {
     if (rank_ == 0) server_ = hostStore(config, identity);
     client_ = std::make_unique<TcpStoreClient>(config.launch.masterAddr, config.launch.masterPort,
                                                config.initTimeout, identity, rank_);
+    if (identity.jobId.empty() && size_ > 1) sealJoin(Logger(config.logLevel, rank_));
   }
 
   ~StoreOutOfBand() override {
@@ -71,6 +78,10 @@ class StoreOutOfBand final : public OutOfBand {
       }
     }
     client_.reset();
+    // Leaving right after an exchange the others may still be reading (init failed on a
+    // verdict every rank reaches): the store stays until they have left too, within a
+    // bound (a peer that is stopped does not hold rank 0 for long).
+    if (server_ && othersReading_) server_->lingerUntilAlone(kLingerBound);
     server_.reset();
   }
 
@@ -95,9 +106,29 @@ class StoreOutOfBand final : public OutOfBand {
     }
   }
 
-  void abandon() noexcept override { abandoned_ = true; }
+  void abandon(bool othersReading) noexcept override {
+    abandoned_ = true;
+    othersReading_ = othersReading_ || othersReading;  // a later plain abandon keeps it
+  }
 
  private:
+  // Without a job id, two launches on one MASTER_PORT are told apart only by two claims on
+  // one rank, and the first ranks to claim may come from both: a group of them could
+  // finish the join before the second claim arrives. So such a job waits until the store
+  // runs (every rank joined, then kStartupQuiet without a request) before it goes on: a
+  // second claim made by then has failed the join, and the exchange after the wait fails
+  // with it on every rank. A job with an id (SKYRING_JOB_ID, TORCHELASTIC_RUN_ID) is told
+  // apart at the handshake and does not wait.
+  void sealJoin(const Logger& log) {
+    SKYRING_LOG(log, info, "no job id (SKYRING_JOB_ID): waiting ",
+                (store_wire::kStartupQuiet + kSealMargin).count(),
+                " ms so that a second launch on this MASTER_PORT cannot mix with this one");
+    // Allgathers rather than barriers: a rank that never comes is then named.
+    allgather({});  // every rank of this job has claimed its rank
+    std::this_thread::sleep_for(store_wire::kStartupQuiet + kSealMargin);
+    allgather({});  // fails, naming the claim, if the join failed meanwhile
+  }
+
   // After a failed exchange the channel leaves by itself, saying why: the ranks still
   // waiting hear it at once (the store fails their waits naming the culprit) instead of
   // at their timeout, and no goodbye is waited for.
@@ -111,6 +142,7 @@ class StoreOutOfBand final : public OutOfBand {
   int size_;
   int round_ = 0;
   bool abandoned_ = false;
+  bool othersReading_ = false;
   std::unique_ptr<TcpStoreServer> server_;
   std::unique_ptr<TcpStoreClient> client_;
 };

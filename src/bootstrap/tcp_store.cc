@@ -165,8 +165,14 @@ TcpStoreClient::TcpStoreClient(const std::string& host, int port, std::chrono::m
     std::this_thread::sleep_for(std::min<Clock::duration>(delay, deadline - now));
     delay = std::min(delay * 2, std::chrono::milliseconds(kMaxRetryDelay));
   }
-  SKYRING_THROW(Timeout, ctx, "could not join the store at ", endpoint_, " within ",
-                timeout.count(), " ms; last error: ", error);
+  // Rank 0 hosts the store (tcp_store.h): a store that never answers is rank 0 missing.
+  ErrorContext missing = ctx;
+  missing.peer = 0;
+  SKYRING_THROW(Timeout, missing, "could not join the store at ", endpoint_,
+                ", which rank 0 hosts, within ", timeout.count(),
+                " ms (SKYRING_INIT_TIMEOUT_MS): rank 0 has not started, is stopped or has died; "
+                "last error: ",
+                error);
 }
 
 bool TcpStoreClient::join(const StoreIdentity& identity, Clock::time_point deadline,

@@ -152,6 +152,12 @@ class TcpStoreServer {
   TcpStoreServer(const TcpStoreServer&) = delete;
   TcpStoreServer& operator=(const TcpStoreServer&) = delete;
 
+  // Waits until no joined client is connected any more, or `bound` has passed (false).
+  // Rank 0 calls this before it closes the store when it leaves without a goodbye, so that
+  // ranks still reading the last exchange (all of which reach the same verdict and leave)
+  // can finish instead of finding the store gone.
+  bool lingerUntilAlone(std::chrono::milliseconds bound) const noexcept;
+
   // The port actually bound.
   int port() const noexcept { return port_; }
 

@@ -63,6 +63,7 @@ void TcpStoreServer::Loop::admit(std::uint64_t id, Connection& c, const hs::Hell
   claimed_.insert(rank);
   lastRequest_ = Clock::now();
   c.joined = true;
+  joinedOpen_.fetch_add(1, std::memory_order_release);
   c.rank = rank;
   pending_.erase(id);
   hs::Welcome welcome;

@@ -64,6 +64,7 @@ void TcpStoreServer::Loop::run() noexcept {
     }
   }
   conns_.clear();
+  joinedOpen_.store(0, std::memory_order_release);
   waiters_.clear();
   listen_.reset();
 }
@@ -140,6 +141,7 @@ bool TcpStoreServer::Loop::pollOnce() {
     if (c.parked) unpark(it->first, c);
     pending_.erase(it->first);
     const int rank = c.joined && !c.left ? c.rank : -1;
+    if (c.joined) joinedOpen_.fetch_sub(1, std::memory_order_release);
     it = conns_.erase(it);
     if (rank >= 0) {
       rankGone(rank, ::skyring::detail::concat("rank ", rank,
@@ -481,6 +483,15 @@ TcpStoreServer::TcpStoreServer(const std::string& bindAddr, int port, const Stor
   loop_ = std::make_unique<Loop>(std::move(listenFd), std::move(wakeRead), std::move(wakeWrite),
                                  identity, options);
   thread_ = std::thread([loop = loop_.get()] { loop->run(); });
+}
+
+bool TcpStoreServer::lingerUntilAlone(std::chrono::milliseconds bound) const noexcept {
+  const auto deadline = std::chrono::steady_clock::now() + bound;
+  while (loop_->joinedOpen() > 0) {
+    if (std::chrono::steady_clock::now() >= deadline) return false;
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return true;
 }
 
 TcpStoreServer::~TcpStoreServer() {

@@ -3,6 +3,7 @@
 // requests). Everything here is touched by that one thread only, except stop().
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
@@ -31,6 +32,8 @@ class TcpStoreServer::Loop {
   void run() noexcept;
   // Asks run() to return; callable from any thread, once.
   void stop() noexcept;
+  // Joined connections still open; callable from any thread.
+  int joinedOpen() const noexcept { return joinedOpen_.load(std::memory_order_acquire); }
 
  private:
   struct Connection {
@@ -118,7 +121,8 @@ class TcpStoreServer::Loop {
   std::string goneReason_;
   int goneRank_ = -1;
   Clock::time_point acceptPausedUntil_{};
-  bool woke_ = false;  // a parked connection was answered and may have buffered input
+  bool woke_ = false;               // a parked connection was answered and may have buffered input
+  std::atomic<int> joinedOpen_{0};  // written by the loop only
 };
 
 }  // namespace skyring::bootstrap

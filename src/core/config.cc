@@ -294,7 +294,8 @@ LaunchEnvironment readLaunch(const std::map<std::string, std::string>& vars) {
   LaunchEnvironment env;
   for (auto name : {"OMPI_MCA_ess_base_jobid", "PMIX_NAMESPACE", "TORCHELASTIC_RUN_ID"}) {
     const std::string* id = find(vars, name);
-    if (id != nullptr && !id->empty() && env.jobId.empty()) env.jobId = *id;
+    // torchrun's default run id is "none" in every launch: no identity at all.
+    if (id != nullptr && !id->empty() && *id != "none" && env.jobId.empty()) env.jobId = *id;
   }
   const std::string* mpiRank = find(vars, "OMPI_COMM_WORLD_RANK");
   if (mpiRank == nullptr) mpiRank = find(vars, "PMIX_RANK");

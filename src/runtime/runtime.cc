@@ -82,7 +82,7 @@ std::unique_ptr<Runtime> Runtime::init(Config config) {
   } catch (const Error&) {
     // Nobody waits for the others on the way out: after a failure some may never come, and
     // after a verdict every rank reaches alike (settings differ) none needs the channel.
-    if (rt->parts_->oob) rt->parts_->oob->abandon();
+    if (rt->parts_->oob) rt->parts_->oob->abandon(/*othersReading=*/true);
     throw;
   }
   return rt;
