@@ -184,6 +184,8 @@ TEST(Config, JobIdFromLauncherOrOverride) {
       "123");
   EXPECT_EQ(Config::fromMap({{"TORCHELASTIC_RUN_ID", "abc"}, {"SKYRING_JOB_ID", "mine"}}).jobId(),
             "mine");
+  // torchrun's default run id is the same in every launch: no identity.
+  EXPECT_EQ(Config::fromMap({{"TORCHELASTIC_RUN_ID", "none"}}).jobId(), "");
   EXPECT_THROW(Config::fromMap({{"SKYRING_JOB_TOKEN", "short"}}), InvalidArgument);
   EXPECT_EQ(Config::fromMap({{"SKYRING_INIT_TIMEOUT_MS", "5000"}}).initTimeout,
             std::chrono::milliseconds(5000));
