@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "skyring/buffer_view.h"
 #include "skyring/communicator.h"
@@ -49,6 +50,12 @@ int crossSize();
 Runtime& runtime();
 // Engine::allreduceAsync on the default runtime's engine.
 Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
+// Engine::groupedAllreduceAsync on the default runtime's engine.
+Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors,
+                             AllreduceSpec spec = {});
+// Engine::reducescatterAsync on the default runtime's engine.
+Handle reducescatterAsync(std::string name, Tensor tensor, Engine::Allocator allocate,
+                          AllreduceSpec spec = {});
 // Engine::broadcastAsync on the default runtime's engine.
 Handle broadcastAsync(std::string name, Tensor tensor, int root);
 // Engine::allgatherAsync on the default runtime's engine.

@@ -14,11 +14,27 @@ namespace {}  // namespace
 
 std::string Descriptor::describe() const {
   std::ostringstream os;
+  if (collective == Collective::groupedAllreduce) {
+    // shape: [count, per tensor its rank and dimensions]
+    os << "group of " << (shape.empty() ? 0 : shape.front()) << ' ' << dtypeName(dtype);
+    for (std::size_t i = 1; i < shape.size();) {
+      const auto dims = static_cast<std::size_t>(shape[i]);
+      os << '[';
+      for (std::size_t k = 0; k < dims && i + 1 + k < shape.size(); ++k)
+        os << (k ? "," : "") << shape[i + 1 + k];
+      os << ']';
+      i += 1 + dims;
+    }
+    os << ' ' << reduceOpName(op);
+    return os.str();
+  }
   os << dtypeName(dtype) << '[';
   for (std::size_t i = 0; i < shape.size(); ++i)
     os << (i ? "," : "") << shape[i];
   os << "] ";
-  if (collective == Collective::broadcast) {
+  if (collective == Collective::reducescatter) {
+    os << "reducescatter " << reduceOpName(op);
+  } else if (collective == Collective::broadcast) {
     os << "broadcast from " << root;
   } else if (collective == Collective::allgather) {
     os << "allgather";
@@ -50,8 +66,10 @@ std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int f
     const auto collective = in.get<std::uint8_t>();
     d.root = in.get<std::int32_t>();
     const auto dims = in.get<std::uint32_t>();
-    if (dtype >= std::size(kAllDTypes) || op >= std::size(kAllReduceOps) || collective > 2 ||
-        dims > 64) {
+    if (dtype >= std::size(kAllDTypes) || op >= std::size(kAllReduceOps) ||
+        collective > kLastCollective ||
+        dims > (collective == static_cast<std::uint8_t>(Collective::groupedAllreduce) ? (1u << 24)
+                                                                                      : 64u)) {
       SKYRING_THROW(TransportError, (ErrorContext{rank, fromRank, "engine negotiation"}),
                     "malformed announcement from rank ", fromRank, " (dtype ", int{dtype}, ", op ",
                     int{op}, ", ", dims, " dimensions)");

@@ -19,13 +19,22 @@
 
 namespace skyring::engine {
 
-enum class Collective : std::uint8_t { allreduce, broadcast, allgather };
+enum class Collective : std::uint8_t {
+  allreduce,
+  broadcast,
+  allgather,
+  // Several tensors of one dtype as one unit; shape lists them: [count, then per tensor its
+  // number of dimensions and its dimensions].
+  groupedAllreduce,
+  reducescatter,
+};
+inline constexpr std::uint8_t kLastCollective = 4;
 
 // What every rank must submit alike under one name.
 struct Descriptor {
   std::string name;
   DType dtype = DType::f32;
-  ReduceOp op = ReduceOp::sum;  // allreduce only (sum for the others)
+  ReduceOp op = ReduceOp::sum;  // the reductions only (sum for the others)
   std::vector<std::int64_t> shape;
   Collective collective = Collective::allreduce;
   std::int32_t root = 0;  // broadcast only (0 for the others)

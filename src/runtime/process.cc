@@ -82,6 +82,16 @@ Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec) {
   return runtime().engine().allreduceAsync(std::move(name), std::move(tensor), spec);
 }
 
+Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors, AllreduceSpec spec) {
+  return runtime().engine().groupedAllreduceAsync(std::move(name), std::move(tensors), spec);
+}
+
+Handle reducescatterAsync(std::string name, Tensor tensor, Engine::Allocator allocate,
+                          AllreduceSpec spec) {
+  return runtime().engine().reducescatterAsync(std::move(name), std::move(tensor),
+                                               std::move(allocate), spec);
+}
+
 Handle broadcastAsync(std::string name, Tensor tensor, int root) {
   return runtime().engine().broadcastAsync(std::move(name), std::move(tensor), root);
 }
