@@ -8,8 +8,8 @@
 // Framework threads submit tensors by name, in any order on any rank; one background thread
 // per engine agrees with the other ranks on which names are ready everywhere, fuses small
 // tensors of one dtype and op (or broadcast root) into one buffer, runs the allreduces,
-// broadcasts, allgathers and reducescatters and completes the handles. docs/engine.md explains the
-// negotiation, the response cache and fusion.
+// broadcasts, allgathers, reducescatters and alltoalls and completes the handles. docs/engine.md
+// explains the negotiation, the response cache and fusion.
 //
 // Collective use: every rank of the communicator makes an Engine over it (engines meet on
 // EngineOptions::tag, which nothing else may use), and every rank submits each name; a name
@@ -152,6 +152,20 @@ class Engine {
   // an allocator that throws or does not fit fails this rank's handle only).
   Handle reducescatterAsync(std::string name, Tensor tensor, Allocator allocate,
                             AllreduceSpec spec = {});
+
+  // Where an alltoall's result goes: called once on the engine thread with the number of
+  // rows this rank receives and how many came from each rank (in rank order); returns a host
+  // tensor of that many rows of the input's row shape and dtype. Must not wait on handles.
+  using AlltoallAllocator =
+      std::function<Tensor(std::int64_t rows, const std::vector<std::int64_t>& receivedSplits)>;
+  // Submits tensor to be scattered along its first dimension: its first splits[p] rows go to
+  // rank 0, ... (splits[p] rows to rank p, in row order; empty splits: the rows split evenly,
+  // which they must), and this rank receives from every rank the rows that rank sent it, in
+  // rank order, into the tensor allocate returns. Splits may differ between ranks; the name,
+  // dtype and the other dimensions must agree. InvalidArgument at once for splits that are
+  // not one per rank, negative, or do not add up to the rows, and the cases above.
+  Handle alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
+                       AlltoallAllocator allocate);
 
   // Writes a Chrome trace of this rank's engine to path (chrome://tracing, Perfetto) from
   // now on, replacing a trace already running: per tensor its negotiation and collective,

@@ -56,6 +56,9 @@ Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors,
 // Engine::reducescatterAsync on the default runtime's engine.
 Handle reducescatterAsync(std::string name, Tensor tensor, Engine::Allocator allocate,
                           AllreduceSpec spec = {});
+// Engine::alltoallAsync on the default runtime's engine.
+Handle alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
+                     Engine::AlltoallAllocator allocate);
 // Engine::broadcastAsync on the default runtime's engine.
 Handle broadcastAsync(std::string name, Tensor tensor, int root);
 // Engine::allgatherAsync on the default runtime's engine.

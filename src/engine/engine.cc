@@ -156,14 +156,41 @@ Handle Engine::reducescatterAsync(std::string name, Tensor tensor, Allocator all
                        0, std::move(allocate));
 }
 
+Handle Engine::alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
+                             AlltoallAllocator allocate) {
+  const ErrorContext ctx = impl_->context("alltoallAsync");
+  SKYRING_CHECK_ARG(allocate != nullptr, ctx, "'", name, "': no allocator");
+  const int n = impl_->comm.size();
+  const auto rows =
+      tensor.shape.empty() ? static_cast<std::int64_t>(tensor.buffer.count) : tensor.shape.front();
+  if (splits.empty()) {
+    SKYRING_CHECK_ARG(rows % n == 0, ctx, "'", name, "': ", rows, " rows do not split evenly over ",
+                      n, " ranks; give splits");
+    splits.assign(static_cast<std::size_t>(n), rows / n);
+  }
+  SKYRING_CHECK_ARG(splits.size() == static_cast<std::size_t>(n), ctx, "'", name,
+                    "': ", splits.size(), " splits for ", n, " ranks");
+  std::int64_t total = 0;
+  for (std::int64_t s : splits) {
+    SKYRING_CHECK_ARG(s >= 0, ctx, "'", name, "': negative split ", s);
+    total += s;
+  }
+  SKYRING_CHECK_ARG(total == rows, ctx, "'", name, "': splits add up to ", total, " rows, not ",
+                    rows);
+  return impl_->submit(std::move(name), std::move(tensor), {}, engine::Collective::alltoall, 0,
+                       nullptr, {}, std::move(splits), std::move(allocate));
+}
+
 Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
                             engine::Collective collective, int root, Allocator allocate,
-                            std::vector<Tensor> members) {
+                            std::vector<Tensor> members, std::vector<std::int64_t> splits,
+                            AlltoallAllocator allocateAlltoall) {
   using C = engine::Collective;
   const ErrorContext ctx = context(collective == C::allreduce          ? "allreduceAsync"
                                    : collective == C::broadcast        ? "broadcastAsync"
                                    : collective == C::allgather        ? "allgatherAsync"
                                    : collective == C::groupedAllreduce ? "groupedAllreduceAsync"
+                                   : collective == C::alltoall         ? "alltoallAsync"
                                                                        : "reducescatterAsync");
   SKYRING_CHECK_ARG(!name.empty(), ctx, "a tensor needs a name");
   SKYRING_CHECK_ARG(name.rfind(kReservedPrefix, 0) != 0 || name == kBarrierName, ctx, "'", name,
@@ -208,9 +235,21 @@ Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
 
   auto state = std::make_shared<Handle::State>();
   engine::Descriptor d{name, tensor.buffer.dtype, spec.op, std::move(shape), collective, root};
-  if (collective == C::broadcast || collective == C::allgather) d.op = ReduceOp::sum;
-  Pending p{std::move(d),        std::move(tensor),  spec, state,        Clock::now(),
-            std::move(allocate), std::move(members), {},   std::nullopt, false};
+  if (collective == C::broadcast || collective == C::allgather || collective == C::alltoall) {
+    d.op = ReduceOp::sum;
+  }
+  Pending p{std::move(d),
+            std::move(tensor),
+            spec,
+            state,
+            Clock::now(),
+            std::move(allocate),
+            std::move(members),
+            std::move(splits),
+            std::move(allocateAlltoall),
+            {},
+            std::nullopt,
+            false};
   std::lock_guard lock(mutex);
   if (shutdownRequested || failure) {
     std::exception_ptr why = failure;
@@ -292,7 +331,14 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   std::vector<std::byte> announce;
   std::vector<std::uint8_t> vec(kHeaderBytes + cache.size(), 0);
   for (auto& [name, p] : pending) {
-    if (!p.slot) p.slot = cache.find(p.descriptor);
+    // An allgather is announced every time (the verdict carries every rank's first
+    // dimension); an alltoall is cached with any first dimension (it exchanges its splits
+    // when it runs).
+    if (!p.slot) {
+      p.slot = cache.find(p.descriptor.collective == engine::Collective::alltoall
+                              ? engine::cacheKey(p.descriptor)
+                              : p.descriptor);
+    }
     if (p.announced) continue;
     if (!p.slot || announcements.contains(name)) {
       engine::appendDescriptor(announce, p.descriptor);
@@ -362,10 +408,8 @@ void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
     for (auto& verdict : announcements.add(r, list)) {
       std::optional<std::uint32_t> slot;
       if (verdict.agreed) {
-        // An allgather's slot stands for the name with any first dimension.
-        engine::Descriptor key = verdict.descriptor;
-        if (key.collective == engine::Collective::allgather) key.shape.front() = -1;
-        slot = cache.insert(key);
+        // An allgather's or alltoall's slot stands for the name with any first dimension.
+        slot = cache.insert(engine::cacheKey(verdict.descriptor));
       }
       auto it = pending.find(verdict.name);
       if (it == pending.end() || !it->second.announced) continue;

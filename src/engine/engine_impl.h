@@ -35,8 +35,10 @@ struct Pending {
   AllreduceSpec spec;
   std::shared_ptr<Handle::State> state;
   Clock::time_point submittedAt;
-  Engine::Allocator allocate;  // allgather and reducescatter only
-  std::vector<Tensor> members;  // grouped allreduce only (then tensor is empty)
+  Engine::Allocator allocate;                  // allgather and reducescatter only
+  std::vector<Tensor> members;                 // grouped allreduce only (then tensor is empty)
+  std::vector<std::int64_t> splits;            // alltoall only: rows per destination
+  Engine::AlltoallAllocator allocateAlltoall;  // alltoall only
   // allgather only: every rank's first dimension, from the verdict (it may change from one
   // submission of the name to the next, so an allgather is announced every time).
   std::vector<std::int64_t> firstDims;
@@ -58,12 +60,16 @@ struct Engine::Impl {
 
   // members: a grouped allreduce's tensors (then tensor is an empty one of their dtype).
   Handle submit(std::string name, Tensor tensor, AllreduceSpec spec, engine::Collective collective,
-                int root, Allocator allocate = nullptr, std::vector<Tensor> members = {});
+                int root, Allocator allocate = nullptr, std::vector<Tensor> members = {},
+                std::vector<std::int64_t> splits = {},
+                AlltoallAllocator allocateAlltoall = nullptr);
   void run() noexcept;
   // Runs one batch (items of one collective, dtype and op) as one collective.
   void runBatch(const std::vector<engine::Part>& batch, const CollectiveOptions& o);
   // Runs a reducescatter (alone, never fused); returns the error of this rank's allocator.
   std::exception_ptr runReducescatter(engine::Pending& p, const CollectiveOptions& o);
+  // Runs an alltoall (alone): the splits, then the data; returns the allocator's error.
+  std::exception_ptr runAlltoall(engine::Pending& p, const CollectiveOptions& o);
   void cycle(bool first, bool& idle, bool& stop);
   void negotiate(const std::vector<std::byte>& mine);
   // Every rank's bytes, in rank order (lengths, then the padded bytes: two allgathers).
@@ -87,13 +93,13 @@ struct Engine::Impl {
   EngineOptions options;
 
   std::mutex mutex;
-  std::condition_variable wake;      // a submission or shutdown
-  std::condition_variable finished;  // the thread has left its loop
-  std::vector<engine::Pending> submitted;    // guarded by mutex
-  std::set<std::string> names;       // pending on this rank; guarded by mutex
-  bool shutdownRequested = false;    // guarded by mutex
-  bool threadDone = false;           // guarded by mutex
-  std::exception_ptr failure;        // guarded by mutex: why the engine stopped
+  std::condition_variable wake;            // a submission or shutdown
+  std::condition_variable finished;        // the thread has left its loop
+  std::vector<engine::Pending> submitted;  // guarded by mutex
+  std::set<std::string> names;             // pending on this rank; guarded by mutex
+  bool shutdownRequested = false;          // guarded by mutex
+  bool threadDone = false;                 // guarded by mutex
+  std::exception_ptr failure;              // guarded by mutex: why the engine stopped
   std::mutex joinMutex;
   std::thread thread;
 

@@ -18,9 +18,9 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
   for (auto& [name, p] : pending) {
     if (p.slot && !p.announced) bySlot.emplace(*p.slot, name);
   }
-  std::vector<Part> parts;        // fused: allreduce (grouped ones member by member), broadcast
-  std::vector<Pending*> fused;    // the owners of parts, each once
-  std::vector<Pending*> alone;    // allgather and reducescatter: each alone
+  std::vector<Part> parts;      // fused: allreduce (grouped ones member by member), broadcast
+  std::vector<Pending*> fused;  // the owners of parts, each once
+  std::vector<Pending*> alone;  // allgather and reducescatter: each alone
   std::vector<engine::FusionItem> plan;
   for (std::uint32_t slot : readySlots) {
     auto it = bySlot.find(slot);
@@ -32,7 +32,8 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
     Pending& p = pending.at(it->second);
     timeline.span(p.descriptor.name, "negotiate", "negotiation", p.submittedAt, Clock::now());
     const engine::Collective c = p.descriptor.collective;
-    if (c == engine::Collective::allgather || c == engine::Collective::reducescatter) {
+    if (c == engine::Collective::allgather || c == engine::Collective::reducescatter ||
+        c == engine::Collective::alltoall) {
       alone.push_back(&p);
       continue;
     }
@@ -61,13 +62,20 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
   }
   for (Pending* p : alone) {
     const auto begin = Clock::now();
-    const bool gather = p->descriptor.collective == engine::Collective::allgather;
-    std::exception_ptr error =
-        gather ? engine::runAllgather(comm, o, p->descriptor, p->tensor.buffer, p->firstDims,
-                                      p->allocate, fusion)
-               : runReducescatter(*p, o);
-    timeline.span(p->descriptor.name, gather ? "allgather" : "reducescatter", "collective", begin,
-                  Clock::now());
+    const engine::Collective c = p->descriptor.collective;
+    std::exception_ptr error;
+    const char* what = "allgather";
+    if (c == engine::Collective::allgather) {
+      error = engine::runAllgather(comm, o, p->descriptor, p->tensor.buffer, p->firstDims,
+                                   p->allocate, fusion);
+    } else if (c == engine::Collective::reducescatter) {
+      error = runReducescatter(*p, o);
+      what = "reducescatter";
+    } else {
+      error = runAlltoall(*p, o);
+      what = "alltoall";
+    }
+    timeline.span(p->descriptor.name, what, "collective", begin, Clock::now());
     const std::string name = p->descriptor.name;
     finish(*p, std::move(error));
     pending.erase(name);
@@ -94,7 +102,8 @@ void Engine::Impl::runBatch(const std::vector<Part>& batch, const CollectiveOpti
     timeline.span({}, what, "collective", begin, end, args);
     const Pending* last = nullptr;
     for (const Part& part : batch) {
-      if (part.owner != last) timeline.span(part.owner->descriptor.name, what, "collective", begin, end);
+      if (part.owner != last)
+        timeline.span(part.owner->descriptor.name, what, "collective", begin, end);
       last = part.owner;
     }
   };
@@ -188,6 +197,54 @@ std::exception_ptr Engine::Impl::runReducescatter(Pending& p, const CollectiveOp
                     want, " x ", dtypeName(d.dtype), " in host memory");
     }
     if (want > 0) std::memcpy(out.buffer.data, output.data, want * elemBytes);
+  } catch (...) {
+    return std::current_exception();
+  }
+  return nullptr;
+}
+
+// The splits differ between ranks and may change from one submission to the next (the
+// name is cached with any first dimension), so the ranks allgather them first: one small
+// allgather of n x n counts, then the pairwise alltoall into scratch, then the copy into
+// the allocator's tensor (so that an allocator that fails leaves this rank in the
+// collective, which the others need).
+std::exception_ptr Engine::Impl::runAlltoall(Pending& p, const CollectiveOptions& o) {
+  const engine::Descriptor& d = p.descriptor;
+  const auto n = static_cast<std::size_t>(comm.size());
+  const auto me = static_cast<std::size_t>(comm.rank());
+  std::vector<std::int64_t> matrix(n * n);
+  comm.allgather(BufferView{p.splits.data(), n, DType::i64, MemoryKind::host},
+                 BufferView{matrix.data(), matrix.size(), DType::i64, MemoryKind::host}, o);
+  std::size_t rowElems = 1;
+  for (std::size_t i = 1; i < d.shape.size(); ++i)
+    rowElems *= static_cast<std::size_t>(d.shape[i]);
+  std::vector<std::size_t> sendCounts;
+  std::vector<std::size_t> recvCounts;
+  std::vector<std::int64_t> received;
+  std::int64_t rows = 0;
+  for (std::size_t r = 0; r < n; ++r) {
+    sendCounts.push_back(static_cast<std::size_t>(p.splits[r]) * rowElems);
+    received.push_back(matrix[r * n + me]);
+    recvCounts.push_back(static_cast<std::size_t>(received.back()) * rowElems);
+    rows += received.back();
+  }
+  const std::size_t want = static_cast<std::size_t>(rows) * rowElems;
+  const std::size_t bytes = want * dtypeSize(d.dtype);
+  if (fusion.size() < bytes) fusion.resize(bytes);
+  const BufferView scratch{fusion.data(), want, d.dtype, MemoryKind::host};
+  comm.alltoall(p.tensor.buffer, sendCounts, scratch, recvCounts, o);
+
+  const ErrorContext ctx{comm.rank(), -1, "alltoallAsync"};
+  try {
+    const Tensor out = p.allocateAlltoall(rows, received);
+    if (out.buffer.memory != MemoryKind::host || out.buffer.dtype != d.dtype ||
+        out.buffer.count != want || (want > 0 && out.buffer.data == nullptr)) {
+      SKYRING_THROW(InvalidArgument, ctx, "'", d.name, "': the allocator returned ",
+                    out.buffer.count, " x ", dtypeName(out.buffer.dtype),
+                    out.buffer.memory == MemoryKind::host ? "" : " in device memory", ", not ",
+                    want, " x ", dtypeName(d.dtype), " in host memory");
+    }
+    if (want > 0) std::memcpy(out.buffer.data, scratch.data, bytes);
   } catch (...) {
     return std::current_exception();
   }

@@ -38,6 +38,8 @@ std::string Descriptor::describe() const {
     os << "broadcast from " << root;
   } else if (collective == Collective::allgather) {
     os << "allgather";
+  } else if (collective == Collective::alltoall) {
+    os << "alltoall";
   } else {
     os << reduceOpName(op);
   }
@@ -84,10 +86,18 @@ std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int f
   return out;
 }
 
-bool sameCall(const Descriptor& a, const Descriptor& b) {
-  if (a.collective != Collective::allgather || b.collective != Collective::allgather) {
-    return a == b;
+Descriptor cacheKey(const Descriptor& d) {
+  Descriptor key = d;
+  if ((d.collective == Collective::allgather || d.collective == Collective::alltoall) &&
+      !key.shape.empty()) {
+    key.shape.front() = -1;
   }
+  return key;
+}
+
+bool sameCall(const Descriptor& a, const Descriptor& b) {
+  const bool ragged = a.collective == Collective::allgather || a.collective == Collective::alltoall;
+  if (!ragged || a.collective != b.collective) return a == b;
   return a.name == b.name && a.dtype == b.dtype && a.shape.size() == b.shape.size() &&
          !a.shape.empty() && std::equal(a.shape.begin() + 1, a.shape.end(), b.shape.begin() + 1);
 }

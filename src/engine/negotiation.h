@@ -27,8 +27,9 @@ enum class Collective : std::uint8_t {
   // number of dimensions and its dimensions].
   groupedAllreduce,
   reducescatter,
+  alltoall,  // the first dimension may differ between ranks, as for allgather
 };
-inline constexpr std::uint8_t kLastCollective = 4;
+inline constexpr std::uint8_t kLastCollective = 5;
 
 // What every rank must submit alike under one name.
 struct Descriptor {
@@ -46,8 +47,12 @@ struct Descriptor {
 };
 
 // Whether two ranks' descriptors of one name describe the same call: equal, except that
-// an allgather's first dimension may differ between ranks.
+// an allgather's or alltoall's first dimension may differ between ranks.
 bool sameCall(const Descriptor& a, const Descriptor& b);
+
+// The key of d in the response cache: d, with the first dimension -1 for collectives whose
+// first dimension may differ between ranks (allgather, alltoall).
+Descriptor cacheKey(const Descriptor& d);
 
 // Appends d to out in the wire format; parseDescriptors reads a concatenation back.
 void appendDescriptor(std::vector<std::byte>& out, const Descriptor& d);

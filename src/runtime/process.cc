@@ -92,6 +92,12 @@ Handle reducescatterAsync(std::string name, Tensor tensor, Engine::Allocator all
                                                std::move(allocate), spec);
 }
 
+Handle alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
+                     Engine::AlltoallAllocator allocate) {
+  return runtime().engine().alltoallAsync(std::move(name), std::move(tensor), std::move(splits),
+                                          std::move(allocate));
+}
+
 Handle broadcastAsync(std::string name, Tensor tensor, int root) {
   return runtime().engine().broadcastAsync(std::move(name), std::move(tensor), root);
 }

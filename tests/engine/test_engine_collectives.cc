@@ -88,7 +88,8 @@ TEST_P(EngineOps, ReducescatterIsExact) {
   world.run([&](Communicator& comm) {
     Engine engine(comm);
     const std::size_t cols = 3;
-    for (std::size_t rows : {std::size_t{1}, std::size_t(n), std::size_t(2 * n + 3), std::size_t{0}}) {
+    for (std::size_t rows :
+         {std::size_t{1}, std::size_t(n), std::size_t(2 * n + 3), std::size_t{0}}) {
       std::vector<float> in(rows * cols);
       for (std::size_t i = 0; i < in.size(); ++i)
         in[i] = valueOf(comm.rank(), 0, i) + static_cast<float>(i);
@@ -119,18 +120,86 @@ TEST_P(EngineOps, ReducescatterIsExact) {
     for (std::size_t i = 0; i < in.size(); ++i)
       in[i] = static_cast<std::int64_t>(i) * 100 + comm.rank();
     std::vector<std::int64_t> out;
-    finish(engine.reducescatterAsync(
-        "rsmax", Tensor::of(in),
-        [&](std::int64_t r) {
-          out.resize(static_cast<std::size_t>(r));
-          return Tensor::of(out);
-        },
-        {ReduceOp::max}));
+    finish(engine.reducescatterAsync("rsmax", Tensor::of(in),
+                                     [&](std::int64_t r) {
+                                       out.resize(static_cast<std::size_t>(r));
+                                       return Tensor::of(out);
+                                     },
+                                     {ReduceOp::max}));
     const auto me = static_cast<std::size_t>(comm.rank());
     const std::size_t first = me + (me > 0 ? 1 : 0);
     ASSERT_EQ(out.size(), me == 0 ? 2u : 1u);
     for (std::size_t k = 0; k < out.size(); ++k)
       EXPECT_EQ(out[k], static_cast<std::int64_t>(first + k) * 100 + (n - 1));
+  });
+}
+
+// Rows rank `from` sends rank `to` in round `round`: uneven, zero for some pairs, changing
+// from round to round (the name stays cached with any first dimension).
+std::int64_t splitOf(int from, int to, int round) {
+  return (from * 5 + to * 3 + round) % 4;
+}
+
+// Every rank sends every rank its own rows (i64, rows of 2), in a different order of names
+// on each rank; the received rows and splits are exact.
+TEST_P(EngineOps, AlltoallIsExact) {
+  const int n = GetParam();
+  LocalWorld world(n);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    const int me = comm.rank();
+    for (int round = 0; round < 3; ++round) {
+      std::vector<std::int64_t> splits;
+      std::vector<std::int64_t> in;
+      for (int p = 0; p < n; ++p) {
+        splits.push_back(splitOf(me, p, round));
+        for (std::int64_t row = 0; row < splits.back(); ++row) {
+          for (int col = 0; col < 2; ++col)
+            in.push_back(me * 100000 + p * 1000 + row * 10 + col);
+        }
+      }
+      std::vector<std::int64_t> out;
+      std::vector<std::int64_t> received;
+      std::vector<std::int64_t> even(static_cast<std::size_t>(n) * 2, me);
+      std::vector<std::int64_t> evenOut;
+      auto alloc = [](std::vector<std::int64_t>& into, std::vector<std::int64_t>* splitsInto) {
+        return [&into, splitsInto](std::int64_t rows, const std::vector<std::int64_t>& got) {
+          if (splitsInto != nullptr) *splitsInto = got;
+          into.resize(static_cast<std::size_t>(rows) * 2);
+          return Tensor{view(std::span(into)), {rows, 2}, nullptr};
+        };
+      };
+      const Tensor tin{view(std::span(in)), {static_cast<std::int64_t>(in.size() / 2), 2}, nullptr};
+      const Tensor teven{view(std::span(even)), {static_cast<std::int64_t>(n), 2}, nullptr};
+      Handle h1;
+      Handle h2;
+      if (me % 2 == 0) {
+        h1 = engine.alltoallAsync("a2a", tin, splits, alloc(out, &received));
+        h2 = engine.alltoallAsync("even", teven, {}, alloc(evenOut, nullptr));
+      } else {
+        h2 = engine.alltoallAsync("even", teven, {}, alloc(evenOut, nullptr));
+        h1 = engine.alltoallAsync("a2a", tin, splits, alloc(out, &received));
+      }
+      finish(h1);
+      finish(h2);
+      std::vector<std::int64_t> want;
+      std::vector<std::int64_t> wantSplits;
+      for (int p = 0; p < n; ++p) {
+        wantSplits.push_back(splitOf(p, me, round));
+        for (std::int64_t row = 0; row < wantSplits.back(); ++row) {
+          for (int col = 0; col < 2; ++col)
+            want.push_back(p * 100000 + me * 1000 + row * 10 + col);
+        }
+      }
+      EXPECT_EQ(received, wantSplits) << "rank " << me << " round " << round;
+      EXPECT_EQ(out, want) << "rank " << me << " round " << round;
+      std::vector<std::int64_t> wantEven;
+      for (int p = 0; p < n; ++p) {
+        wantEven.push_back(p);
+        wantEven.push_back(p);
+      }
+      EXPECT_EQ(evenOut, wantEven) << "rank " << me;
+    }
   });
 }
 
@@ -174,6 +243,36 @@ TEST(EngineOpsMismatch, ReducescatterMismatchFailsOnEveryRank) {
       ADD_FAILURE() << "a mismatched reducescatter completed on rank " << comm.rank();
     } catch (const TransportError& e) {
       EXPECT_NE(std::string(e.what()).find("rank 0 f32[4] reducescatter sum; rank 1 f32[6]"),
+                std::string::npos)
+          << e.what();
+    }
+  });
+}
+
+// Row shapes that differ fail on every rank, naming the ranks; bad splits fail at once.
+TEST(EngineOpsMismatch, AlltoallMismatchFailsOnEveryRank) {
+  LocalWorld world(2);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    const std::int64_t cols = comm.rank() == 0 ? 2 : 3;
+    std::vector<float> a(static_cast<std::size_t>(2 * cols), 1.0f);
+    std::vector<float> out;
+    auto alloc = [&](std::int64_t rows, const std::vector<std::int64_t>&) {
+      out.resize(static_cast<std::size_t>(rows * cols));
+      return Tensor::of(out);
+    };
+    EXPECT_THROW(
+        engine.alltoallAsync("bad", Tensor{view(std::span(a)), {2, cols}, nullptr}, {1, 2}, alloc),
+        InvalidArgument);
+    EXPECT_THROW(
+        engine.alltoallAsync("bad", Tensor{view(std::span(a)), {2, cols}, nullptr}, {2}, alloc),
+        InvalidArgument);
+    auto h = engine.alltoallAsync("a2a", Tensor{view(std::span(a)), {2, cols}, nullptr}, {}, alloc);
+    try {
+      finish(h);
+      ADD_FAILURE() << "a mismatched alltoall completed on rank " << comm.rank();
+    } catch (const TransportError& e) {
+      EXPECT_NE(std::string(e.what()).find("rank 0 f32[2,2] alltoall; rank 1 f32[2,3] alltoall"),
                 std::string::npos)
           << e.what();
     }
