@@ -16,7 +16,8 @@ void pairwiseAlltoall(Exchange& ex, BufferView input, std::span<const std::size_
   const auto recvAt = blockOffsets(recvCounts);
   const auto me = static_cast<std::size_t>(ex.rank());
   const BufferView own = input.slice(sendAt[me], sendCounts[me]);
-  if (own.count > 0) std::memcpy(output.slice(recvAt[me], recvCounts[me]).data, own.data, own.bytes());
+  if (own.count > 0)
+    std::memcpy(output.slice(recvAt[me], recvCounts[me]).data, own.data, own.bytes());
   std::vector<std::unique_ptr<transport::Request>> sends;
   std::vector<std::unique_ptr<transport::Request>> recvs;
   for (int step = 1; step < n; ++step) {
@@ -26,12 +27,11 @@ void pairwiseAlltoall(Exchange& ex, BufferView input, std::span<const std::size_
     // Both sides know a block's size (the caller's counts agree), so empty blocks are
     // skipped on both.
     if (recvCounts[from] > 0) {
-      recvs.push_back(ex.recv(static_cast<int>(from), tag,
-                              output.slice(recvAt[from], recvCounts[from])));
+      recvs.push_back(
+          ex.recv(static_cast<int>(from), tag, output.slice(recvAt[from], recvCounts[from])));
     }
     if (sendCounts[to] > 0) {
-      sends.push_back(
-          ex.send(static_cast<int>(to), tag, input.slice(sendAt[to], sendCounts[to])));
+      sends.push_back(ex.send(static_cast<int>(to), tag, input.slice(sendAt[to], sendCounts[to])));
     }
     ex.waitAll(recvs);
     ex.waitAll(sends);

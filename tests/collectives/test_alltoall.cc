@@ -55,9 +55,8 @@ TEST_P(Alltoall, UnevenBlocksArriveInPlace) {
       for (std::size_t i = 0; i < sendCounts.back(); ++i)
         in.push_back(me * 10000 + p * 100 + static_cast<int>(i));
     }
-    std::vector<std::int32_t> out(std::accumulate(recvCounts.begin(), recvCounts.end(),
-                                                  std::size_t{0}),
-                                  -1);
+    std::vector<std::int32_t> out(
+        std::accumulate(recvCounts.begin(), recvCounts.end(), std::size_t{0}), -1);
     for (int round = 0; round < 2; ++round) {
       comm.alltoall(view(std::span(in)), sendCounts, view(std::span(out)), recvCounts);
       std::vector<std::int32_t> want;
