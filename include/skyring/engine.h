@@ -153,6 +153,14 @@ class Engine {
   Handle reducescatterAsync(std::string name, Tensor tensor, Allocator allocate,
                             AllreduceSpec spec = {});
 
+  // Says this rank has run out of data, and returns once every rank has called join (the
+  // number of the last rank to join). Meanwhile this rank's engine takes part in every
+  // allreduce and grouped allreduce the other ranks run with zeros (sum and avg: avg still
+  // divides by the full size, as in Horovod; min, max and prod see the zeros too). Other
+  // collectives wait until this rank submits them. Call it from one thread at a time; it
+  // throws what failed the engine.
+  int join();
+
   // Where an alltoall's result goes: called once on the engine thread with the number of
   // rows this rank receives and how many came from each rank (in rank order); returns a host
   // tensor of that many rows of the input's row shape and dtype. Must not wait on handles.

@@ -63,6 +63,8 @@ Handle alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> 
 Handle broadcastAsync(std::string name, Tensor tensor, int root);
 // Engine::allgatherAsync on the default runtime's engine.
 Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate);
+// Engine::join on the default runtime's engine: the last rank to join.
+int join();
 // Engine::barrier on the default runtime's engine.
 void barrier();
 // Engine::startTimeline / stopTimeline on the default runtime's engine.

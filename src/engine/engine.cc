@@ -7,8 +7,8 @@
 //     cached, or its name is in the announcement table (some rank announced it, maybe
 //     with another shape; announcing too lets the ranks compare).
 //  2. Allreduce (min over u8) of [no-announcements, nothing-pending, shutting-down,
-//     no-stall-check, no-shutdown-deadline, ready(slot 0), ready(slot 1), ...]: a min of 1
-//     is an AND, a min of 0 an OR.
+//     no-stall-check, no-shutdown-deadline, not-joined(rank 0..n-1), ready(slot 0),
+//     ready(slot 1), ...]: a min of 1 is an AND, a min of 0 an OR (join.cc).
 //  3. If any rank announces: allgather the announcement lists (lengths, then the padded
 //     lists). Every rank feeds them to the announcement table in rank order and gets the
 //     same verdicts: agreed names get a cache slot (the same slot on every rank), others
@@ -181,6 +181,20 @@ Handle Engine::alltoallAsync(std::string name, Tensor tensor, std::vector<std::i
                        nullptr, {}, std::move(splits), std::move(allocate));
 }
 
+int Engine::join() {
+  Impl& s = *impl_;
+  std::unique_lock lock(s.mutex);
+  if (s.failure) std::rethrow_exception(s.failure);
+  SKYRING_CHECK_ARG(!s.joinRequested, s.context("join"), "join() is already in progress");
+  s.joinRequested = true;
+  s.joinResult.reset();
+  s.wake.notify_all();
+  s.joinDone.wait(lock, [&] { return s.joinResult.has_value() || s.threadDone; });
+  if (s.joinResult) return *s.joinResult;
+  if (s.failure) std::rethrow_exception(s.failure);
+  SKYRING_THROW(Aborted, s.context("join"), "the engine was shut down during join()");
+}
+
 Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
                             engine::Collective collective, int root, Allocator allocate,
                             std::vector<Tensor> members, std::vector<std::int64_t> splits,
@@ -249,6 +263,7 @@ Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
             std::move(allocateAlltoall),
             {},
             std::nullopt,
+            false,
             false};
   std::lock_guard lock(mutex);
   if (shutdownRequested || failure) {
@@ -283,6 +298,7 @@ void Engine::Impl::run() noexcept {
   std::lock_guard lock(mutex);
   threadDone = true;
   finished.notify_all();
+  joinDone.notify_all();
 }
 
 CollectiveOptions Engine::Impl::collectiveOptions(bool first) const {
@@ -307,7 +323,9 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   {
     std::unique_lock lock(mutex);
     if (idle) {
-      wake.wait_for(lock, kIdleTick, [&] { return !submitted.empty() || shutdownRequested; });
+      wake.wait_for(lock, kIdleTick, [&] {
+        return !submitted.empty() || shutdownRequested || (joinRequested && !joinedHere);
+      });
     }
     for (auto& p : submitted) {
       std::string name = p.descriptor.name;
@@ -315,6 +333,7 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
     }
     submitted.clear();
     shutdownNow = shutdownRequested;
+    joinedHere = joinRequested;
   }
   if (shutdownNow && !shutDownHere) {
     shutDownHere = true;
@@ -327,9 +346,26 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
     pending.clear();
   }
 
+  // A joined rank announces, as zeros, the allreduces others announced before it joined.
+  if (joinedHere) {
+    for (const auto& d : announcements.missing(comm.rank())) {
+      if (joinable(d) && pending.count(d.name) == 0) addGhost(d, std::nullopt);
+    }
+  }
   // Step 1: what this rank has, as the cycle's vector.
   std::vector<std::byte> announce;
-  std::vector<std::uint8_t> vec(kHeaderBytes + cache.size(), 0);
+  // After the header, one byte per rank (0: that rank has joined), then one per cache slot.
+  const auto n = static_cast<std::size_t>(comm.size());
+  const std::size_t base = kHeaderBytes + n;
+  std::vector<std::uint8_t> vec(base + cache.size(), 0);
+  for (std::size_t r = 0; r < n; ++r)
+    vec[kHeaderBytes + r] = joinedHere && r == static_cast<std::size_t>(comm.rank()) ? 0 : 1;
+  // A joined rank is ready for every cached allreduce (with zeros): a slot runs once every
+  // rank that has not joined has it ready.
+  if (joinedHere) {
+    for (std::uint32_t s = 0; s < cache.size(); ++s)
+      vec[base + s] = joinable(cache.at(s)) ? 1 : 0;
+  }
   for (auto& [name, p] : pending) {
     // An allgather is announced every time (the verdict carries every rank's first
     // dimension); an alltoall is cached with any first dimension (it exchanges its splits
@@ -344,7 +380,7 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
       engine::appendDescriptor(announce, p.descriptor);
       p.announced = true;
     } else {
-      vec[kHeaderBytes + *p.slot] = 1;
+      vec[base + *p.slot] = 1;
     }
   }
   vec[kNoAnnouncements] = announce.empty() ? 1 : 0;
@@ -362,8 +398,9 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   }
   if (vec[kNoShutdownDeadline] == 0) failShutdown();
   std::vector<std::uint32_t> ready;
-  for (std::size_t s = kHeaderBytes; s < vec.size(); ++s) {
-    if (vec[s] == 1) ready.push_back(static_cast<std::uint32_t>(s - kHeaderBytes));
+  const bool joinSettled = settleJoin(vec.data() + kHeaderBytes);
+  for (std::size_t s = base; s < vec.size() && !joinSettled; ++s) {
+    if (vec[s] == 1) ready.push_back(static_cast<std::uint32_t>(s - base));
   }
   // Step 3 (changes the cache only after the ready slots were read off step 2).
   if (vec[kNoAnnouncements] == 0) negotiate(announce);
@@ -405,6 +442,12 @@ void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
   for (int r = 0; r < comm.size(); ++r) {
     const auto list =
         engine::parseDescriptors(everyone[static_cast<std::size_t>(r)], r, comm.rank());
+    // A joined rank announces the others' new allreduces too (next cycle), as zeros.
+    for (const auto& d : list) {
+      if (joinedHere && r != comm.rank() && joinable(d) && pending.count(d.name) == 0) {
+        addGhost(d, std::nullopt);
+      }
+    }
     for (auto& verdict : announcements.add(r, list)) {
       std::optional<std::uint32_t> slot;
       if (verdict.agreed) {

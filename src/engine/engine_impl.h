@@ -44,6 +44,8 @@ struct Pending {
   std::vector<std::int64_t> firstDims;
   std::optional<std::uint32_t> slot;  // in the response cache, once agreed
   bool announced = false;             // waiting for the announcement's verdict
+  // Made by a joined rank's engine for the others' allreduces: zeros, no caller waits.
+  bool ghost = false;
 };
 
 // One buffer of a ready tensor in a fusion batch: the tensor itself, or one member of a
@@ -84,6 +86,14 @@ struct Engine::Impl {
   // goodbye) and some have not: every rank throws Timeout naming those, stopping its engine.
   [[noreturn]] void failShutdown();
   void execute(const std::vector<std::uint32_t>& readySlots);
+  // join.cc. Whether slot is an allreduce a joined rank takes part in (with zeros).
+  bool joinable(const engine::Descriptor& d) const;
+  // A pending allreduce of zeros under d (with slot, when cached), for a joined rank.
+  engine::Pending& addGhost(const engine::Descriptor& d, std::optional<std::uint32_t> slot);
+  // After a cycle's allreduce: reads which ranks have joined (notJoined: one byte per rank,
+  // 0 when joined); once every rank has, completes join() and drops the ghosts. Returns
+  // true when it did (the cycle runs no slots then).
+  bool settleJoin(const std::uint8_t* notJoined);
   void finish(engine::Pending& p, std::exception_ptr error);
   void failAll(const std::exception_ptr& error);
   CollectiveOptions collectiveOptions(bool first) const;
@@ -98,6 +108,9 @@ struct Engine::Impl {
   std::vector<engine::Pending> submitted;  // guarded by mutex
   std::set<std::string> names;             // pending on this rank; guarded by mutex
   bool shutdownRequested = false;          // guarded by mutex
+  bool joinRequested = false;              // guarded by mutex: join() waits
+  std::optional<int> joinResult;           // guarded by mutex: the last rank to join
+  std::condition_variable joinDone;        // joinResult set, or the thread stopped
   bool threadDone = false;                 // guarded by mutex
   std::exception_ptr failure;              // guarded by mutex: why the engine stopped
   std::mutex joinMutex;
@@ -106,6 +119,8 @@ struct Engine::Impl {
   // The engine thread's own.
   std::map<std::string, engine::Pending> pending;
   bool shutDownHere = false;
+  bool joinedHere = false;                 // this rank's join() is in progress (seen by a cycle)
+  std::vector<std::uint8_t> joinedBefore;  // per rank: joined as of the last cycle
   engine::Clock::time_point shutDownAt;
   engine::Clock::time_point lastStallCheck = engine::Clock::now();
   engine::ResponseCache cache;

@@ -24,6 +24,10 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
   std::vector<engine::FusionItem> plan;
   for (std::uint32_t slot : readySlots) {
     auto it = bySlot.find(slot);
+    if (it == bySlot.end() && joinedHere && joinable(cache.at(slot))) {
+      // This rank has joined: it takes part with zeros.
+      it = bySlot.emplace(slot, addGhost(cache.at(slot), slot).descriptor.name).first;
+    }
     if (it == bySlot.end()) {
       // Every rank set this slot's bit, this one included: its tensor must be here.
       SKYRING_THROW(Aborted, context("engine cycle"), "slot ", slot, " ('", cache.at(slot).name,

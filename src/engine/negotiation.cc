@@ -116,6 +116,20 @@ std::uint32_t ResponseCache::insert(const Descriptor& d) {
   return slot;
 }
 
+std::vector<Descriptor> Announcements::missing(int rank) const {
+  std::vector<Descriptor> out;
+  for (const auto& [name, perRank] : byName_) {
+    if (perRank[static_cast<std::size_t>(rank)].has_value()) continue;
+    for (const auto& d : perRank) {
+      if (d) {
+        out.push_back(*d);
+        break;
+      }
+    }
+  }
+  return out;
+}
+
 std::vector<Announcements::Verdict> Announcements::add(int rank,
                                                        const std::vector<Descriptor>& list) {
   std::vector<Verdict> out;

@@ -88,6 +88,8 @@ class Announcements {
   };
 
   bool contains(const std::string& name) const { return byName_.count(name) != 0; }
+  // Names some rank announced and rank has not: for each, the first announced descriptor.
+  std::vector<Descriptor> missing(int rank) const;
   // Records what rank announced; returns the names it completed, in list order. Call for
   // ranks 0..n-1 in order with the same lists on every rank to get the same verdicts.
   std::vector<Verdict> add(int rank, const std::vector<Descriptor>& list);

@@ -106,6 +106,10 @@ Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocat
   return runtime().engine().allgatherAsync(std::move(name), std::move(tensor), std::move(allocate));
 }
 
+int join() {
+  return runtime().engine().join();
+}
+
 void barrier() {
   runtime().engine().barrier();
 }

@@ -203,6 +203,47 @@ TEST_P(EngineOps, AlltoallIsExact) {
   });
 }
 
+// Uneven batches: rank r runs n - r of them, then joins. Each batch allreduces a name seen
+// for the first time (announced while some ranks have joined), a cached name with avg, and
+// a cached group; a joined rank adds zeros, avg divides by the full n. Rank 0 joins last.
+TEST_P(EngineOps, JoinWithUnevenBatches) {
+  const int n = GetParam();
+  LocalWorld world(n);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    const int me = comm.rank();
+    const int batches = n - me;
+    for (int b = 0; b < batches; ++b) {
+      // Ranks with more than b batches: 0 .. n-b-1; the sum of their (r + 1).
+      const int active = n - b;
+      const float want = static_cast<float>(active * (active + 1) / 2);
+      std::vector<float> fresh(5, static_cast<float>(me + 1));
+      std::vector<double> avg(3, static_cast<double>(me + 1) * n);
+      std::vector<std::int32_t> g1(2, me + 1);
+      std::vector<float> g2(4, static_cast<float>(me + 1));
+      std::vector<float> g3(2, static_cast<float>(me + 1));
+      auto h1 = engine.allreduceAsync("fresh" + std::to_string(b), Tensor::of(fresh));
+      auto h2 = engine.allreduceAsync("avg", Tensor::of(avg), {ReduceOp::avg});
+      auto h3 = engine.groupedAllreduceAsync("g1", {Tensor::of(g1)});
+      auto h4 = engine.groupedAllreduceAsync("g2", {Tensor::of(g2), Tensor::of(g3)});
+      finish(h1);
+      finish(h2);
+      finish(h3);
+      finish(h4);
+      EXPECT_EQ(fresh, std::vector<float>(5, want)) << "batch " << b << " rank " << me;
+      EXPECT_EQ(g3, std::vector<float>(2, want));
+      EXPECT_EQ(avg, std::vector<double>(3, static_cast<double>(want))) << "batch " << b;
+      EXPECT_EQ(g1, std::vector<std::int32_t>(2, static_cast<std::int32_t>(want)));
+      EXPECT_EQ(g2, std::vector<float>(4, want));
+    }
+    EXPECT_EQ(engine.join(), 0) << "rank " << me;
+    // The engine goes on after everyone joined.
+    std::vector<float> x(3, 1.0f);
+    finish(engine.allreduceAsync("after", Tensor::of(x)));
+    EXPECT_EQ(x, std::vector<float>(3, static_cast<float>(n)));
+  });
+}
+
 INSTANTIATE_TEST_SUITE_P(Ranks, EngineOps, ::testing::Values(1, 2, 3, 5));
 
 // A group whose members differ on one rank fails on every rank, naming the ranks.
