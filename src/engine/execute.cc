@@ -24,8 +24,10 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
   std::vector<engine::FusionItem> plan;
   for (std::uint32_t slot : readySlots) {
     auto it = bySlot.find(slot);
-    if (it == bySlot.end() && joinedHere && joinable(cache.at(slot))) {
-      // This rank has joined: it takes part with zeros.
+    if (it == bySlot.end() && joinedHere && joinable(cache.at(slot)) &&
+        pending.count(cache.at(slot).name) == 0) {
+      // This rank has joined: it takes part with zeros (unless another thread of this rank
+      // submitted the name itself meanwhile, differently: then it cannot).
       it = bySlot.emplace(slot, addGhost(cache.at(slot), slot).descriptor.name).first;
     }
     if (it == bySlot.end()) {
