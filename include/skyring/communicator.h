@@ -19,6 +19,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -92,6 +93,12 @@ class Communicator {
   // output holds size() blocks of input.count elements; block r comes from rank r.
   // input may alias block rank() of output.
   void allgather(BufferView input, BufferView output, const CollectiveOptions& options = {});
+  // sendCounts[p] elements of input (blocks in rank order) go to rank p; block p of output
+  // (recvCounts[p] elements, blocks in rank order) comes from rank p. p's sendCounts[r]
+  // must equal r's recvCounts[p] (the caller exchanges the counts first when they are not
+  // known). Pairwise exchange: n-1 steps, one peer each way per step.
+  void alltoall(BufferView input, std::span<const std::size_t> sendCounts, BufferView output,
+                std::span<const std::size_t> recvCounts, const CollectiveOptions& options = {});
   // buffer of root is copied to every rank's buffer.
   void broadcast(BufferView buffer, int root, const CollectiveOptions& options = {});
   // Returns once every rank has entered the barrier.

@@ -8,8 +8,8 @@
 // Framework threads submit tensors by name, in any order on any rank; one background thread
 // per engine agrees with the other ranks on which names are ready everywhere, fuses small
 // tensors of one dtype and op (or broadcast root) into one buffer, runs the allreduces,
-// broadcasts and allgathers and completes the handles. docs/engine.md explains the negotiation, the
-// response cache and fusion.
+// broadcasts, allgathers, reducescatters and alltoalls and completes the handles. docs/engine.md
+// explains the negotiation, the response cache and fusion.
 //
 // Collective use: every rank of the communicator makes an Engine over it (engines meet on
 // EngineOptions::tag, which nothing else may use), and every rank submits each name; a name
@@ -135,6 +135,45 @@ class Engine {
   // agree). An allocator that throws, or returns a tensor that does not fit, fails this
   // rank's handle only. The InvalidArgument cases as above.
   Handle allgatherAsync(std::string name, Tensor tensor, Allocator allocate);
+
+  // Submits tensors for in-place allreduces as one unit under one name: negotiated together
+  // (every rank must give the same tensors, in order, of one dtype, with the same op), run
+  // in one cycle (fused with each other and with other ready tensors of their dtype and op,
+  // up to the fusion threshold) and completed through one handle: all or nothing. The
+  // InvalidArgument cases as allreduceAsync, and an empty group or mixed dtypes.
+  Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors,
+                               AllreduceSpec spec = {});
+
+  // Submits tensor to be reduced over ranks (spec.op, scales as allreduceAsync) and
+  // scattered along its first dimension: of its R rows every rank gets R / n, the first
+  // R % n ranks one more (as Horovod), rank r the r-th slice in row order. Every rank gives
+  // the same shape, dtype and op. allocate is called once on the engine thread with this
+  // rank's number of rows and returns the tensor to write them into (as for allgatherAsync:
+  // an allocator that throws or does not fit fails this rank's handle only).
+  Handle reducescatterAsync(std::string name, Tensor tensor, Allocator allocate,
+                            AllreduceSpec spec = {});
+
+  // Says this rank has run out of data, and returns once every rank has called join (the
+  // number of the last rank to join). Meanwhile this rank's engine takes part in every
+  // allreduce and grouped allreduce the other ranks run with zeros (sum and avg: avg still
+  // divides by the full size, as in Horovod; min, max and prod see the zeros too). Other
+  // collectives wait until this rank submits them. Call it from one thread at a time; it
+  // throws what failed the engine.
+  int join();
+
+  // Where an alltoall's result goes: called once on the engine thread with the number of
+  // rows this rank receives and how many came from each rank (in rank order); returns a host
+  // tensor of that many rows of the input's row shape and dtype. Must not wait on handles.
+  using AlltoallAllocator =
+      std::function<Tensor(std::int64_t rows, const std::vector<std::int64_t>& receivedSplits)>;
+  // Submits tensor to be scattered along its first dimension: its first splits[p] rows go to
+  // rank 0, ... (splits[p] rows to rank p, in row order; empty splits: the rows split evenly,
+  // which they must), and this rank receives from every rank the rows that rank sent it, in
+  // rank order, into the tensor allocate returns. Splits may differ between ranks; the name,
+  // dtype and the other dimensions must agree. InvalidArgument at once for splits that are
+  // not one per rank, negative, or do not add up to the rows, and the cases above.
+  Handle alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
+                       AlltoallAllocator allocate);
 
   // Writes a Chrome trace of this rank's engine to path (chrome://tracing, Perfetto) from
   // now on, replacing a trace already running: per tensor its negotiation and collective,

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "skyring/buffer_view.h"
 #include "skyring/communicator.h"
@@ -49,10 +50,21 @@ int crossSize();
 Runtime& runtime();
 // Engine::allreduceAsync on the default runtime's engine.
 Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
+// Engine::groupedAllreduceAsync on the default runtime's engine.
+Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors,
+                             AllreduceSpec spec = {});
+// Engine::reducescatterAsync on the default runtime's engine.
+Handle reducescatterAsync(std::string name, Tensor tensor, Engine::Allocator allocate,
+                          AllreduceSpec spec = {});
+// Engine::alltoallAsync on the default runtime's engine.
+Handle alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
+                     Engine::AlltoallAllocator allocate);
 // Engine::broadcastAsync on the default runtime's engine.
 Handle broadcastAsync(std::string name, Tensor tensor, int root);
 // Engine::allgatherAsync on the default runtime's engine.
 Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate);
+// Engine::join on the default runtime's engine: the last rank to join.
+int join();
 // Engine::barrier on the default runtime's engine.
 void barrier();
 // Engine::startTimeline / stopTimeline on the default runtime's engine.

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <span>
 
 #include "collectives/exchange.h"
 #include "skyring/buffer_view.h"
@@ -39,6 +40,12 @@ void ringAllgather(Exchange& ex, BufferView buffer, const RingParams& params,
 // Pipelined chain broadcast from root: chunk c travels root -> root+1 -> ... while
 // chunk c+1 follows, so time is (chunks + n - 2) chunk transfers.
 void chainBroadcast(Exchange& ex, BufferView buffer, int root, const RingParams& params);
+
+// Pairwise-exchange alltoall (pairwise.h): sendCounts[p] elements of input (blocks in rank
+// order) go to rank p; block p of output (recvCounts[p] elements) comes from rank p. The
+// counts must agree between ranks (p's sendCounts[r] is r's recvCounts[p]).
+void pairwiseAlltoall(Exchange& ex, BufferView input, std::span<const std::size_t> sendCounts,
+                      BufferView output, std::span<const std::size_t> recvCounts);
 
 // Dissemination barrier: ceil(log2 n) rounds of zero-byte messages.
 void disseminationBarrier(Exchange& ex);

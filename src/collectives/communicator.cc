@@ -334,6 +334,36 @@ void Communicator::allgather(BufferView input, BufferView output,
   });
 }
 
+void Communicator::alltoall(BufferView input, std::span<const std::size_t> sendCounts,
+                            BufferView output, std::span<const std::size_t> recvCounts,
+                            const CollectiveOptions& options) {
+  guarded("alltoall", [&] {
+    const ErrorContext ctx{rank_, -1, "alltoall"};
+    checkBuffer(input, ctx, "input");
+    checkBuffer(output, ctx, "output");
+    SKYRING_CHECK_ARG(input.dtype == output.dtype, ctx, "input dtype ", dtypeName(input.dtype),
+                      " differs from output dtype ", dtypeName(output.dtype));
+    const auto n = static_cast<std::size_t>(size_);
+    SKYRING_CHECK_ARG(sendCounts.size() == n && recvCounts.size() == n, ctx, sendCounts.size(),
+                      " send and ", recvCounts.size(), " receive counts for ", n, " ranks");
+    std::size_t sent = 0;
+    std::size_t received = 0;
+    for (std::size_t r = 0; r < n; ++r) {
+      sent += sendCounts[r];
+      received += recvCounts[r];
+    }
+    SKYRING_CHECK_ARG(sent == input.count && received == output.count, ctx, "counts add up to ",
+                      sent, " sent and ", received, " received, the buffers hold ", input.count,
+                      " and ", output.count);
+    SKYRING_CHECK_ARG(!overlaps(input, output), ctx, "input and output overlap");
+    // The counts differ between ranks: the signature carries the group's size instead.
+    auto ex =
+        makeExchange(*transport_, logger_, config_, sequenceFor(options, ctx.op.c_str()),
+                     CallSignature{Opcode::alltoall, input.dtype, ReduceOp::sum, n, -1}, options);
+    collectives::pairwiseAlltoall(ex, input, sendCounts, output, recvCounts);
+  });
+}
+
 void Communicator::broadcast(BufferView buffer, int root, const CollectiveOptions& options) {
   guarded("broadcast", [&] {
     const ErrorContext ctx{rank_, -1, "broadcast"};

@@ -56,6 +56,8 @@ std::string_view opcodeName(Opcode op) noexcept {
       return "broadcast";
     case Opcode::barrier:
       return "barrier";
+    case Opcode::alltoall:
+      return "alltoall";
   }
   return "?";
 }

@@ -12,7 +12,14 @@
 
 namespace skyring::collectives {
 
-enum class Opcode : std::uint8_t { allreduce = 1, reduceScatter, allgather, broadcast, barrier };
+enum class Opcode : std::uint8_t {
+  allreduce = 1,
+  reduceScatter,
+  allgather,
+  broadcast,
+  barrier,
+  alltoall
+};
 
 inline constexpr std::uint32_t kMaxUserTag = 0xfff;
 

@@ -7,8 +7,8 @@
 //     cached, or its name is in the announcement table (some rank announced it, maybe
 //     with another shape; announcing too lets the ranks compare).
 //  2. Allreduce (min over u8) of [no-announcements, nothing-pending, shutting-down,
-//     no-stall-check, no-shutdown-deadline, ready(slot 0), ready(slot 1), ...]: a min of 1
-//     is an AND, a min of 0 an OR.
+//     no-stall-check, no-shutdown-deadline, not-joined(rank 0..n-1), ready(slot 0),
+//     ready(slot 1), ...]: a min of 1 is an AND, a min of 0 an OR (join.cc).
 //  3. If any rank announces: allgather the announcement lists (lengths, then the padded
 //     lists). Every rank feeds them to the announcement table in rank order and gets the
 //     same verdicts: agreed names get a cache slot (the same slot on every rank), others
@@ -32,6 +32,7 @@
 #include <set>
 #include <thread>
 
+#include "engine/engine_impl.h"
 #include "engine/fusion.h"
 #include "engine/gather.h"
 #include "engine/handle_state.h"
@@ -60,79 +61,14 @@ enum Header : std::size_t {
   kHeaderBytes
 };
 
-using Clock = std::chrono::steady_clock;
+using engine::Clock;
+using engine::Pending;
 
 // Names the engine submits itself; users' names may not start with the prefix.
 constexpr std::string_view kReservedPrefix = "__skyring.";
 constexpr std::string_view kBarrierName = "__skyring.barrier";
 
-struct Pending {
-  engine::Descriptor descriptor;
-  Tensor tensor;
-  AllreduceSpec spec;
-  std::shared_ptr<Handle::State> state;
-  Clock::time_point submittedAt;
-  Engine::Allocator allocate;  // allgather only
-  // allgather only: every rank's first dimension, from the verdict (it may change from one
-  // submission of the name to the next, so an allgather is announced every time).
-  std::vector<std::int64_t> firstDims;
-  std::optional<std::uint32_t> slot;  // in the response cache, once agreed
-  bool announced = false;             // waiting for the announcement's verdict
-};
-
 }  // namespace
-
-struct Engine::Impl {
-  Impl(Communicator& c, EngineOptions o) : comm(c), options(o), announcements(c.size()) {}
-
-  Handle submit(std::string name, Tensor tensor, AllreduceSpec spec, engine::Collective collective,
-                int root, Allocator allocate = nullptr);
-  void run() noexcept;
-  // Runs one batch (items of one collective, dtype and op) as one collective.
-  void runBatch(const std::vector<Pending*>& batch, const CollectiveOptions& o);
-  void cycle(bool first, bool& idle, bool& stop);
-  void negotiate(const std::vector<std::byte>& mine);
-  // Every rank's bytes, in rank order (lengths, then the padded bytes: two allgathers).
-  std::vector<std::vector<std::byte>> gather(const std::vector<std::byte>& mine);
-  // True when this rank has waited stallWarning for a name and has not asked for a check
-  // within stallWarning.
-  bool wantsStallCheck(Clock::time_point now) const;
-  // Exchanges what every rank has pending; warns of names some ranks have not submitted,
-  // and past stallShutdown throws (every rank alike) to stop the engine.
-  void inspectStalls(Clock::time_point now);
-  // A rank asked to shut down longer ago than Config::initTimeout (the bound of Runtime's
-  // goodbye) and some have not: every rank throws Timeout naming those, stopping its engine.
-  [[noreturn]] void failShutdown();
-  void execute(const std::vector<std::uint32_t>& readySlots);
-  void finish(Pending& p, std::exception_ptr error);
-  void failAll(const std::exception_ptr& error);
-  CollectiveOptions collectiveOptions(bool first) const;
-  ErrorContext context(const char* op) const { return {comm.rank(), -1, op}; }
-
-  Communicator& comm;
-  EngineOptions options;
-
-  std::mutex mutex;
-  std::condition_variable wake;      // a submission or shutdown
-  std::condition_variable finished;  // the thread has left its loop
-  std::vector<Pending> submitted;    // guarded by mutex
-  std::set<std::string> names;       // pending on this rank; guarded by mutex
-  bool shutdownRequested = false;    // guarded by mutex
-  bool threadDone = false;           // guarded by mutex
-  std::exception_ptr failure;        // guarded by mutex: why the engine stopped
-  std::mutex joinMutex;
-  std::thread thread;
-
-  // The engine thread's own.
-  std::map<std::string, Pending> pending;
-  bool shutDownHere = false;
-  Clock::time_point shutDownAt;
-  Clock::time_point lastStallCheck = Clock::now();
-  engine::ResponseCache cache;
-  engine::Announcements announcements;
-  std::vector<std::byte> fusion;
-  engine::Timeline timeline;
-};
 
 Engine::Engine(Communicator& comm, EngineOptions options)
     : impl_(std::make_unique<Impl>(comm, options)) {
@@ -203,34 +139,132 @@ Handle Engine::allgatherAsync(std::string name, Tensor tensor, Allocator allocat
                        std::move(allocate));
 }
 
+Handle Engine::groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors,
+                                     AllreduceSpec spec) {
+  SKYRING_CHECK_ARG(!tensors.empty(), impl_->context("groupedAllreduceAsync"), "'", name,
+                    "': an empty group");
+  const DType dtype = tensors.front().buffer.dtype;
+  return impl_->submit(std::move(name), Tensor{BufferView{nullptr, 0, dtype}, {0}, nullptr}, spec,
+                       engine::Collective::groupedAllreduce, 0, nullptr, std::move(tensors));
+}
+
+Handle Engine::reducescatterAsync(std::string name, Tensor tensor, Allocator allocate,
+                                  AllreduceSpec spec) {
+  SKYRING_CHECK_ARG(allocate != nullptr, impl_->context("reducescatterAsync"), "'", name,
+                    "': no allocator");
+  return impl_->submit(std::move(name), std::move(tensor), spec, engine::Collective::reducescatter,
+                       0, std::move(allocate));
+}
+
+Handle Engine::alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
+                             AlltoallAllocator allocate) {
+  const ErrorContext ctx = impl_->context("alltoallAsync");
+  SKYRING_CHECK_ARG(allocate != nullptr, ctx, "'", name, "': no allocator");
+  const int n = impl_->comm.size();
+  const auto rows =
+      tensor.shape.empty() ? static_cast<std::int64_t>(tensor.buffer.count) : tensor.shape.front();
+  if (splits.empty()) {
+    SKYRING_CHECK_ARG(rows % n == 0, ctx, "'", name, "': ", rows, " rows do not split evenly over ",
+                      n, " ranks; give splits");
+    splits.assign(static_cast<std::size_t>(n), rows / n);
+  }
+  SKYRING_CHECK_ARG(splits.size() == static_cast<std::size_t>(n), ctx, "'", name,
+                    "': ", splits.size(), " splits for ", n, " ranks");
+  std::int64_t total = 0;
+  for (std::int64_t s : splits) {
+    SKYRING_CHECK_ARG(s >= 0, ctx, "'", name, "': negative split ", s);
+    total += s;
+  }
+  SKYRING_CHECK_ARG(total == rows, ctx, "'", name, "': splits add up to ", total, " rows, not ",
+                    rows);
+  return impl_->submit(std::move(name), std::move(tensor), {}, engine::Collective::alltoall, 0,
+                       nullptr, {}, std::move(splits), std::move(allocate));
+}
+
+int Engine::join() {
+  Impl& s = *impl_;
+  std::unique_lock lock(s.mutex);
+  if (s.failure) std::rethrow_exception(s.failure);
+  SKYRING_CHECK_ARG(!s.joinRequested, s.context("join"), "join() is already in progress");
+  s.joinRequested = true;
+  s.joinResult.reset();
+  s.wake.notify_all();
+  s.joinDone.wait(lock, [&] { return s.joinResult.has_value() || s.threadDone; });
+  if (s.joinResult) return *s.joinResult;
+  if (s.failure) std::rethrow_exception(s.failure);
+  SKYRING_THROW(Aborted, s.context("join"), "the engine was shut down during join()");
+}
+
 Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
-                            engine::Collective collective, int root, Allocator allocate) {
-  const ErrorContext ctx =
-      context(collective == engine::Collective::allreduce   ? "allreduceAsync"
-              : collective == engine::Collective::broadcast ? "broadcastAsync"
-                                                            : "allgatherAsync");
+                            engine::Collective collective, int root, Allocator allocate,
+                            std::vector<Tensor> members, std::vector<std::int64_t> splits,
+                            AlltoallAllocator allocateAlltoall) {
+  using C = engine::Collective;
+  const ErrorContext ctx = context(collective == C::allreduce          ? "allreduceAsync"
+                                   : collective == C::broadcast        ? "broadcastAsync"
+                                   : collective == C::allgather        ? "allgatherAsync"
+                                   : collective == C::groupedAllreduce ? "groupedAllreduceAsync"
+                                   : collective == C::alltoall         ? "alltoallAsync"
+                                                                       : "reducescatterAsync");
   SKYRING_CHECK_ARG(!name.empty(), ctx, "a tensor needs a name");
   SKYRING_CHECK_ARG(name.rfind(kReservedPrefix, 0) != 0 || name == kBarrierName, ctx, "'", name,
                     "': names starting with ", kReservedPrefix, " are reserved");
-  SKYRING_CHECK_ARG(tensor.buffer.memory == MemoryKind::host, ctx, "'", name,
-                    "': the engine takes host memory only for now");
-  SKYRING_CHECK_ARG(tensor.buffer.data != nullptr || tensor.buffer.count == 0, ctx, "'", name,
-                    "': null data");
-  std::vector<std::int64_t> shape = tensor.shape;
-  if (shape.empty()) shape.push_back(static_cast<std::int64_t>(tensor.buffer.count));
-  std::int64_t elements = 1;
-  for (std::int64_t d : shape) {
-    SKYRING_CHECK_ARG(d >= 0, ctx, "'", name, "': negative dimension ", d);
-    elements *= d;
+  SKYRING_CHECK_ARG(
+      isFloatingPoint(tensor.buffer.dtype) || (spec.prescale == 1 && spec.postscale == 1), ctx, "'",
+      name, "': pre/post scaling needs a floating-point tensor, not ",
+      dtypeName(tensor.buffer.dtype));
+  // The shape of t (one dimension when it gives none), checked against its buffer.
+  auto shapeOf = [&](const Tensor& t) {
+    SKYRING_CHECK_ARG(t.buffer.memory == MemoryKind::host, ctx, "'", name,
+                      "': the engine takes host memory only for now");
+    SKYRING_CHECK_ARG(t.buffer.data != nullptr || t.buffer.count == 0, ctx, "'", name,
+                      "': null data");
+    std::vector<std::int64_t> shape = t.shape;
+    if (shape.empty()) shape.push_back(static_cast<std::int64_t>(t.buffer.count));
+    std::int64_t elements = 1;
+    for (std::int64_t d : shape) {
+      SKYRING_CHECK_ARG(d >= 0, ctx, "'", name, "': negative dimension ", d);
+      elements *= d;
+    }
+    SKYRING_CHECK_ARG(static_cast<std::size_t>(elements) == t.buffer.count, ctx, "'", name,
+                      "': shape holds ", elements, " elements, the buffer ", t.buffer.count);
+    return shape;
+  };
+  std::vector<std::int64_t> shape;
+  if (collective == C::groupedAllreduce) {
+    // [count, per member its number of dimensions and its dimensions]: members must agree
+    // in order, shape and dtype, as one descriptor.
+    shape.push_back(static_cast<std::int64_t>(members.size()));
+    for (const Tensor& m : members) {
+      SKYRING_CHECK_ARG(m.buffer.dtype == tensor.buffer.dtype, ctx, "'", name,
+                        "': a group's tensors must share one dtype (", dtypeName(m.buffer.dtype),
+                        " beside ", dtypeName(tensor.buffer.dtype), ")");
+      const auto dims = shapeOf(m);
+      shape.push_back(static_cast<std::int64_t>(dims.size()));
+      shape.insert(shape.end(), dims.begin(), dims.end());
+    }
+  } else {
+    shape = shapeOf(tensor);
   }
-  SKYRING_CHECK_ARG(static_cast<std::size_t>(elements) == tensor.buffer.count, ctx, "'", name,
-                    "': shape holds ", elements, " elements, the buffer ", tensor.buffer.count);
 
   auto state = std::make_shared<Handle::State>();
   engine::Descriptor d{name, tensor.buffer.dtype, spec.op, std::move(shape), collective, root};
-  if (collective != engine::Collective::allreduce) d.op = ReduceOp::sum;
-  Pending p{std::move(d), std::move(tensor), spec, state, Clock::now(), std::move(allocate),
-            {},           std::nullopt,      false};
+  if (collective == C::broadcast || collective == C::allgather || collective == C::alltoall) {
+    d.op = ReduceOp::sum;
+  }
+  Pending p{std::move(d),
+            std::move(tensor),
+            spec,
+            state,
+            Clock::now(),
+            std::move(allocate),
+            std::move(members),
+            std::move(splits),
+            std::move(allocateAlltoall),
+            {},
+            std::nullopt,
+            false,
+            false};
   std::lock_guard lock(mutex);
   if (shutdownRequested || failure) {
     std::exception_ptr why = failure;
@@ -264,6 +298,7 @@ void Engine::Impl::run() noexcept {
   std::lock_guard lock(mutex);
   threadDone = true;
   finished.notify_all();
+  joinDone.notify_all();
 }
 
 CollectiveOptions Engine::Impl::collectiveOptions(bool first) const {
@@ -288,7 +323,9 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   {
     std::unique_lock lock(mutex);
     if (idle) {
-      wake.wait_for(lock, kIdleTick, [&] { return !submitted.empty() || shutdownRequested; });
+      wake.wait_for(lock, kIdleTick, [&] {
+        return !submitted.empty() || shutdownRequested || (joinRequested && !joinedHere);
+      });
     }
     for (auto& p : submitted) {
       std::string name = p.descriptor.name;
@@ -296,6 +333,7 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
     }
     submitted.clear();
     shutdownNow = shutdownRequested;
+    joinedHere = joinRequested;
   }
   if (shutdownNow && !shutDownHere) {
     shutDownHere = true;
@@ -308,17 +346,41 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
     pending.clear();
   }
 
+  // A joined rank announces, as zeros, the allreduces others announced before it joined.
+  if (joinedHere) {
+    for (const auto& d : announcements.missing(comm.rank())) {
+      if (joinable(d) && pending.count(d.name) == 0) addGhost(d, std::nullopt);
+    }
+  }
   // Step 1: what this rank has, as the cycle's vector.
   std::vector<std::byte> announce;
-  std::vector<std::uint8_t> vec(kHeaderBytes + cache.size(), 0);
+  // After the header, one byte per rank (0: that rank has joined), then one per cache slot.
+  const auto n = static_cast<std::size_t>(comm.size());
+  const std::size_t base = kHeaderBytes + n;
+  std::vector<std::uint8_t> vec(base + cache.size(), 0);
+  for (std::size_t r = 0; r < n; ++r)
+    vec[kHeaderBytes + r] = joinedHere && r == static_cast<std::size_t>(comm.rank()) ? 0 : 1;
+  // A joined rank is ready for every cached allreduce (with zeros): a slot runs once every
+  // rank that has not joined has it ready.
+  if (joinedHere) {
+    for (std::uint32_t s = 0; s < cache.size(); ++s)
+      vec[base + s] = joinable(cache.at(s)) ? 1 : 0;
+  }
   for (auto& [name, p] : pending) {
-    if (!p.slot) p.slot = cache.find(p.descriptor);
+    // An allgather is announced every time (the verdict carries every rank's first
+    // dimension); an alltoall is cached with any first dimension (it exchanges its splits
+    // when it runs).
+    if (!p.slot) {
+      p.slot = cache.find(p.descriptor.collective == engine::Collective::alltoall
+                              ? engine::cacheKey(p.descriptor)
+                              : p.descriptor);
+    }
     if (p.announced) continue;
     if (!p.slot || announcements.contains(name)) {
       engine::appendDescriptor(announce, p.descriptor);
       p.announced = true;
     } else {
-      vec[kHeaderBytes + *p.slot] = 1;
+      vec[base + *p.slot] = 1;
     }
   }
   vec[kNoAnnouncements] = announce.empty() ? 1 : 0;
@@ -336,8 +398,9 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   }
   if (vec[kNoShutdownDeadline] == 0) failShutdown();
   std::vector<std::uint32_t> ready;
-  for (std::size_t s = kHeaderBytes; s < vec.size(); ++s) {
-    if (vec[s] == 1) ready.push_back(static_cast<std::uint32_t>(s - kHeaderBytes));
+  const bool joinSettled = settleJoin(vec.data() + kHeaderBytes);
+  for (std::size_t s = base; s < vec.size() && !joinSettled; ++s) {
+    if (vec[s] == 1) ready.push_back(static_cast<std::uint32_t>(s - base));
   }
   // Step 3 (changes the cache only after the ready slots were read off step 2).
   if (vec[kNoAnnouncements] == 0) negotiate(announce);
@@ -379,13 +442,17 @@ void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
   for (int r = 0; r < comm.size(); ++r) {
     const auto list =
         engine::parseDescriptors(everyone[static_cast<std::size_t>(r)], r, comm.rank());
+    // A joined rank announces the others' new allreduces too (next cycle), as zeros.
+    for (const auto& d : list) {
+      if (joinedHere && r != comm.rank() && joinable(d) && pending.count(d.name) == 0) {
+        addGhost(d, std::nullopt);
+      }
+    }
     for (auto& verdict : announcements.add(r, list)) {
       std::optional<std::uint32_t> slot;
       if (verdict.agreed) {
-        // An allgather's slot stands for the name with any first dimension.
-        engine::Descriptor key = verdict.descriptor;
-        if (key.collective == engine::Collective::allgather) key.shape.front() = -1;
-        slot = cache.insert(key);
+        // An allgather's or alltoall's slot stands for the name with any first dimension.
+        slot = cache.insert(engine::cacheKey(verdict.descriptor));
       }
       auto it = pending.find(verdict.name);
       if (it == pending.end() || !it->second.announced) continue;
@@ -447,116 +514,6 @@ void Engine::Impl::failShutdown() {
   SKYRING_THROW(Timeout, context("engine shutdown"), "rank(s) ", late,
                 " did not shut down their engines within SKYRING_INIT_TIMEOUT_MS=",
                 comm.config().initTimeout.count(), " of the others");
-}
-
-void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
-  std::map<std::uint32_t, std::string> bySlot;
-  for (auto& [name, p] : pending) {
-    if (p.slot && !p.announced) bySlot.emplace(*p.slot, name);
-  }
-  std::vector<Pending*> items;    // fused: allreduce and broadcast
-  std::vector<Pending*> gathers;  // each alone
-  std::vector<engine::FusionItem> plan;
-  for (std::uint32_t slot : readySlots) {
-    auto it = bySlot.find(slot);
-    if (it == bySlot.end()) {
-      // Every rank set this slot's bit, this one included: its tensor must be here.
-      SKYRING_THROW(Aborted, context("engine cycle"), "slot ", slot, " ('", cache.at(slot).name,
-                    "') is ready everywhere but not pending on this rank");
-    }
-    Pending& p = pending.at(it->second);
-    timeline.span(p.descriptor.name, "negotiate", "negotiation", p.submittedAt, Clock::now());
-    if (p.descriptor.collective == engine::Collective::allgather) {
-      gathers.push_back(&p);
-      continue;
-    }
-    items.push_back(&p);
-    plan.push_back(
-        {p.descriptor.dtype, p.descriptor.op, p.tensor.buffer.bytes(),
-         p.descriptor.collective == engine::Collective::broadcast ? p.descriptor.root : -1});
-  }
-  const CollectiveOptions o = collectiveOptions(false);
-  for (const auto& batch : engine::planFusion(plan, comm.config().fusionThreshold)) {
-    std::vector<Pending*> members;
-    for (std::size_t i : batch)
-      members.push_back(items[i]);
-    runBatch(members, o);
-  }
-  // Every ready tensor is done, those of zero elements included.
-  for (Pending* p : items) {
-    const std::string name = p->descriptor.name;
-    finish(*p, nullptr);
-    pending.erase(name);
-  }
-  for (Pending* p : gathers) {
-    const auto begin = Clock::now();
-    std::exception_ptr error = engine::runAllgather(comm, o, p->descriptor, p->tensor.buffer,
-                                                    p->firstDims, p->allocate, fusion);
-    timeline.span(p->descriptor.name, "allgather", "collective", begin, Clock::now());
-    const std::string name = p->descriptor.name;
-    finish(*p, std::move(error));
-    pending.erase(name);
-  }
-}
-
-void Engine::Impl::runBatch(const std::vector<Pending*>& batch, const CollectiveOptions& o) {
-  const engine::Descriptor& head = batch.front()->descriptor;
-  const bool broadcast = head.collective == engine::Collective::broadcast;
-  const char* what = broadcast ? "broadcast" : "allreduce";
-  // The collective over one buffer (pre/post scales are 1 for broadcasts), on the
-  // timeline: once on the engine's lane, and on the lane of every tensor it carries.
-  auto run = [&](BufferView b) {
-    const auto begin = Clock::now();
-    if (broadcast) {
-      comm.broadcast(b, head.root, o);
-    } else {
-      comm.allreduce(b, head.op, o);
-    }
-    if (!timeline.active()) return;
-    const auto end = Clock::now();
-    const std::string args =
-        "\"tensors\":" + std::to_string(batch.size()) + ",\"bytes\":" + std::to_string(b.bytes());
-    timeline.span({}, what, "collective", begin, end, args);
-    for (const Pending* p : batch)
-      timeline.span(p->descriptor.name, what, "collective", begin, end);
-  };
-  if (batch.size() == 1) {
-    const BufferView b = batch.front()->tensor.buffer;
-    engine::scaleInPlace(b, batch.front()->spec.prescale);
-    run(b);
-    engine::scaleInPlace(b, batch.front()->spec.postscale);
-    return;
-  }
-  std::size_t bytes = 0;
-  for (const Pending* p : batch)
-    bytes += p->tensor.buffer.bytes();
-  if (fusion.size() < bytes) fusion.resize(bytes);
-  const DType dtype = head.dtype;
-  // Only the root's bytes matter to a broadcast: the others skip copying in.
-  const bool copyIn = !broadcast || head.root == comm.rank();
-  const auto copyInBegin = Clock::now();
-  std::size_t offset = 0;
-  for (const Pending* p : batch) {
-    const BufferView b = p->tensor.buffer;
-    if (copyIn) {
-      std::memcpy(fusion.data() + offset, b.data, b.bytes());
-      engine::scaleInPlace({fusion.data() + offset, b.count, dtype, MemoryKind::host},
-                           p->spec.prescale);
-    }
-    offset += b.bytes();
-  }
-  timeline.span({}, "copy in", "fusion", copyInBegin, Clock::now());
-  run(BufferView{fusion.data(), bytes / dtypeSize(dtype), dtype, MemoryKind::host});
-  const auto copyOutBegin = Clock::now();
-  offset = 0;
-  for (const Pending* p : batch) {
-    const BufferView b = p->tensor.buffer;
-    engine::scaleInPlace({fusion.data() + offset, b.count, dtype, MemoryKind::host},
-                         p->spec.postscale);
-    std::memcpy(b.data, fusion.data() + offset, b.bytes());
-    offset += b.bytes();
-  }
-  timeline.span({}, "copy out", "fusion", copyOutBegin, Clock::now());
 }
 
 void Engine::Impl::finish(Pending& p, std::exception_ptr error) {

@@ -14,14 +14,32 @@ namespace {}  // namespace
 
 std::string Descriptor::describe() const {
   std::ostringstream os;
+  if (collective == Collective::groupedAllreduce) {
+    // shape: [count, per tensor its rank and dimensions]
+    os << "group of " << (shape.empty() ? 0 : shape.front()) << ' ' << dtypeName(dtype);
+    for (std::size_t i = 1; i < shape.size();) {
+      const auto dims = static_cast<std::size_t>(shape[i]);
+      os << '[';
+      for (std::size_t k = 0; k < dims && i + 1 + k < shape.size(); ++k)
+        os << (k ? "," : "") << shape[i + 1 + k];
+      os << ']';
+      i += 1 + dims;
+    }
+    os << ' ' << reduceOpName(op);
+    return os.str();
+  }
   os << dtypeName(dtype) << '[';
   for (std::size_t i = 0; i < shape.size(); ++i)
     os << (i ? "," : "") << shape[i];
   os << "] ";
-  if (collective == Collective::broadcast) {
+  if (collective == Collective::reducescatter) {
+    os << "reducescatter " << reduceOpName(op);
+  } else if (collective == Collective::broadcast) {
     os << "broadcast from " << root;
   } else if (collective == Collective::allgather) {
     os << "allgather";
+  } else if (collective == Collective::alltoall) {
+    os << "alltoall";
   } else {
     os << reduceOpName(op);
   }
@@ -50,8 +68,10 @@ std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int f
     const auto collective = in.get<std::uint8_t>();
     d.root = in.get<std::int32_t>();
     const auto dims = in.get<std::uint32_t>();
-    if (dtype >= std::size(kAllDTypes) || op >= std::size(kAllReduceOps) || collective > 2 ||
-        dims > 64) {
+    if (dtype >= std::size(kAllDTypes) || op >= std::size(kAllReduceOps) ||
+        collective > kLastCollective ||
+        dims > (collective == static_cast<std::uint8_t>(Collective::groupedAllreduce) ? (1u << 24)
+                                                                                      : 64u)) {
       SKYRING_THROW(TransportError, (ErrorContext{rank, fromRank, "engine negotiation"}),
                     "malformed announcement from rank ", fromRank, " (dtype ", int{dtype}, ", op ",
                     int{op}, ", ", dims, " dimensions)");
@@ -66,10 +86,18 @@ std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int f
   return out;
 }
 
-bool sameCall(const Descriptor& a, const Descriptor& b) {
-  if (a.collective != Collective::allgather || b.collective != Collective::allgather) {
-    return a == b;
+Descriptor cacheKey(const Descriptor& d) {
+  Descriptor key = d;
+  if ((d.collective == Collective::allgather || d.collective == Collective::alltoall) &&
+      !key.shape.empty()) {
+    key.shape.front() = -1;
   }
+  return key;
+}
+
+bool sameCall(const Descriptor& a, const Descriptor& b) {
+  const bool ragged = a.collective == Collective::allgather || a.collective == Collective::alltoall;
+  if (!ragged || a.collective != b.collective) return a == b;
   return a.name == b.name && a.dtype == b.dtype && a.shape.size() == b.shape.size() &&
          !a.shape.empty() && std::equal(a.shape.begin() + 1, a.shape.end(), b.shape.begin() + 1);
 }
@@ -86,6 +114,20 @@ std::uint32_t ResponseCache::insert(const Descriptor& d) {
   slots_.push_back(d);
   bySlot_.emplace(d, slot);
   return slot;
+}
+
+std::vector<Descriptor> Announcements::missing(int rank) const {
+  std::vector<Descriptor> out;
+  for (const auto& [name, perRank] : byName_) {
+    if (perRank[static_cast<std::size_t>(rank)].has_value()) continue;
+    for (const auto& d : perRank) {
+      if (d) {
+        out.push_back(*d);
+        break;
+      }
+    }
+  }
+  return out;
 }
 
 std::vector<Announcements::Verdict> Announcements::add(int rank,

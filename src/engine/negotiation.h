@@ -19,13 +19,23 @@
 
 namespace skyring::engine {
 
-enum class Collective : std::uint8_t { allreduce, broadcast, allgather };
+enum class Collective : std::uint8_t {
+  allreduce,
+  broadcast,
+  allgather,
+  // Several tensors of one dtype as one unit; shape lists them: [count, then per tensor its
+  // number of dimensions and its dimensions].
+  groupedAllreduce,
+  reducescatter,
+  alltoall,  // the first dimension may differ between ranks, as for allgather
+};
+inline constexpr std::uint8_t kLastCollective = 5;
 
 // What every rank must submit alike under one name.
 struct Descriptor {
   std::string name;
   DType dtype = DType::f32;
-  ReduceOp op = ReduceOp::sum;  // allreduce only (sum for the others)
+  ReduceOp op = ReduceOp::sum;  // the reductions only (sum for the others)
   std::vector<std::int64_t> shape;
   Collective collective = Collective::allreduce;
   std::int32_t root = 0;  // broadcast only (0 for the others)
@@ -37,8 +47,12 @@ struct Descriptor {
 };
 
 // Whether two ranks' descriptors of one name describe the same call: equal, except that
-// an allgather's first dimension may differ between ranks.
+// an allgather's or alltoall's first dimension may differ between ranks.
 bool sameCall(const Descriptor& a, const Descriptor& b);
+
+// The key of d in the response cache: d, with the first dimension -1 for collectives whose
+// first dimension may differ between ranks (allgather, alltoall).
+Descriptor cacheKey(const Descriptor& d);
 
 // Appends d to out in the wire format; parseDescriptors reads a concatenation back.
 void appendDescriptor(std::vector<std::byte>& out, const Descriptor& d);
@@ -74,6 +88,8 @@ class Announcements {
   };
 
   bool contains(const std::string& name) const { return byName_.count(name) != 0; }
+  // Names some rank announced and rank has not: for each, the first announced descriptor.
+  std::vector<Descriptor> missing(int rank) const;
   // Records what rank announced; returns the names it completed, in list order. Call for
   // ranks 0..n-1 in order with the same lists on every rank to get the same verdicts.
   std::vector<Verdict> add(int rank, const std::vector<Descriptor>& list);

@@ -82,12 +82,32 @@ Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec) {
   return runtime().engine().allreduceAsync(std::move(name), std::move(tensor), spec);
 }
 
+Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors, AllreduceSpec spec) {
+  return runtime().engine().groupedAllreduceAsync(std::move(name), std::move(tensors), spec);
+}
+
+Handle reducescatterAsync(std::string name, Tensor tensor, Engine::Allocator allocate,
+                          AllreduceSpec spec) {
+  return runtime().engine().reducescatterAsync(std::move(name), std::move(tensor),
+                                               std::move(allocate), spec);
+}
+
+Handle alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
+                     Engine::AlltoallAllocator allocate) {
+  return runtime().engine().alltoallAsync(std::move(name), std::move(tensor), std::move(splits),
+                                          std::move(allocate));
+}
+
 Handle broadcastAsync(std::string name, Tensor tensor, int root) {
   return runtime().engine().broadcastAsync(std::move(name), std::move(tensor), root);
 }
 
 Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate) {
   return runtime().engine().allgatherAsync(std::move(name), std::move(tensor), std::move(allocate));
+}
+
+int join() {
+  return runtime().engine().join();
 }
 
 void barrier() {

@@ -1,0 +1,132 @@
+// The engine's state, shared by its source files (engine.cc: submission, cycles and
+// negotiation; execute.cc: running the ready tensors). Internal: see skyring/engine.h.
+//
+// Threads: members guarded by mutex are shared with submitting threads; the rest belong to
+// the engine thread.
+#pragma once
+
+#include <chrono>
+#include <condition_variable>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "engine/handle_state.h"
+#include "engine/negotiation.h"
+#include "engine/timeline.h"
+#include "skyring/communicator.h"
+#include "skyring/engine.h"
+#include "skyring/error.h"
+
+namespace skyring {
+
+namespace engine {
+
+using Clock = std::chrono::steady_clock;
+
+struct Pending {
+  Descriptor descriptor;
+  Tensor tensor;
+  AllreduceSpec spec;
+  std::shared_ptr<Handle::State> state;
+  Clock::time_point submittedAt;
+  Engine::Allocator allocate;                  // allgather and reducescatter only
+  std::vector<Tensor> members;                 // grouped allreduce only (then tensor is empty)
+  std::vector<std::int64_t> splits;            // alltoall only: rows per destination
+  Engine::AlltoallAllocator allocateAlltoall;  // alltoall only
+  // allgather only: every rank's first dimension, from the verdict (it may change from one
+  // submission of the name to the next, so an allgather is announced every time).
+  std::vector<std::int64_t> firstDims;
+  std::optional<std::uint32_t> slot;  // in the response cache, once agreed
+  bool announced = false;             // waiting for the announcement's verdict
+  // Made by a joined rank's engine for the others' allreduces: zeros, no caller waits.
+  bool ghost = false;
+};
+
+// One buffer of a ready tensor in a fusion batch: the tensor itself, or one member of a
+// grouped allreduce.
+struct Part {
+  Pending* owner;
+  BufferView buffer;
+};
+
+}  // namespace engine
+
+struct Engine::Impl {
+  Impl(Communicator& c, EngineOptions o) : comm(c), options(o), announcements(c.size()) {}
+
+  // members: a grouped allreduce's tensors (then tensor is an empty one of their dtype).
+  Handle submit(std::string name, Tensor tensor, AllreduceSpec spec, engine::Collective collective,
+                int root, Allocator allocate = nullptr, std::vector<Tensor> members = {},
+                std::vector<std::int64_t> splits = {},
+                AlltoallAllocator allocateAlltoall = nullptr);
+  void run() noexcept;
+  // Runs one batch (items of one collective, dtype and op) as one collective.
+  void runBatch(const std::vector<engine::Part>& batch, const CollectiveOptions& o);
+  // Runs a reducescatter (alone, never fused); returns the error of this rank's allocator.
+  std::exception_ptr runReducescatter(engine::Pending& p, const CollectiveOptions& o);
+  // Runs an alltoall (alone): the splits, then the data; returns the allocator's error.
+  std::exception_ptr runAlltoall(engine::Pending& p, const CollectiveOptions& o);
+  void cycle(bool first, bool& idle, bool& stop);
+  void negotiate(const std::vector<std::byte>& mine);
+  // Every rank's bytes, in rank order (lengths, then the padded bytes: two allgathers).
+  std::vector<std::vector<std::byte>> gather(const std::vector<std::byte>& mine);
+  // True when this rank has waited stallWarning for a name and has not asked for a check
+  // within stallWarning.
+  bool wantsStallCheck(engine::Clock::time_point now) const;
+  // Exchanges what every rank has pending; warns of names some ranks have not submitted,
+  // and past stallShutdown throws (every rank alike) to stop the engine.
+  void inspectStalls(engine::Clock::time_point now);
+  // A rank asked to shut down longer ago than Config::initTimeout (the bound of Runtime's
+  // goodbye) and some have not: every rank throws Timeout naming those, stopping its engine.
+  [[noreturn]] void failShutdown();
+  void execute(const std::vector<std::uint32_t>& readySlots);
+  // join.cc. Whether slot is an allreduce a joined rank takes part in (with zeros).
+  bool joinable(const engine::Descriptor& d) const;
+  // A pending allreduce of zeros under d (with slot, when cached), for a joined rank.
+  engine::Pending& addGhost(const engine::Descriptor& d, std::optional<std::uint32_t> slot);
+  // After a cycle's allreduce: reads which ranks have joined (notJoined: one byte per rank,
+  // 0 when joined); once every rank has, completes join() and drops the ghosts. Returns
+  // true when it did (the cycle runs no slots then).
+  bool settleJoin(const std::uint8_t* notJoined);
+  void finish(engine::Pending& p, std::exception_ptr error);
+  void failAll(const std::exception_ptr& error);
+  CollectiveOptions collectiveOptions(bool first) const;
+  ErrorContext context(const char* op) const { return {comm.rank(), -1, op}; }
+
+  Communicator& comm;
+  EngineOptions options;
+
+  std::mutex mutex;
+  std::condition_variable wake;            // a submission or shutdown
+  std::condition_variable finished;        // the thread has left its loop
+  std::vector<engine::Pending> submitted;  // guarded by mutex
+  std::set<std::string> names;             // pending on this rank; guarded by mutex
+  bool shutdownRequested = false;          // guarded by mutex
+  bool joinRequested = false;              // guarded by mutex: join() waits
+  std::optional<int> joinResult;           // guarded by mutex: the last rank to join
+  std::condition_variable joinDone;        // joinResult set, or the thread stopped
+  bool threadDone = false;                 // guarded by mutex
+  std::exception_ptr failure;              // guarded by mutex: why the engine stopped
+  std::mutex joinMutex;
+  std::thread thread;
+
+  // The engine thread's own.
+  std::map<std::string, engine::Pending> pending;
+  bool shutDownHere = false;
+  bool joinedHere = false;                 // this rank's join() is in progress (seen by a cycle)
+  std::vector<std::uint8_t> joinedBefore;  // per rank: joined as of the last cycle
+  engine::Clock::time_point shutDownAt;
+  engine::Clock::time_point lastStallCheck = engine::Clock::now();
+  engine::ResponseCache cache;
+  engine::Announcements announcements;
+  std::vector<std::byte> fusion;
+  engine::Timeline timeline;
+};
+
+}  // namespace skyring
