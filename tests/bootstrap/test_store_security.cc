@@ -297,11 +297,26 @@ TEST(StoreListen, ASecondRankZeroOnThePortFailsTheOtherJoinToo) {
                             {"MASTER_PORT", port},
                             {"SKYRING_INIT_TIMEOUT_MS", "20000"}});
   };
-  auto a0 = makeOutOfBand(launch(0));
+  // Launch A's rank 0 hosts the store and, having no job id, waits there for the join to
+  // settle (store_out_of_band.cc): B's claim arrives meanwhile and fails A's start-up.
+  std::string theirs;
+  std::thread a0([&] { theirs = transportErrorOf([&] { makeOutOfBand(launch(0)); }); });
+  // Until A's store listens (a plain connection it drops after its handshake timeout).
+  for (int tries = 0; tries < 1000; ++tries) {
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_port = htons(static_cast<std::uint16_t>(std::stoi(port)));
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    const bool up = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    ::close(fd);
+    if (up) break;
+    std::this_thread::sleep_for(std::chrono::milliseconds(10));
+  }
   const std::string what = transportErrorOf([&] { makeOutOfBand(launch(0)); });
+  a0.join();
   EXPECT_TRUE(contains(what, "rank 0 cannot host the store")) << what;
   EXPECT_TRUE(contains(what, "two processes claim rank 0")) << what;
-  const std::string theirs = transportErrorOf([&] { a0->allgather(bytesOf("x")); });
   EXPECT_TRUE(contains(theirs, "two processes claim rank 0")) << theirs;
 }
 
