@@ -195,13 +195,7 @@ std::exception_ptr Engine::Impl::runReducescatter(Pending& p, const CollectiveOp
     const auto mine = static_cast<std::int64_t>(rowsOf(rank));
     const Tensor out = p.allocate(mine);
     const std::size_t want = rowsOf(rank) * rowElems;
-    if (out.buffer.memory != MemoryKind::host || out.buffer.dtype != d.dtype ||
-        out.buffer.count != want || (want > 0 && out.buffer.data == nullptr)) {
-      SKYRING_THROW(InvalidArgument, ctx, "'", d.name, "': the allocator returned ",
-                    out.buffer.count, " x ", dtypeName(out.buffer.dtype),
-                    out.buffer.memory == MemoryKind::host ? "" : " in device memory", ", not ",
-                    want, " x ", dtypeName(d.dtype), " in host memory");
-    }
+    checkAllocated(out, d, want, ctx);
     if (want > 0) std::memcpy(out.buffer.data, output.data, want * elemBytes);
   } catch (...) {
     return std::current_exception();
@@ -243,13 +237,7 @@ std::exception_ptr Engine::Impl::runAlltoall(Pending& p, const CollectiveOptions
   const ErrorContext ctx{comm.rank(), -1, "alltoallAsync"};
   try {
     const Tensor out = p.allocateAlltoall(rows, received);
-    if (out.buffer.memory != MemoryKind::host || out.buffer.dtype != d.dtype ||
-        out.buffer.count != want || (want > 0 && out.buffer.data == nullptr)) {
-      SKYRING_THROW(InvalidArgument, ctx, "'", d.name, "': the allocator returned ",
-                    out.buffer.count, " x ", dtypeName(out.buffer.dtype),
-                    out.buffer.memory == MemoryKind::host ? "" : " in device memory", ", not ",
-                    want, " x ", dtypeName(d.dtype), " in host memory");
-    }
+    checkAllocated(out, d, want, ctx);
     if (want > 0) std::memcpy(out.buffer.data, scratch.data, bytes);
   } catch (...) {
     return std::current_exception();

@@ -36,13 +36,7 @@ std::exception_ptr runAllgather(Communicator& comm, const CollectiveOptions& opt
   try {
     const Tensor out = allocate(totalRows);
     const std::size_t want = static_cast<std::size_t>(totalRows) * rowElems;
-    if (out.buffer.memory != MemoryKind::host || out.buffer.dtype != descriptor.dtype ||
-        out.buffer.count != want || (want > 0 && out.buffer.data == nullptr)) {
-      SKYRING_THROW(InvalidArgument, ctx, "'", descriptor.name, "': the allocator returned ",
-                    out.buffer.count, " x ", dtypeName(out.buffer.dtype),
-                    out.buffer.memory == MemoryKind::host ? "" : " in device memory", ", not ",
-                    want, " x ", dtypeName(descriptor.dtype), " in host memory");
-    }
+    checkAllocated(out, descriptor, want, ctx);
     auto* dst = static_cast<std::byte*>(out.buffer.data);
     for (std::size_t r = 0; r < n; ++r) {
       const std::size_t bytes = static_cast<std::size_t>(firstDims[r]) * rowBytes;
@@ -53,6 +47,17 @@ std::exception_ptr runAllgather(Communicator& comm, const CollectiveOptions& opt
     return std::current_exception();
   }
   return nullptr;
+}
+
+void checkAllocated(const Tensor& out, const Descriptor& descriptor, std::size_t want,
+                    const ErrorContext& ctx) {
+  if (out.buffer.memory != MemoryKind::host || out.buffer.dtype != descriptor.dtype ||
+      out.buffer.count != want || (want > 0 && out.buffer.data == nullptr)) {
+    SKYRING_THROW(InvalidArgument, ctx, "'", descriptor.name, "': the allocator returned ",
+                  out.buffer.count, " x ", dtypeName(out.buffer.dtype),
+                  out.buffer.memory == MemoryKind::host ? "" : " in device memory", ", not ", want,
+                  " x ", dtypeName(descriptor.dtype), " in host memory");
+  }
 }
 
 }  // namespace skyring::engine

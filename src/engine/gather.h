@@ -22,4 +22,10 @@ std::exception_ptr runAllgather(Communicator& comm, const CollectiveOptions& opt
                                 const std::vector<std::int64_t>& firstDims,
                                 const Engine::Allocator& allocate, std::vector<std::byte>& scratch);
 
+// Throws InvalidArgument unless `out`, what a caller's allocator returned for the name of
+// `descriptor`, holds exactly `want` elements of its dtype in host memory. (Allgather,
+// reducescatter and alltoall hand their results to allocators.)
+void checkAllocated(const Tensor& out, const Descriptor& descriptor, std::size_t want,
+                    const ErrorContext& ctx);
+
 }  // namespace skyring::engine
