@@ -316,7 +316,10 @@ TEST(StoreListen, ASecondRankZeroOnThePortFailsTheOtherJoinToo) {
   const std::string what = transportErrorOf([&] { makeOutOfBand(launch(0)); });
   a0.join();
   EXPECT_TRUE(contains(what, "rank 0 cannot host the store")) << what;
-  EXPECT_TRUE(contains(what, "two processes claim rank 0")) << what;
+  // B's probe may reach the store before A's own client claims rank 0 (a slow thread, as
+  // under TSan): then B is welcomed and A's claim is the second one. Either way B says
+  // what happened, and A's join fails naming the two claims.
+  EXPECT_TRUE(contains(what, "two launches on one MASTER_PORT")) << what;
   EXPECT_TRUE(contains(theirs, "two processes claim rank 0")) << theirs;
 }
 
