@@ -68,9 +68,13 @@ class Communicator {
   // topology, if given, says where this group's ranks are (same size as the transport):
   // allreduce on tag 0 then runs hierarchically across clouds as
   // Config::allreduceAlgorithm says (by default when there is more than one cloud).
+  // primaryTag: the tag on which the node channel and Config::allreduceAlgorithm apply (0
+  // by default). A second communicator over the same transport with a node channel of its
+  // own serves another owner on another tag this way (the Runtime's engine, on 4095).
   Communicator(std::shared_ptr<transport::Transport> transport, Config config = {},
                std::shared_ptr<transport::NodeChannel> node = nullptr,
-               std::shared_ptr<const topology::Topology> topology = nullptr);
+               std::shared_ptr<const topology::Topology> topology = nullptr,
+               std::uint32_t primaryTag = 0);
   ~Communicator();
   Communicator(const Communicator&) = delete;
   Communicator& operator=(const Communicator&) = delete;
@@ -140,6 +144,7 @@ class Communicator {
   Logger logger_;
   std::mutex sequenceMutex_;
   std::map<std::uint32_t, std::uint32_t> sequences_;
+  std::uint32_t primaryTag_ = 0;
   std::shared_ptr<transport::NodeChannel> node_;        // null: transport only
   std::shared_ptr<const topology::Topology> topology_;  // null: flat algorithms only
   std::uint64_t nodeSequence_ = 0;

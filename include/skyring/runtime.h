@@ -53,7 +53,11 @@ class Runtime {
   // transport; the node channel's shared memory is not a link and is not counted.
   transport::TrafficStats stats() const;
   const Config& config() const noexcept { return config_; }
-  // The background engine over world() (skyring/engine.h), started by the first call.
+  // The background engine (skyring/engine.h), started by the first call. It runs over a
+  // communicator of its own on world()'s ranks and transport (tag 4095, which world() calls
+  // must not use), with a shared-memory node channel of its own, so the engine's fused
+  // buffers go through shared memory and the hierarchy like world() calls on tag 0 while
+  // world() stays free for direct calls from other threads.
   // Collective the first time: every rank calls it (skyring::init() does), as its first
   // cycle waits for the others' engines. Any thread. The destructor stops it (which waits
   // until every rank stops its own) before the goodbye.
@@ -76,7 +80,8 @@ class Runtime {
   std::shared_ptr<const topology::Topology> topology_;
   std::unique_ptr<Communicator> world_;
   std::once_flag engineOnce_;
-  std::unique_ptr<Engine> engine_;  // after world_: destroyed first
+  std::unique_ptr<Communicator> engineComm_;  // the engine's: after world_, destroyed first
+  std::unique_ptr<Engine> engine_;             // after engineComm_: destroyed first
 };
 
 }  // namespace skyring

@@ -43,8 +43,12 @@ void checkBuffer(const BufferView& v, const ErrorContext& ctx, const char* what)
 
 Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Config config,
                            std::shared_ptr<transport::NodeChannel> node,
-                           std::shared_ptr<const topology::Topology> topology)
-    : transport_(std::move(transport)), config_(std::move(config)), topology_(std::move(topology)) {
+                           std::shared_ptr<const topology::Topology> topology,
+                           std::uint32_t primaryTag)
+    : transport_(std::move(transport)),
+      config_(std::move(config)),
+      primaryTag_(primaryTag),
+      topology_(std::move(topology)) {
   SKYRING_CHECK_ARG(transport_ != nullptr, {}, "Communicator needs a transport");
   rank_ = transport_->rank();
   size_ = transport_->size();
@@ -76,13 +80,13 @@ Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Conf
 }
 
 AllreduceAlgorithm Communicator::algorithmFor(const CollectiveOptions& options) const noexcept {
-  // Config::allreduceAlgorithm applies to tag 0 only, as the node channel: other tags keep
+  // Config::allreduceAlgorithm applies to the primary tag only, as the node channel: others keep
   // the flat ring (and so serve as the reference the others are checked against).
   if (topology_ == nullptr || size_ == 1) return AllreduceAlgorithm::ring;
   AllreduceAlgorithm a = config_.allreduceAlgorithm;
   if (options.algorithm) {
     a = *options.algorithm;
-  } else if (options.tag != 0) {
+  } else if (options.tag != primaryTag_) {
     return AllreduceAlgorithm::ring;
   }
   if (a == AllreduceAlgorithm::automatic) {
@@ -92,9 +96,9 @@ AllreduceAlgorithm Communicator::algorithmFor(const CollectiveOptions& options) 
 }
 
 bool Communicator::onNode(const CollectiveOptions& options) const noexcept {
-  // Tag 0 only: the channel runs one call at a time, and calls on other tags may run
+  // The primary tag only: the channel runs one call at a time, and calls on other tags may run
   // concurrently from other threads.
-  return node_ != nullptr && options.tag == 0;
+  return node_ != nullptr && options.tag == primaryTag_;
 }
 
 std::chrono::steady_clock::time_point Communicator::deadline(

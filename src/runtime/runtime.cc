@@ -24,6 +24,7 @@ struct Runtime::Parts {
   std::unique_ptr<transport::InProcessWorld> alone;  // the world of one
   std::shared_ptr<transport::Transport> transport;
   std::shared_ptr<transport::NodeChannel> node;
+  std::shared_ptr<transport::NodeChannel> engineNode;   // the engine's own (Runtime::engine)
   std::shared_ptr<transport::MeteringTransport> meter;  // wraps transport
 };
 
@@ -50,6 +51,7 @@ Runtime::~Runtime() {
   // The engine's collectives run on the world: it stops (collectively) before the goodbye.
   if (engine_) engine_->shutdown();
   engine_.reset();
+  engineComm_.reset();
   bool clean = world_ != nullptr && !world_->failed();
   if (clean && size_ > 1) {
     try {
@@ -66,6 +68,7 @@ Runtime::~Runtime() {
   if (parts_->transport) parts_->transport->shutdown();
   parts_->transport.reset();
   parts_->node.reset();
+  parts_->engineNode.reset();
   // Every rank has passed the goodbye (or the job failed): nobody needs the bootstrap
   // channel any more, so it need not wait for the others either. Under MPI a clean exit
   // still finalises MPI.
@@ -138,10 +141,12 @@ void Runtime::start() {
   parts.meter = std::make_shared<transport::MeteringTransport>(parts.transport, topology_);
   parts.transport = parts.meter;
 
-  // Shared memory among the ranks of this node. Every rank takes part in the setup (it is
-  // two allgathers); if it fails, every rank learns so and all fall back to the transport.
-  std::shared_ptr<transport::NodeChannel> node;
-  if (size_ > 1 && config_.sharedMemory) {
+  // Shared memory among the ranks of this node: one channel for world() and one for the
+  // engine (a channel runs one call at a time, and the two run concurrently). Every rank
+  // takes part in each setup (two allgathers); if it fails, every rank learns so and all
+  // fall back to the transport.
+  const auto openNode = [&]() -> std::shared_ptr<transport::NodeChannel> {
+    if (size_ == 1 || !config_.sharedMemory) return nullptr;
     auto exchange = [&](std::span<const std::byte> mine) {
       auto everyone = parts.oob->allgather(mine);
       std::vector<std::vector<std::byte>> local;
@@ -150,19 +155,22 @@ void Runtime::start() {
       return local;
     };
     try {
-      node = transport::NodeChannel::openShared(
+      return transport::NodeChannel::openShared(
           nodeIndex, nodeRanks, std::max(config_.shmSlotBytes, config_.shmRingBytes / 2), exchange);
-      if (!node->singleCopy() && config_.shmSingleCopyBytes != 0) {
-        SKYRING_LOG(Logger(config_.logLevel, rank_), warn,
-                    "cross-memory attach (process_vm_readv) is not permitted here: "
-                    "SKYRING_SHM_SINGLE_COPY_BYTES has no effect");
-      }
     } catch (const TransportError& e) {
       SKYRING_LOG(Logger(config_.logLevel, rank_), warn, "no shared memory inside the node (",
                   e.detail(), "); using the transport");
+      return nullptr;
     }
+  };
+  std::shared_ptr<transport::NodeChannel> node = openNode();
+  if (node && !node->singleCopy() && config_.shmSingleCopyBytes != 0) {
+    SKYRING_LOG(Logger(config_.logLevel, rank_), warn,
+                "cross-memory attach (process_vm_readv) is not permitted here: "
+                "SKYRING_SHM_SINGLE_COPY_BYTES has no effect");
   }
   parts.node = node;
+  parts.engineNode = openNode();  // collective: on every rank, whatever the first gave
   world_ = std::make_unique<Communicator>(parts.transport, config_, node, topology_);
   logSummary();
 }
@@ -213,7 +221,14 @@ void Runtime::logSummary() const {
 }
 
 Engine& Runtime::engine() {
-  std::call_once(engineOnce_, [&] { engine_ = std::make_unique<Engine>(*world_); });
+  std::call_once(engineOnce_, [&] {
+    const EngineOptions options;
+    Config quiet = config_;
+    quiet.warnings.clear();  // world() said them
+    engineComm_ = std::make_unique<Communicator>(parts_->transport, std::move(quiet),
+                                                 parts_->engineNode, topology_, options.tag);
+    engine_ = std::make_unique<Engine>(*engineComm_, options);
+  });
   return *engine_;
 }
 
