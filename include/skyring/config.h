@@ -88,6 +88,9 @@ struct Config {
   // allreduce carries (SKYRING_FUSION_THRESHOLD; must agree, as every rank must fuse alike).
   std::chrono::microseconds cycleTime{1000};
   std::size_t fusionThreshold = std::size_t{64} << 20;
+  // SKYRING_ENGINE_REPLAY: once two steps in a row ran the same allreduces, the engine runs
+  // later steps without a negotiation round trip (docs/engine.md, "Replay").
+  bool engineReplay = true;
   // The engine's stall inspector: a name some ranks submitted and others did not is logged
   // (naming them) once it has waited stallWarning (SKYRING_STALL_WARNING_S), and after
   // stallShutdown (SKYRING_STALL_SHUTDOWN_S; zero: never) the engine stops and fails every

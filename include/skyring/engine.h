@@ -88,6 +88,9 @@ struct EngineOptions {
   // Tag of the engine's collectives on the communicator (Communicator's tag space,
   // 0..4095). Nothing else may use it while the engine runs.
   std::uint32_t tag = 4095;
+  // Tag of the one-byte flag that runs beside each batch of a replayed step (docs/engine.md,
+  // "Replay"); nothing else may use it either. Must differ from tag.
+  std::uint32_t replayTag = 4094;
   // How long the first cycle waits for the other ranks' engines to start; zero: the
   // communicator's Config::initTimeout.
   std::chrono::milliseconds startTimeout{0};

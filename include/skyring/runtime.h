@@ -54,8 +54,8 @@ class Runtime {
   transport::TrafficStats stats() const;
   const Config& config() const noexcept { return config_; }
   // The background engine (skyring/engine.h), started by the first call. It runs over a
-  // communicator of its own on world()'s ranks and transport (tag 4095, which world() calls
-  // must not use), with a shared-memory node channel of its own, so the engine's fused
+  // communicator of its own on world()'s ranks and transport (tags 4095 and 4094, which world()
+  // calls must not use), with a shared-memory node channel of its own, so the engine's fused
   // buffers go through shared memory and the hierarchy like world() calls on tag 0 while
   // world() stays free for direct calls from other threads.
   // Collective the first time: every rank calls it (skyring::init() does), as its first
@@ -81,7 +81,7 @@ class Runtime {
   std::unique_ptr<Communicator> world_;
   std::once_flag engineOnce_;
   std::unique_ptr<Communicator> engineComm_;  // the engine's: after world_, destroyed first
-  std::unique_ptr<Engine> engine_;             // after engineComm_: destroyed first
+  std::unique_ptr<Engine> engine_;            // after engineComm_: destroyed first
 };
 
 }  // namespace skyring

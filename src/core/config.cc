@@ -203,6 +203,13 @@ const std::vector<ParameterSpec>& specs() {
          c.fusionThreshold = static_cast<std::size_t>(
              parseInteger("SKYRING_FUSION_THRESHOLD", v, 0, std::int64_t{1} << 40));
        }},
+      {{"SKYRING_ENGINE_REPLAY", "1",
+        "1: once two steps in a row ran the same allreduces, the engine replays that step "
+        "without a negotiation round trip; 0: it negotiates every cycle.",
+        true},
+       [](Config& c, const std::string& v) {
+         c.engineReplay = parseInteger("SKYRING_ENGINE_REPLAY", v, 0, 1) == 1;
+       }},
       {{"SKYRING_STALL_WARNING_S", "60",
         "Seconds a name submitted on some ranks only waits before the engine logs it with "
         "the ranks that miss it (0.001 to 1e6)."},
@@ -396,6 +403,7 @@ std::vector<std::pair<std::string_view, std::string>> Config::jobSettings() cons
       {"SKYRING_COMPRESSION", compression},
       {"SKYRING_COMPRESSION_LEVELS", levels},
       {"SKYRING_FUSION_THRESHOLD", std::to_string(fusionThreshold)},
+      {"SKYRING_ENGINE_REPLAY", engineReplay ? "1" : "0"},
       {"SKYRING_STALL_SHUTDOWN_S", std::to_string(stallShutdown.count()) + " ms"},
       {"SKYRING_LINK_INTRA_NODE_GBPS", node.first},
       {"SKYRING_LINK_INTRA_NODE_LATENCY_MS", node.second},

@@ -278,6 +278,7 @@ Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
   SKYRING_CHECK_ARG(names.insert(name).second, ctx, "'", name,
                     "' is already pending on this rank (wait for its handle first)");
   submitted.push_back(std::move(p));
+  lastSubmission = Clock::now();
   wake.notify_all();
   return Handle(std::move(state));
 }
@@ -288,6 +289,11 @@ void Engine::Impl::run() noexcept {
   try {
     while (true) {
       bool stop = false;
+      if (!replayPlan.empty()) {
+        replayStep();
+        idle = false;  // a dropped batch's tensors are pending: negotiate at once
+        continue;
+      }
       cycle(first, idle, stop);
       first = false;
       if (stop) break;
@@ -409,6 +415,22 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   if (vec[kNoStallCheck] == 0) inspectStalls(start);
 
   idle = vec[kNothingPending] == 1 && vec[kNoAnnouncements] == 1;
+  for (std::size_t r = 0; r < n; ++r) {
+    if (vec[kHeaderBytes + r] == 0) steps.spoil();  // a joined rank runs zeros: no replay
+  }
+  if (idle) steps.endStep();
+  // A step that repeated the one before (every rank sees the same): replay from now on.
+  if (auto slots = steps.repeated();
+      slots && comm.config().engineReplay && replayFailures < kMaxReplayFailures) {
+    {
+      replayPlan = engine::planReplay(*slots, cache, comm.config().fusionThreshold);
+      replayNames.clear();
+      for (std::uint32_t s : *slots)
+        replayNames.insert(cache.at(s).name);
+      SKYRING_LOG(comm.logger(), debug, "engine: replaying a step of ", slots->size(),
+                  " tensors in ", replayPlan.size(), " batches");
+    }
+  }
   if (!idle) {
     const auto cycleTime = comm.config().cycleTime;
     std::unique_lock lock(mutex);

@@ -18,6 +18,7 @@
 
 #include "engine/handle_state.h"
 #include "engine/negotiation.h"
+#include "engine/replay.h"
 #include "engine/timeline.h"
 #include "skyring/communicator.h"
 #include "skyring/engine.h"
@@ -57,6 +58,9 @@ struct Part {
 
 }  // namespace engine
 
+// Replays dropped before the engine stops replaying for good (each costs a batch's data).
+inline constexpr int kMaxReplayFailures = 8;
+
 struct Engine::Impl {
   Impl(Communicator& c, EngineOptions o) : comm(c), options(o), announcements(c.size()) {}
 
@@ -86,6 +90,16 @@ struct Engine::Impl {
   // goodbye) and some have not: every rank throws Timeout naming those, stopping its engine.
   [[noreturn]] void failShutdown();
   void execute(const std::vector<std::uint32_t>& readySlots);
+  // replay_step.cc (engine/replay.h). Runs one replayed step, batch by batch; on a batch
+  // some rank did not have, drops its result and leaves replay (replayPlan empty).
+  void replayStep();
+  // Waits until this rank has every tensor of batch (true), or will not have it soon: a
+  // name outside the plan, a shutdown or join, a caller waiting on a handle, no submission
+  // for a while (false).
+  bool awaitBatch(const engine::ReplayBatch& batch);
+  // Runs batch's data beside the one-byte flag (mine: this rank has the batch); true when
+  // every rank had it (the tensors are then done), false when the result was dropped.
+  bool runReplayed(const engine::ReplayBatch& batch, bool mine);
   // join.cc. Whether slot is an allreduce a joined rank takes part in (with zeros).
   bool joinable(const engine::Descriptor& d) const;
   // A pending allreduce of zeros under d (with slot, when cached), for a joined rank.
@@ -127,6 +141,13 @@ struct Engine::Impl {
   engine::Announcements announcements;
   std::vector<std::byte> fusion;
   engine::Timeline timeline;
+  // Replay (engine/replay.h): the steps recorded while negotiating, and the plan while
+  // replaying (empty: negotiating).
+  engine::StepRecorder steps;
+  std::vector<engine::ReplayBatch> replayPlan;
+  std::set<std::string> replayNames;                                // every name of replayPlan
+  int replayFailures = 0;                                           // replays dropped so far
+  engine::Clock::time_point lastSubmission = engine::Clock::now();  // guarded by mutex
 };
 
 }  // namespace skyring

@@ -36,6 +36,7 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
                     "') is ready everywhere but not pending on this rank");
     }
     Pending& p = pending.at(it->second);
+    steps.ran(slot, p.descriptor.collective == engine::Collective::allreduce && !p.ghost);
     timeline.span(p.descriptor.name, "negotiate", "negotiation", p.submittedAt, Clock::now());
     const engine::Collective c = p.descriptor.collective;
     if (c == engine::Collective::allgather || c == engine::Collective::reducescatter ||

@@ -20,13 +20,18 @@ bool Handle::poll() const {
 bool Handle::waitFor(std::chrono::milliseconds timeout) const {
   if (!state_) return true;
   std::unique_lock lock(state_->mutex);
-  return state_->cv.wait_for(lock, timeout, [&] { return state_->done; });
+  state_->waiters.fetch_add(1, std::memory_order_relaxed);
+  const bool done = state_->cv.wait_for(lock, timeout, [&] { return state_->done; });
+  state_->waiters.fetch_sub(1, std::memory_order_relaxed);
+  return done;
 }
 
 void Handle::wait() const {
   if (!state_) return;
   std::unique_lock lock(state_->mutex);
+  state_->waiters.fetch_add(1, std::memory_order_relaxed);
   state_->cv.wait(lock, [&] { return state_->done; });
+  state_->waiters.fetch_sub(1, std::memory_order_relaxed);
   if (state_->error) std::rethrow_exception(state_->error);
 }
 

@@ -5,7 +5,8 @@
 # in std::terminate ("terminate called") or by a signal, or hang; and the good runs listed
 # must succeed.
 #
-#   bad_arguments.sh PROGRAM   (allreduce_inprocess, allreduce_perf, engine_bench, wan_bench,
+#   bad_arguments.sh PROGRAM   (allreduce_inprocess, allreduce_perf, engine_bench,
+#                               engine_latency_bench, wan_bench,
 #                               reduce_bench, compression_bench, compression_bench_cuda)
 set -u
 prog=$1
@@ -101,6 +102,20 @@ case $name in
     run 2 SKYRING_TIMEOUT_MS=abc --
     run 0 -- --help
     run 1 "${join_nobody[@]}" -- -b 8 -e 8 -n 1 -w 0
+    ;;
+  engine_latency_bench)
+    usage
+    usage --wan 0x2
+    usage --wan 2x
+    usage --overhead --ranks 0
+    usage --overhead --tensors -1
+    usage --overhead --bytes 6
+    usage --overhead --link-gbit 0
+    usage --overhead -n 0
+    usage --bogus
+    run 2 SKYRING_TIMEOUT_MS=abc -- --overhead
+    run 0 -- --help
+    run 0 -- --overhead --ranks 2 --tensors 10 -n 1 -w 0
     ;;
   engine_bench)
     usage --models vgg16

@@ -1,0 +1,71 @@
+// Replay: the engine's steady state without a negotiation round trip.
+//
+// A training step submits the same gradients every time. Once two steps in a row ran the
+// same plain allreduces (a "step" is what runs between two cycles that found nothing
+// pending on any rank), the engine stops negotiating: it plans that step's fused batches
+// once and, for every later step, runs each batch as soon as this rank has its tensors,
+// while a one-byte `min` allreduce of "I had exactly this batch ready" runs beside the data
+// on a second tag. Both finish in about the data's own time, so a step costs no WAN round
+// trip beyond its data. When some rank did not have the batch (a tensor not submitted, a
+// new name, a join or a shutdown, a caller waiting on a tensor of a later batch), the byte
+// says so on every rank alike: every rank drops that batch's result (the data went through
+// a copy, so the tensors are untouched) and goes back to negotiating, where those tensors
+// run as usual. docs/engine.md, "Replay".
+//
+// This file is the pure part (which steps replay, and their batches): no I/O, tested on its
+// own. Every input comes from results every rank received alike, so every rank decides the
+// same. Not thread-safe: the engine thread owns it.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "engine/negotiation.h"
+
+namespace skyring::engine {
+
+// One batch of a replayed step: the slots it runs as one collective (slot order as they
+// ran), or none with only the flag (zero-element tensors such as the barrier: they need
+// only the knowledge that every rank submitted them).
+struct ReplayBatch {
+  std::vector<std::uint32_t> slots;  // with data
+  std::vector<std::uint32_t> empty;  // zero elements: completed by the flag alone
+};
+
+class StepRecorder {
+ public:
+  // A tensor of slot ran; replayable: a plain allreduce that this rank did not run with
+  // zeros for a joined rank (the same answer on every rank). A slot that already ran in
+  // this step starts the next step (a training loop submits each gradient once per step).
+  void ran(std::uint32_t slot, bool replayable);
+  // This step did something replay cannot repeat (a join, an allgather, ...).
+  void spoil() { spoiled_ = true; }
+  // After a cycle ran its tensors: when this step has run exactly the slots the step
+  // before ran (each once; the order may differ, as it follows the cycles' timing),
+  // returns them in the order they ran this time, and the next step starts; else nullopt.
+  std::optional<std::vector<std::uint32_t>> repeated();
+  // A cycle found nothing pending on any rank: the step ends here.
+  void endStep();
+  // Forgets both steps (after a replay was dropped).
+  void reset();
+
+ private:
+  std::vector<std::uint32_t> current_;
+  std::vector<std::uint32_t> previous_;
+  bool spoiled_ = false;
+  bool previousSpoiled_ = true;
+};
+
+// The batches of a replayed step: slots (in the order they ran) fused as the engine fuses
+// them (planFusion, threshold), split at every zero-element tensor, which becomes a
+// flag-only batch of its own where it ran (so a barrier completes as soon as every rank
+// has reached it, never after tensors submitted later).
+std::vector<ReplayBatch> planReplay(const std::vector<std::uint32_t>& slots,
+                                    const ResponseCache& cache, std::size_t threshold);
+
+// Bytes of the tensor a descriptor describes (a plain allreduce's).
+std::size_t descriptorBytes(const Descriptor& d);
+
+}  // namespace skyring::engine

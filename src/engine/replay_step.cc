@@ -1,0 +1,171 @@
+// Running a replayed step (engine/replay.h): per batch, wait until this rank has it, then
+// run its data through the fusion buffer beside the one-byte flag, and keep the result only
+// when every rank had the batch. Called on the engine thread.
+#include <cstring>
+#include <future>
+
+#include "engine/engine_impl.h"
+#include "engine/fusion.h"
+#include "skyring/logging.h"
+
+namespace skyring {
+
+using engine::Clock;
+using engine::Pending;
+
+namespace {
+
+// How long a rank with none of the step's tensors waits before it joins the batch without
+// them (a forward pass, an evaluation): the ranks that have it wait that long inside the
+// batch's collectives, so it stays well inside their timeout.
+std::chrono::milliseconds idlePatience(const Config& c) {
+  return std::min<std::chrono::milliseconds>(c.timeout / 4, std::chrono::seconds(10));
+}
+
+// How long a rank that has part of a batch waits for the next submission before it joins
+// without the rest (a tensor this step does not submit): longer than the gaps between
+// gradients of one backward pass.
+constexpr std::chrono::milliseconds kQuietPatience{1000};
+
+// How often a rank with part of a batch checks whether its caller waits on a handle.
+constexpr std::chrono::milliseconds kWaiterPoll{1};
+
+}  // namespace
+
+void Engine::Impl::replayStep() {
+  for (const auto& batch : replayPlan) {
+    const bool mine = awaitBatch(batch);
+    if (runReplayed(batch, mine)) continue;
+    ++replayFailures;
+    replayPlan.clear();
+    replayNames.clear();
+    steps.reset();
+    SKYRING_LOG(comm.logger(), debug, "engine: a rank did not have a replayed batch; negotiating (",
+                replayFailures, " of ", kMaxReplayFailures, " replays dropped)");
+    if (replayFailures == kMaxReplayFailures) {
+      SKYRING_LOG(comm.logger(), info, "engine: ", kMaxReplayFailures,
+                  " replayed batches were dropped, so this job's steps differ too often to "
+                  "replay: the engine negotiates every cycle from now on");
+    }
+    return;
+  }
+}
+
+bool Engine::Impl::awaitBatch(const engine::ReplayBatch& batch) {
+  const std::size_t want = batch.slots.size() + batch.empty.size();
+  const auto patience = idlePatience(comm.config());
+  std::unique_lock lock(mutex);
+  const auto entered = Clock::now();
+  while (true) {
+    for (auto& p : submitted) {
+      std::string name = p.descriptor.name;
+      pending.emplace(std::move(name), std::move(p));
+    }
+    submitted.clear();
+    if (shutdownRequested || joinRequested) return false;
+    std::size_t have = 0;
+    for (const auto* list : {&batch.slots, &batch.empty}) {
+      for (std::uint32_t s : *list) {
+        const engine::Descriptor& d = cache.at(s);
+        auto it = pending.find(d.name);
+        if (it == pending.end()) continue;
+        if (it->second.descriptor != d) return false;  // submitted differently this time
+        ++have;
+      }
+    }
+    if (have == want) return true;
+    for (const auto& [name, p] : pending) {
+      if (replayNames.count(name) == 0) return false;  // a name the plan does not run
+      // The caller waits for a tensor before it submits the rest of the batch.
+      if (p.state->waiters.load(std::memory_order_relaxed) > 0) return false;
+    }
+    const auto now = Clock::now();
+    const auto deadline =
+        pending.empty() ? entered + patience : std::max(entered, lastSubmission) + kQuietPatience;
+    if (now >= deadline) return false;
+    wake.wait_until(lock, pending.empty() ? deadline : std::min(deadline, now + kWaiterPoll));
+  }
+}
+
+bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
+  const auto begin = Clock::now();
+  const CollectiveOptions o = collectiveOptions(false);
+  CollectiveOptions flagOptions = o;
+  flagOptions.tag = options.replayTag;
+  std::uint8_t flag = mine ? 1 : 0;
+  auto flagDone = std::async(std::launch::async, [&] {
+    comm.allreduce(BufferView{&flag, 1, DType::u8, MemoryKind::host}, ReduceOp::min, flagOptions);
+  });
+
+  // The data, always through the fusion buffer (the tensors stay untouched until the flag
+  // says every rank had them); zeros for what this rank lacks.
+  std::vector<Pending*> owners;
+  std::size_t bytes = 0;
+  for (std::uint32_t s : batch.slots) {
+    const engine::Descriptor& d = cache.at(s);
+    auto it = pending.find(d.name);
+    owners.push_back(it != pending.end() && it->second.descriptor == d ? &it->second : nullptr);
+    bytes += engine::descriptorBytes(d);
+  }
+  try {
+    if (bytes > 0) {
+      const engine::Descriptor& head = cache.at(batch.slots.front());
+      if (fusion.size() < bytes) fusion.resize(bytes);
+      std::size_t offset = 0;
+      for (std::size_t i = 0; i < owners.size(); ++i) {
+        const std::size_t size = engine::descriptorBytes(cache.at(batch.slots[i]));
+        if (owners[i] != nullptr) {
+          std::memcpy(fusion.data() + offset, owners[i]->tensor.buffer.data, size);
+          engine::scaleInPlace(
+              {fusion.data() + offset, size / dtypeSize(head.dtype), head.dtype, MemoryKind::host},
+              owners[i]->spec.prescale);
+        } else {
+          std::memset(fusion.data() + offset, 0, size);
+        }
+        offset += size;
+      }
+      comm.allreduce(
+          BufferView{fusion.data(), bytes / dtypeSize(head.dtype), head.dtype, MemoryKind::host},
+          head.op, o);
+    }
+  } catch (...) {
+    // The flag's allreduce fails too once the communicator has (it aborts every tag).
+    try {
+      flagDone.get();
+    } catch (...) {  // NOLINT(bugprone-empty-catch): the data's error is the one to report
+    }
+    throw;
+  }
+  flagDone.get();
+  const auto end = Clock::now();
+  if (timeline.active()) {
+    timeline.span({}, flag == 1 ? "replayed batch" : "replayed batch (dropped)", "replay", begin,
+                  end,
+                  "\"tensors\":" + std::to_string(owners.size() + batch.empty.size()) +
+                      ",\"bytes\":" + std::to_string(bytes));
+  }
+  if (flag == 0) return false;
+
+  std::size_t offset = 0;
+  for (std::size_t i = 0; i < owners.size(); ++i) {
+    Pending& p = *owners[i];  // every rank had the batch, this one included
+    const BufferView b = p.tensor.buffer;
+    engine::scaleInPlace({fusion.data() + offset, b.count, b.dtype, MemoryKind::host},
+                         p.spec.postscale);
+    std::memcpy(b.data, fusion.data() + offset, b.bytes());
+    offset += b.bytes();
+  }
+  auto done = [&](Pending& p) {
+    timeline.span(p.descriptor.name, "allreduce (replayed)", "collective", begin, end);
+    const std::string name = p.descriptor.name;
+    finish(p, nullptr);
+    pending.erase(name);
+  };
+  for (Pending* p : owners)
+    done(*p);
+  for (std::uint32_t s : batch.empty)
+    done(pending.at(cache.at(s).name));
+  return true;
+}
+
+}  // namespace skyring
