@@ -418,8 +418,9 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   for (std::size_t r = 0; r < n; ++r) {
     if (vec[kHeaderBytes + r] == 0) steps.spoil();  // a joined rank runs zeros: no replay
   }
-  if (idle) steps.endStep();
-  // A step that repeated the one before (every rank sees the same): replay from now on.
+  // A step that repeated the one before (every rank sees the same): replay from now on. (A
+  // step ends where a slot runs again, not at idle cycles: a backward pass may pause
+  // longer than a cycle between two gradients.)
   if (auto slots = steps.repeated();
       slots && comm.config().engineReplay && replayFailures < kMaxReplayFailures) {
     {

@@ -1,8 +1,8 @@
 // Replay: the engine's steady state without a negotiation round trip.
 //
 // A training step submits the same gradients every time. Once two steps in a row ran the
-// same plain allreduces (a "step" is what runs between two cycles that found nothing
-// pending on any rank), the engine stops negotiating: it plans that step's fused batches
+// same plain allreduces (a step ends where a name runs a second time), the engine stops
+// negotiating: it plans that step's fused batches
 // once and, for every later step, runs each batch as soon as this rank has its tensors,
 // while a one-byte `min` allreduce of "I had exactly this batch ready" runs beside the data
 // on a second tag. Both finish in about the data's own time, so a step costs no WAN round
@@ -46,7 +46,7 @@ class StepRecorder {
   // before ran (each once; the order may differ, as it follows the cycles' timing),
   // returns them in the order they ran this time, and the next step starts; else nullopt.
   std::optional<std::vector<std::uint32_t>> repeated();
-  // A cycle found nothing pending on any rank: the step ends here.
+  // Ends the step here (the next ran() starts another).
   void endStep();
   // Forgets both steps (after a replay was dropped).
   void reset();

@@ -36,7 +36,7 @@ TEST(StepRecorder, TwoStepsOfTheSameSetReplayInTheLatestOrder) {
     EXPECT_FALSE(r.repeated());  // nothing to compare with yet
   }
   r.endStep();
-  r.endStep();  // idle cycles in a row change nothing
+  r.endStep();  // ending an empty step changes nothing
   r.ran(2, true);
   r.ran(0, true);
   EXPECT_FALSE(r.repeated());  // not the whole step yet
