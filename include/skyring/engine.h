@@ -29,6 +29,7 @@
 // leaves the background thread: errors are stored on handles.
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <exception>
@@ -91,6 +92,10 @@ struct EngineOptions {
   // Tag of the one-byte flag that runs beside each batch of a replayed step (docs/engine.md,
   // "Replay"); nothing else may use it either. Must differ from tag.
   std::uint32_t replayTag = 4094;
+  // Bytes this rank has sent so far per link class (self, intra-node, intra-cloud,
+  // cross-cloud; a MeteringTransport's counts), for the timeline's counter tracks; null:
+  // none. Called on the engine thread after each collective while a timeline runs.
+  std::function<std::array<std::uint64_t, 4>()> linkBytes;
   // How long the first cycle waits for the other ranks' engines to start; zero: the
   // communicator's Config::initTimeout.
   std::chrono::milliseconds startTimeout{0};

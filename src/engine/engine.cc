@@ -307,6 +307,14 @@ void Engine::Impl::run() noexcept {
   joinDone.notify_all();
 }
 
+void Engine::Impl::countTraffic() {
+  if (!timeline.active() || !options.linkBytes) return;
+  const auto bytes = options.linkBytes();
+  timeline.counter("bytes sent", Clock::now(),
+                   "\"intra_node\":" + std::to_string(bytes[1]) + ",\"intra_cloud\":" +
+                       std::to_string(bytes[2]) + ",\"cross_cloud\":" + std::to_string(bytes[3]));
+}
+
 CollectiveOptions Engine::Impl::collectiveOptions(bool first) const {
   CollectiveOptions o;
   o.tag = options.tag;

@@ -111,6 +111,8 @@ struct Engine::Impl {
   void finish(engine::Pending& p, std::exception_ptr error);
   void failAll(const std::exception_ptr& error);
   CollectiveOptions collectiveOptions(bool first) const;
+  // While a timeline runs: the bytes sent per link class so far, as a counter event.
+  void countTraffic();
   ErrorContext context(const char* op) const { return {comm.rank(), -1, op}; }
 
   Communicator& comm;

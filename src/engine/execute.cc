@@ -83,6 +83,7 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
       what = "alltoall";
     }
     timeline.span(p->descriptor.name, what, "collective", begin, Clock::now());
+    countTraffic();
     const std::string name = p->descriptor.name;
     finish(*p, std::move(error));
     pending.erase(name);
@@ -103,6 +104,7 @@ void Engine::Impl::runBatch(const std::vector<Part>& batch, const CollectiveOpti
       comm.allreduce(b, head.op, o);
     }
     if (!timeline.active()) return;
+    countTraffic();
     const auto end = Clock::now();
     const std::string args =
         "\"tensors\":" + std::to_string(batch.size()) + ",\"bytes\":" + std::to_string(b.bytes());

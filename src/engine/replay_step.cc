@@ -139,6 +139,7 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
   flagDone.get();
   const auto end = Clock::now();
   if (timeline.active()) {
+    countTraffic();
     timeline.span({}, flag == 1 ? "replayed batch" : "replayed batch (dropped)", "replay", begin,
                   end,
                   "\"tensors\":" + std::to_string(owners.size() + batch.empty.size()) +

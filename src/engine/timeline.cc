@@ -95,4 +95,13 @@ void Timeline::span(std::string_view tensor, std::string_view name, std::string_
   write(e + "}");
 }
 
+void Timeline::counter(std::string_view name, Clock::time_point at, std::string_view args) {
+  if (!active()) return;
+  std::lock_guard lock(mutex_);
+  if (!out_.is_open()) return;
+  const auto ts = std::chrono::duration_cast<std::chrono::microseconds>(at - origin_).count();
+  write("{\"name\":\"" + escaped(name) + "\",\"ph\":\"C\",\"pid\":" + std::to_string(rank_) +
+        ",\"ts\":" + std::to_string(ts) + ",\"args\":{" + std::string(args) + "}}");
+}
+
 }  // namespace skyring::engine

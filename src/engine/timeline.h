@@ -38,6 +38,9 @@ class Timeline {
   // object body ("\"bytes\":4096") or empty.
   void span(std::string_view tensor, std::string_view name, std::string_view category,
             Clock::time_point begin, Clock::time_point end, std::string_view args = {});
+  // A counter event (a track per name in Perfetto): args is a JSON object body of numbers
+  // ("\"cross_cloud\":4096").
+  void counter(std::string_view name, Clock::time_point at, std::string_view args);
 
  private:
   std::uint32_t laneOf(std::string_view tensor);  // with mutex_ held

@@ -222,7 +222,15 @@ void Runtime::logSummary() const {
 
 Engine& Runtime::engine() {
   std::call_once(engineOnce_, [&] {
-    const EngineOptions options;
+    EngineOptions options;
+    options.linkBytes = [meter = parts_->meter] {
+      static_assert(topology::kLinkClassCount == 4);
+      std::array<std::uint64_t, 4> out{};
+      const auto stats = meter->stats();
+      for (std::size_t c = 0; c < out.size(); ++c)
+        out[c] = stats.bytes[c];
+      return out;
+    };
     Config quiet = config_;
     quiet.warnings.clear();  // world() said them
     engineComm_ = std::make_unique<Communicator>(parts_->transport, std::move(quiet),

@@ -2,6 +2,9 @@
 // its timeline, with N ranks as threads of one process (LocalWorld).
 #include <gtest/gtest.h>
 
+#include <array>
+#include <atomic>
+#include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -162,6 +165,36 @@ TEST(Engine, TimelinePerRankStartedAndStopped) {
     const std::string later = readFile(second);
     EXPECT_NE(later.find("\"args\":{\"name\":\"after\"}"), std::string::npos) << later;
     EXPECT_EQ(later.find("w\\\"0"), std::string::npos) << later;
+  });
+  std::filesystem::remove_all(dir);
+}
+
+// With EngineOptions::linkBytes, every collective adds a "bytes sent" counter event per link
+// class (Perfetto draws one track per name).
+TEST(Engine, TimelineCountsBytesPerLinkClass) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("skyring-counters-" +
+                    std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  std::filesystem::create_directories(dir);
+  LocalWorld world(2);
+  world.run([&](Communicator& comm) {
+    std::atomic<std::uint64_t> calls{0};
+    EngineOptions options;
+    options.linkBytes = [&] {
+      const std::uint64_t k = ++calls;
+      return std::array<std::uint64_t, 4>{0, 10 * k, 20 * k, 30 * k};
+    };
+    Engine engine(comm, options);
+    const auto path = dir / ("trace-" + std::to_string(comm.rank()) + ".json");
+    engine.startTimeline(path.string());
+    std::vector<float> x(8, 1.0f);
+    finish(engine.allreduceAsync("w", Tensor::of(x)));
+    engine.stopTimeline();
+    const std::string trace = readFile(path);
+    EXPECT_NE(trace.find("\"name\":\"bytes sent\",\"ph\":\"C\""), std::string::npos) << trace;
+    EXPECT_NE(trace.find("\"intra_node\":10,\"intra_cloud\":20,\"cross_cloud\":30"),
+              std::string::npos)
+        << trace;
   });
   std::filesystem::remove_all(dir);
 }
