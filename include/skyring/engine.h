@@ -92,6 +92,10 @@ struct EngineOptions {
   // Tag of the one-byte flag that runs beside each batch of a replayed step (docs/engine.md,
   // "Replay"); nothing else may use it either. Must differ from tag.
   std::uint32_t replayTag = 4094;
+  // Replay carries its flag as one more element of each batch where the batch's reduction
+  // keeps it exact; true: always as an allreduce of its own beside the data (what the
+  // other batches do; for tests and measurement).
+  bool replayFlagBeside = false;
   // Bytes this rank has sent so far per link class (self, intra-node, intra-cloud,
   // cross-cloud; a MeteringTransport's counts), for the timeline's counter tracks; null:
   // none. Called on the engine thread after each collective while a timeline runs.

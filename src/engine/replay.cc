@@ -1,6 +1,8 @@
 #include "engine/replay.h"
 
 #include <algorithm>
+#include <cstring>
+#include <type_traits>
 
 #include "engine/fusion.h"
 
@@ -41,6 +43,71 @@ void StepRecorder::reset() {
   previousSpoiled_ = true;
 }
 
+namespace {
+
+template <typename T>
+T fromInt(int v) {
+  if constexpr (std::is_same_v<T, Float16>) {
+    return toFloat16(static_cast<float>(v));
+  } else if constexpr (std::is_same_v<T, BFloat16>) {
+    return toBFloat16(static_cast<float>(v));
+  } else {
+    return static_cast<T>(v);
+  }
+}
+
+template <typename T>
+double toDouble(T v) {
+  if constexpr (std::is_same_v<T, Float16> || std::is_same_v<T, BFloat16>) {
+    return static_cast<double>(toFloat(v));
+  } else {
+    return static_cast<double>(v);
+  }
+}
+
+}  // namespace
+
+bool flagInBand(DType dtype, ReduceOp op, int n) {
+  if (op != ReduceOp::sum && op != ReduceOp::avg) return true;  // min, max, prod of 0 and 1
+  switch (dtype) {
+    case DType::f16:
+      return n <= 2048;
+    case DType::bf16:
+      return n <= 256;
+    case DType::i8:
+      return n <= 127;
+    case DType::u8:
+      return n <= 255;
+    default:
+      return true;  // f32 (2^24), f64, i32, i64
+  }
+}
+
+void writeFlag(std::byte* out, DType dtype, ReduceOp op, bool mine) {
+  // max: 0 when this rank has the batch, so the maximum is 0 only when every rank has it.
+  const int v = op == ReduceOp::max ? (mine ? 0 : 1) : (mine ? 1 : 0);
+  dispatchDType(dtype, [&]<typename T>() {
+    const T t = fromInt<T>(v);
+    std::memcpy(out, &t, sizeof t);
+  });
+}
+
+bool readFlag(const std::byte* in, DType dtype, ReduceOp op, int n) {
+  const double v = dispatchDType(dtype, [&]<typename T>() {
+    T t;
+    std::memcpy(&t, in, sizeof t);
+    return toDouble(t);
+  });
+  switch (op) {
+    case ReduceOp::sum:
+      return v == static_cast<double>(n);
+    case ReduceOp::max:
+      return v == 0;
+    default:  // avg (the sum divided by n), min, prod
+      return v == 1;
+  }
+}
+
 std::size_t descriptorBytes(const Descriptor& d) {
   std::size_t count = 1;
   for (std::int64_t dim : d.shape)
@@ -69,7 +136,9 @@ std::vector<ReplayBatch> planReplay(const std::vector<std::uint32_t>& slots,
   for (std::uint32_t s : slots) {
     if (descriptorBytes(cache.at(s)) == 0) {
       flush();
-      batches.push_back({{}, {s}});
+      // Zero-element tensors in a row share one flag.
+      if (batches.empty() || !batches.back().slots.empty()) batches.emplace_back();
+      batches.back().empty.push_back(s);
     } else {
       run.push_back(s);
     }

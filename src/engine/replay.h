@@ -4,13 +4,13 @@
 // same plain allreduces (a step ends where a name runs a second time), the engine stops
 // negotiating: it plans that step's fused batches
 // once and, for every later step, runs each batch as soon as this rank has its tensors,
-// while a one-byte `min` allreduce of "I had exactly this batch ready" runs beside the data
-// on a second tag. Both finish in about the data's own time, so a step costs no WAN round
-// trip beyond its data. When some rank did not have the batch (a tensor not submitted, a
-// new name, a join or a shutdown, a caller waiting on a tensor of a later batch), the byte
-// says so on every rank alike: every rank drops that batch's result (the data went through
-// a copy, so the tensors are untouched) and goes back to negotiating, where those tensors
-// run as usual. docs/engine.md, "Replay".
+// with a flag "I had exactly this batch ready" riding in the data as one more element (or,
+// where the reduction would not keep it exact, as a one-byte allreduce beside the data on
+// a second tag), so a step costs no WAN round trip beyond its data. When some rank did not have the
+// batch (a tensor not submitted, a new name, a join or a shutdown, a caller waiting on a tensor of
+// a later batch), the byte says so on every rank alike: every rank drops that batch's result (the
+// data went through a copy, so the tensors are untouched) and goes back to negotiating, where those
+// tensors run as usual. docs/engine.md, "Replay".
 //
 // This file is the pure part (which steps replay, and their batches): no I/O, tested on its
 // own. Every input comes from results every rank received alike, so every rank decides the
@@ -64,6 +64,17 @@ class StepRecorder {
 // has reached it, never after tensors submitted later).
 std::vector<ReplayBatch> planReplay(const std::vector<std::uint32_t>& slots,
                                     const ResponseCache& cache, std::size_t threshold);
+
+// Whether a batch of dtype and op over n ranks can carry the flag as one more element whose
+// reduction is exact for any number of ranks that have the batch (sum and avg need n
+// itself exact: at most 2048 ranks in f16, 256 in bf16, 127 in i8, 255 in u8); else the
+// flag runs beside the data as an allreduce of its own, on another thread.
+bool flagInBand(DType dtype, ReduceOp op, int n);
+// Writes this rank's flag (mine: it has the batch) at out as one element of dtype, encoded
+// so that op over every rank's flag says whether all had it.
+void writeFlag(std::byte* out, DType dtype, ReduceOp op, bool mine);
+// Reads the reduced flag back: true when every one of the n ranks had the batch.
+bool readFlag(const std::byte* in, DType dtype, ReduceOp op, int n);
 
 // Bytes of the tensor a descriptor describes (a plain allreduce's).
 std::size_t descriptorBytes(const Descriptor& d);

@@ -90,16 +90,8 @@ bool Engine::Impl::awaitBatch(const engine::ReplayBatch& batch) {
 bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
   const auto begin = Clock::now();
   const CollectiveOptions o = collectiveOptions(false);
-  CollectiveOptions flagOptions = o;
-  flagOptions.tag = options.replayTag;
-  std::uint8_t flag = mine ? 1 : 0;
-  auto flagDone = std::async(std::launch::async, [&] {
-    comm.allreduce(BufferView{&flag, 1, DType::u8, MemoryKind::host}, ReduceOp::min, flagOptions);
-  });
-
-  // The data, always through the fusion buffer (the tensors stay untouched until the flag
-  // says every rank had them); zeros for what this rank lacks.
-  std::vector<Pending*> owners;
+  const int n = comm.size();
+  std::vector<Pending*> owners;  // per slot: this rank's tensor, or null when it lacks it
   std::size_t bytes = 0;
   for (std::uint32_t s : batch.slots) {
     const engine::Descriptor& d = cache.at(s);
@@ -107,36 +99,61 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
     owners.push_back(it != pending.end() && it->second.descriptor == d ? &it->second : nullptr);
     bytes += engine::descriptorBytes(d);
   }
+  const engine::Descriptor* head = batch.slots.empty() ? nullptr : &cache.at(batch.slots.front());
+  // The flag rides in the data as one more element where the reduction keeps it exact;
+  // otherwise it is an allreduce of its own, beside the data on another thread.
+  const bool inBand = head == nullptr ||
+                      (!options.replayFlagBeside && engine::flagInBand(head->dtype, head->op, n));
+  const std::size_t extra = head != nullptr && inBand ? dtypeSize(head->dtype) : 0;
+  std::uint8_t flag = mine ? 1 : 0;
+  CollectiveOptions flagOptions = o;  // outlives the thread that uses it (joined below)
+  flagOptions.tag = options.replayTag;
+  std::future<void> flagDone;
+  if (head == nullptr) {
+    comm.allreduce(BufferView{&flag, 1, DType::u8, MemoryKind::host}, ReduceOp::min, o);
+  } else if (!inBand) {
+    flagDone = std::async(std::launch::async, [&] {
+      comm.allreduce(BufferView{&flag, 1, DType::u8, MemoryKind::host}, ReduceOp::min, flagOptions);
+    });
+  }
+
+  // The data, always through the fusion buffer (the tensors stay untouched until the flag
+  // says every rank had them); zeros for what this rank lacks.
   try {
-    if (bytes > 0) {
-      const engine::Descriptor& head = cache.at(batch.slots.front());
-      if (fusion.size() < bytes) fusion.resize(bytes);
+    if (head != nullptr) {
+      if (fusion.size() < bytes + extra) fusion.resize(bytes + extra);
       std::size_t offset = 0;
       for (std::size_t i = 0; i < owners.size(); ++i) {
         const std::size_t size = engine::descriptorBytes(cache.at(batch.slots[i]));
         if (owners[i] != nullptr) {
           std::memcpy(fusion.data() + offset, owners[i]->tensor.buffer.data, size);
-          engine::scaleInPlace(
-              {fusion.data() + offset, size / dtypeSize(head.dtype), head.dtype, MemoryKind::host},
-              owners[i]->spec.prescale);
+          engine::scaleInPlace({fusion.data() + offset, size / dtypeSize(head->dtype), head->dtype,
+                                MemoryKind::host},
+                               owners[i]->spec.prescale);
         } else {
           std::memset(fusion.data() + offset, 0, size);
         }
         offset += size;
       }
-      comm.allreduce(
-          BufferView{fusion.data(), bytes / dtypeSize(head.dtype), head.dtype, MemoryKind::host},
-          head.op, o);
+      if (inBand) engine::writeFlag(fusion.data() + bytes, head->dtype, head->op, mine);
+      comm.allreduce(BufferView{fusion.data(), (bytes + extra) / dtypeSize(head->dtype),
+                                head->dtype, MemoryKind::host},
+                     head->op, o);
+      if (inBand) {
+        flag = engine::readFlag(fusion.data() + bytes, head->dtype, head->op, n) ? 1 : 0;
+      }
     }
   } catch (...) {
     // The flag's allreduce fails too once the communicator has (it aborts every tag).
-    try {
-      flagDone.get();
-    } catch (...) {  // NOLINT(bugprone-empty-catch): the data's error is the one to report
+    if (flagDone.valid()) {
+      try {
+        flagDone.get();
+      } catch (...) {  // NOLINT(bugprone-empty-catch): the data's error is the one to report
+      }
     }
     throw;
   }
-  flagDone.get();
+  if (flagDone.valid()) flagDone.get();
   const auto end = Clock::now();
   if (timeline.active()) {
     countTraffic();

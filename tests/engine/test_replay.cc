@@ -113,6 +113,30 @@ TEST(PlanReplay, FusesUpToTheThresholdAndGivesZeroElementTensorsTheirOwnFlag) {
   EXPECT_EQ(rest, want);
 }
 
+// The flag riding in the data: for every dtype and op it allows, the real reduction over
+// 3 ranks says "all had it" exactly when all did.
+TEST(ReplayFlag, InBandFlagsReduceExactly) {
+  const int n = 3;
+  for (DType dtype : kAllDTypes) {
+    for (ReduceOp op : kAllReduceOps) {
+      ASSERT_TRUE(engine::flagInBand(dtype, op, n));
+      for (int lacking = -1; lacking < n; ++lacking) {  // -1: every rank has the batch
+        LocalWorld world(n);
+        world.run([&](Communicator& comm) {
+          std::vector<std::byte> cell(dtypeSize(dtype));
+          engine::writeFlag(cell.data(), dtype, op, comm.rank() != lacking);
+          comm.allreduce(BufferView{cell.data(), 1, dtype, MemoryKind::host}, op);
+          EXPECT_EQ(engine::readFlag(cell.data(), dtype, op, n), lacking < 0)
+              << dtypeName(dtype) << " op " << static_cast<int>(op) << " lacking " << lacking;
+        });
+      }
+    }
+  }
+  EXPECT_FALSE(engine::flagInBand(DType::bf16, ReduceOp::sum, 257));
+  EXPECT_FALSE(engine::flagInBand(DType::u8, ReduceOp::avg, 256));
+  EXPECT_TRUE(engine::flagInBand(DType::u8, ReduceOp::max, 100000));
+}
+
 std::string readFile(const std::filesystem::path& p) {
   std::ifstream in(p);
   std::stringstream ss;
@@ -211,6 +235,32 @@ TEST_P(Replay, SteadyStepsReplayBitExact) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Ranks, Replay, ::testing::Values(1, 2, 3, 5));
+
+// The flag as an allreduce of its own beside every batch (bf16 sums over more than 256
+// ranks take that path): the same results, and a dropped batch is still dropped everywhere.
+TEST(Replay, FlagBesideTheData) {
+  const int n = 3;
+  TraceDir dir;
+  Config c = LocalWorld::defaultConfig();
+  c.timeline = dir.pattern();
+  const auto specs = mixedSpecs(30);
+  LocalWorld world(n, c);
+  world.run([&](Communicator& comm) {
+    EngineOptions options;
+    options.replayFlagBeside = true;
+    Engine engine(comm, options);
+    std::mt19937 rng(13u + static_cast<unsigned>(comm.rank()));
+    for (int s = 0; s < 5; ++s)
+      step(engine, comm.rank(), n, specs, rng, false, "step " + std::to_string(s));
+    auto extra = specs;
+    extra.push_back({"metric", DType::f32, ReduceOp::sum, 3});
+    step(engine, comm.rank(), n, extra, rng, false, "step with a new name");
+    engine.stopTimeline();
+    const std::string trace = dir.of(comm.rank());
+    EXPECT_GT(occurrences(trace, "\"replayed batch\""), 0u);
+    EXPECT_GE(occurrences(trace, "(dropped)"), 1u);
+  });
+}
 
 // A step that differs from the steady ones on every rank (a new name, then a changed shape)
 // drops one replayed batch, runs through negotiation, and every result stays exact; the
