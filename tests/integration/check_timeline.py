@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Runs engine_main under mpirun with SKYRING_TIMELINE=<dir>/trace-{rank}.json and checks that
+every rank's trace parses as JSON (a Chrome trace: a list of events) and holds what
+docs/engine.md says it does: per tensor lanes named after the tensors, negotiation spans,
+fused copies, collectives, replayed batches once the steps repeat, and "bytes sent"
+counter events per link class.
+
+    check_timeline.py MPIEXEC ENGINE_MAIN RANKS
+"""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+
+def main():
+    mpiexec, program, ranks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    with tempfile.TemporaryDirectory(prefix="skyring-timeline-") as d:
+        pattern = os.path.join(d, "trace-{rank}.json")
+        run = subprocess.run(
+            [mpiexec, "--oversubscribe", "-np", str(ranks), "-x",
+             "SKYRING_TIMELINE=" + pattern, program],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
+        if run.returncode != 0:
+            print(run.stdout)
+            sys.exit("engine_main failed with exit code %d" % run.returncode)
+        for rank in range(ranks):
+            path = pattern.replace("{rank}", str(rank))
+            with open(path) as f:
+                events = json.load(f)  # the whole file must be valid JSON
+            if not isinstance(events, list) or not events:
+                sys.exit("%s: not a non-empty list of events" % path)
+            names = {e.get("name") for e in events}
+            cats = {e.get("cat") for e in events}
+            lanes = {e["args"]["name"] for e in events
+                     if e.get("ph") == "M" and e.get("name") == "thread_name"}
+            counters = [e for e in events if e.get("ph") == "C"]
+            want = {
+                "a lane per tensor (t0)": "t0" in lanes,
+                "negotiation spans": "negotiation" in cats,
+                "collective spans": "collective" in cats,
+                "fused copies": "copy in" in names and "copy out" in names,
+                "replayed batches": "replayed batch" in names,
+                "bytes sent counters": bool(counters) and all(
+                    set(e["args"]) == {"intra_node", "intra_cloud", "cross_cloud"}
+                    for e in counters),
+                "every event of this rank": all(e.get("pid") == rank for e in events),
+                "complete events have durations": all(
+                    e.get("dur", -1) >= 0 for e in events if e.get("ph") == "X"),
+            }
+            missing = [k for k, ok in want.items() if not ok]
+            if missing:
+                sys.exit("%s: missing %s" % (path, ", ".join(missing)))
+            print("rank %d: %d events, %d lanes, %d counters: ok"
+                  % (rank, len(events), len(lanes), len(counters)))
+
+
+if __name__ == "__main__":
+    main()
