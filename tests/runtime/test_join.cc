@@ -65,6 +65,7 @@ TEST(Join, EverySettingThatMustAgreeIsChecked) {
       {"SKYRING_COMPRESSION", "fp16"},
       {"SKYRING_COMPRESSION_LEVELS", "cloud"},
       {"SKYRING_FUSION_THRESHOLD", "4096"},
+      {"SKYRING_ENGINE_REPLAY", "0"},
       {"SKYRING_STALL_SHUTDOWN_S", "5"},
       {"SKYRING_LINK_INTRA_NODE_GBPS", "7"},
       {"SKYRING_LINK_INTRA_NODE_LATENCY_MS", "7"},
