@@ -27,7 +27,7 @@
 // (hierarchical.h) in the tag's level field (transport/tag_layout.h). The cloud ring has two
 // ids, 1 for the reduce-scatter and 15 for the allgather (they run at once when pipelined); a
 // cloud ring and a shard group never share a pair of ranks (one is inside a cloud, the
-// other across), so they cannot be confused. Shard groups cycle through ids 2..14: two
+// other across), so they cannot be confused. Shard groups cycle through ids 2..11: two
 // pieces with one id may share a pair of ranks, but both ranks handle their pieces in the
 // same order and wait for a piece to finish before the next, so per-pair FIFO matching
 // pairs every message with the right receive regardless.
