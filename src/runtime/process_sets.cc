@@ -20,9 +20,12 @@ struct ProcessSet::State {
   int worldRank = -1;
   int rank = -1;  // in the set; -1 outside it
   std::atomic<bool> removed{false};
-  // Members only; declared so that the engine goes first, then the communicator it uses.
+  // Members only; declared so that the engine goes first, then the communicators.
   std::shared_ptr<transport::SubgroupTransport> transport;
-  std::unique_ptr<Communicator> comm;
+  std::unique_ptr<Communicator> comm;  // communicator(): primary tag 0
+  // The engine's own, on its tag (as the Runtime's engine): the set's algorithm choice
+  // applies there, and communicator() stays free for direct calls from other threads.
+  std::unique_ptr<Communicator> engineComm;
   std::unique_ptr<Engine> engine;
 };
 
@@ -195,9 +198,12 @@ ProcessSet ProcessSetTable::add(std::vector<int> ranks) {
         records.push_back(topology_->record(r));
       topology = std::make_shared<const topology::Topology>(std::move(records), topology_->costs());
     }
-    state->comm = std::make_unique<Communicator>(state->transport, world_.config(), nullptr,
-                                                 std::move(topology));
-    state->engine = std::make_unique<Engine>(*state->comm, engineOptions_);
+    Config quiet = world_.config();
+    quiet.warnings.clear();  // the world said them
+    state->comm = std::make_unique<Communicator>(state->transport, quiet, nullptr, topology);
+    state->engineComm = std::make_unique<Communicator>(state->transport, quiet, nullptr,
+                                                       std::move(topology), engineOptions_.tag);
+    state->engine = std::make_unique<Engine>(*state->engineComm, engineOptions_);
   }
   ProcessSet set(std::move(state));
   live_.push_back(set);
