@@ -201,8 +201,13 @@ ProcessSet ProcessSetTable::add(std::vector<int> ranks) {
     Config quiet = world_.config();
     quiet.warnings.clear();  // the world said them
     state->comm = std::make_unique<Communicator>(state->transport, quiet, nullptr, topology);
-    state->engineComm = std::make_unique<Communicator>(state->transport, quiet, nullptr,
-                                                       std::move(topology), engineOptions_.tag);
+    Config engineConfig = quiet;
+    // SKYRING_TIMELINE names the world engine's trace; a set's would write over it, so a
+    // set's trace starts only when asked (engine().startTimeline).
+    engineConfig.timeline.clear();
+    state->engineComm =
+        std::make_unique<Communicator>(state->transport, std::move(engineConfig), nullptr,
+                                       std::move(topology), engineOptions_.tag);
     state->engine = std::make_unique<Engine>(*state->engineComm, engineOptions_);
   }
   ProcessSet set(std::move(state));
