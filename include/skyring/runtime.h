@@ -25,13 +25,17 @@
 
 #include <memory>
 #include <mutex>
+#include <vector>
 
 #include "skyring/communicator.h"
 #include "skyring/config.h"
 #include "skyring/engine.h"
 #include "skyring/metering_transport.h"
+#include "skyring/process_set.h"
 
 namespace skyring {
+
+class ProcessSetTable;  // src/runtime/process_sets.h
 
 class Runtime {
  public:
@@ -62,6 +66,16 @@ class Runtime {
   // cycle waits for the others' engines. Any thread. The destructor stops it (which waits
   // until every rank stops its own) before the goodbye.
   Engine& engine();
+  // Process sets (skyring/process_set.h): a communicator and an engine over ranks (world
+  // ranks, numbered in the order given), usable beside world() and engine(). Collective
+  // over the world: every rank calls it with the same ranks, in the same order as the other
+  // creations and removals; a mismatch throws InvalidArgument on every rank naming the
+  // ranks that differ. The world's user tag 4094 carries this agreement (the engine's is
+  // 4095): nothing else may use it. One thread at a time.
+  ProcessSet addProcessSet(std::vector<int> ranks);
+  // Collective over the world: stops the set's engine and frees its id (InvalidArgument on
+  // every rank when they name different sets). The destructor stops every set still live.
+  void removeProcessSet(const ProcessSet& set);
 
   struct Parts;
 
@@ -79,6 +93,7 @@ class Runtime {
   std::unique_ptr<Parts> parts_;
   std::shared_ptr<const topology::Topology> topology_;
   std::unique_ptr<Communicator> world_;
+  std::unique_ptr<ProcessSetTable> processSets_;  // after world_, which it borrows
   std::once_flag engineOnce_;
   std::unique_ptr<Communicator> engineComm_;  // the engine's: after world_, destroyed first
   std::unique_ptr<Engine> engine_;            // after engineComm_: destroyed first

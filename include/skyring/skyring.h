@@ -23,6 +23,7 @@
 #include "skyring/error.h"
 #include "skyring/inprocess_transport.h"
 #include "skyring/logging.h"
+#include "skyring/process_set.h"
 #include "skyring/reduce_op.h"
 #include "skyring/runtime.h"
 #include "skyring/transport.h"
@@ -48,25 +49,37 @@ int crossRank();
 int crossSize();
 // The default runtime, for what the process-wide calls do not cover (world(), stats()).
 Runtime& runtime();
-// Engine::allreduceAsync on the default runtime's engine.
-Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {});
-// Engine::groupedAllreduceAsync on the default runtime's engine.
-Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors,
-                             AllreduceSpec spec = {});
-// Engine::reducescatterAsync on the default runtime's engine.
+// Runtime::addProcessSet / removeProcessSet on the default runtime (skyring/process_set.h):
+// collective over the world.
+ProcessSet addProcessSet(std::vector<int> ranks);
+void removeProcessSet(const ProcessSet& processSet);
+
+// The asynchronous operations below run on the default runtime's engine, or with a process
+// set (as Horovod's process_set= argument) on that set's engine; an empty ProcessSet is the
+// world. A rank outside the set gets InvalidArgument (ProcessSet::engine()). Ranks, roots
+// and split positions are then numbered in the set.
+
+// Engine::allreduceAsync.
+Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec = {},
+                      const ProcessSet& processSet = {});
+// Engine::groupedAllreduceAsync.
+Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors, AllreduceSpec spec = {},
+                             const ProcessSet& processSet = {});
+// Engine::reducescatterAsync.
 Handle reducescatterAsync(std::string name, Tensor tensor, Engine::Allocator allocate,
-                          AllreduceSpec spec = {});
-// Engine::alltoallAsync on the default runtime's engine.
+                          AllreduceSpec spec = {}, const ProcessSet& processSet = {});
+// Engine::alltoallAsync.
 Handle alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
-                     Engine::AlltoallAllocator allocate);
-// Engine::broadcastAsync on the default runtime's engine.
-Handle broadcastAsync(std::string name, Tensor tensor, int root);
-// Engine::allgatherAsync on the default runtime's engine.
-Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate);
+                     Engine::AlltoallAllocator allocate, const ProcessSet& processSet = {});
+// Engine::broadcastAsync.
+Handle broadcastAsync(std::string name, Tensor tensor, int root, const ProcessSet& processSet = {});
+// Engine::allgatherAsync.
+Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate,
+                      const ProcessSet& processSet = {});
 // Engine::join on the default runtime's engine: the last rank to join.
 int join();
-// Engine::barrier on the default runtime's engine.
-void barrier();
+// Engine::barrier on the default runtime's engine, or on the set's.
+void barrier(const ProcessSet& processSet = {});
 // Engine::startTimeline / stopTimeline on the default runtime's engine.
 void startTimeline(const std::string& path);
 void stopTimeline();

@@ -252,11 +252,11 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
     }
     if (algorithm == AllreduceAlgorithm::topologyRing) {
       // The flat ring, numbered in ring order (clouds and nodes contiguous); it uses the
-      // cloud ring's subgroup bits, which no other call of this tag and sequence uses.
+      // cloud ring's level id, which no other group of this call uses.
       transport::SubgroupTransport ordered(
           transport_, topology_->ringOrder(),
-          transport::Tag{collectives::kCloudGroupId} << collectives::kSubgroupIdShift,
-          collectives::kSubgroupIdMask, "ring in topology order");
+          transport::SubgroupTransport::Scope::level(collectives::kCloudGroupId),
+          "ring in topology order");
       auto orderedEx =
           collectives::Exchange(ordered, logger_, ex.signature(), options.tag, sequence,
                                 options.timeout.count() > 0 ? options.timeout : config_.timeout);

@@ -58,6 +58,8 @@ std::string_view opcodeName(Opcode op) noexcept {
       return "barrier";
     case Opcode::alltoall:
       return "alltoall";
+    case Opcode::control:
+      break;
   }
   return "?";
 }
@@ -98,7 +100,7 @@ int Exchange::jobRank(int rank) const noexcept {
 transport::Tag Exchange::tag(bool control, std::uint32_t step) const {
   // Stall reports leave out operation and signature: ranks that disagree on those must
   // still hear each other to say so.
-  if (control) return makeTag(true, Opcode{}, 0, userTag_, sequence_, step);
+  if (control) return makeTag(true, Opcode::control, 0, userTag_, sequence_, step);
   return makeTag(false, signature_.opcode, signatureBits(signature_.dtype, signature_.op), userTag_,
                  sequence_, step);
 }

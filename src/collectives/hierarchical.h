@@ -16,22 +16,17 @@
 
 namespace skyring::collectives {
 
-// Subgroup tag layout. The collectives' 16-bit step field (tags.h, bits 0..15) holds ring
-// steps below 2n; a subgroup of up to 2048 ranks needs only bits 0..11, so bits 12..15
-// carry the id of the subgroup a message belongs to (transport/subgroup_transport.h ORs
-// it in and rejects a step that would reach it). The UCX mapping (ucx_tags.h) folds only
-// the top bits of the tag into the sequence number, so these bits survive it intact.
-inline constexpr transport::Tag kSubgroupIdShift = 12;
-inline constexpr transport::Tag kSubgroupIdMask = transport::Tag{0xf} << kSubgroupIdShift;
-// Id 0 is the parent itself (never used by a hierarchical call, which sends nothing on
-// the parent directly); 1 is the ring inside a cloud for the reduce-scatter, 15 the same
-// ring for the allgather (they run at once when the call is pipelined); 2..14 the
-// cross-cloud groups of the shards, cycling (see hierarchical_allreduce.cc for why a
-// repeat is harmless).
+// Level ids of the subgroups of one call (the level field of transport/tag_layout.h, which
+// the SubgroupTransport of each level fills; the innermost group's id names a message, so
+// every group of a call, at any depth, needs an id of its own). 1 is the ring inside a
+// cloud for the reduce-scatter, 15 the same ring for the allgather (they run at once when
+// the call is pipelined); 2..11 the cross-cloud groups of the shards, cycling (see
+// hierarchical_allreduce.cc for why a repeat is harmless); 12..14 are free for groups
+// nested inside these (a level inside the node, say).
 inline constexpr std::uint32_t kCloudGroupId = 1;
 inline constexpr std::uint32_t kCloudAllgatherGroupId = 15;
 inline constexpr std::uint32_t kFirstShardGroupId = 2;
-inline constexpr std::uint32_t kShardGroupIds = 13;
+inline constexpr std::uint32_t kShardGroupIds = 10;
 // Pipelining of large calls (hierarchical_allreduce.cc): at most this many slices, each
 // of at least this many bytes.
 inline constexpr int kMaxSlices = 8;

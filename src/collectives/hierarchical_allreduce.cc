@@ -23,11 +23,11 @@
 // time. The lowest piece not yet finished has every owner's earlier pieces finished, so
 // all its owners are in it and it completes; by induction every piece does.
 //
-// Tags: every level uses the call's user tag and sequence number, with its subgroup id in
-// bits 12..15 of the step (hierarchical.h). The cloud ring has two ids, 1 for the
-// reduce-scatter and 15 for the allgather (they run at the same time when pipelined); a
+// Tags: every level uses the call's user tag and sequence number, with its own level id
+// (hierarchical.h) in the tag's level field (transport/tag_layout.h). The cloud ring has two
+// ids, 1 for the reduce-scatter and 15 for the allgather (they run at once when pipelined); a
 // cloud ring and a shard group never share a pair of ranks (one is inside a cloud, the
-// other across), so they cannot be confused. Shard groups cycle through ids 2..14: two
+// other across), so they cannot be confused. Shard groups cycle through ids 2..11: two
 // pieces with one id may share a pair of ranks, but both ranks handle their pieces in the
 // same order and wait for a piece to finish before the next, so per-pair FIFO matching
 // pairs every message with the right receive regardless.
@@ -68,10 +68,6 @@ namespace {
 
 using topology::Level;
 using transport::SubgroupTransport;
-
-transport::Tag subgroupBits(std::uint32_t id) {
-  return transport::Tag{id} << kSubgroupIdShift;
-}
 
 Exchange exchangeOver(transport::Transport& t, const HierarchicalCall& call) {
   Exchange ex(t, call.logger, call.signature, call.userTag, call.sequence, call.timeout);
@@ -187,7 +183,7 @@ void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
       owners.push_back(ring[static_cast<std::size_t>(segmentAt(p, lo))]);
     }
     const auto id = kFirstShardGroupId + static_cast<std::uint32_t>(j % kShardGroupIds);
-    SubgroupTransport shardGroup(call.world, std::move(owners), subgroupBits(id), kSubgroupIdMask,
+    SubgroupTransport shardGroup(call.world, std::move(owners), SubgroupTransport::Scope::level(id),
                                  "cross-cloud level");
     Exchange shardEx = exchangeOver(shardGroup, call);
     const BufferView piece = slice.slice(lo, len);
@@ -292,7 +288,8 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     call.codecState->count = count;
   }
 
-  SubgroupTransport rsGroup(call.world, plan.myRing(), subgroupBits(kCloudGroupId), kSubgroupIdMask,
+  SubgroupTransport rsGroup(call.world, plan.myRing(),
+                            SubgroupTransport::Scope::level(kCloudGroupId),
                             clouds == 1 ? "" : "cloud level (reduce-scatter)");
   if (clouds == 1) {  // no level above the cloud: the cloud's ring allreduce is all there is
     Exchange ex = exchangeOver(rsGroup, call);
@@ -308,8 +305,9 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     ringAllreduce(ex, input, output, op, params);
     return;
   }
-  SubgroupTransport agGroup(call.world, plan.myRing(), subgroupBits(kCloudAllgatherGroupId),
-                            kSubgroupIdMask, "cloud level (allgather)");
+  SubgroupTransport agGroup(call.world, plan.myRing(),
+                            SubgroupTransport::Scope::level(kCloudAllgatherGroupId),
+                            "cloud level (allgather)");
   Exchange rsEx = exchangeOver(rsGroup, call);
   Exchange agEx = exchangeOver(agGroup, call);
 
@@ -323,8 +321,8 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     return;
   }
   // Pipelined: slice s goes through the three stages in order, each stage (its own thread,
-  // its own subgroup tag bits) takes the slices in order, so the levels inside the cloud
-  // overlap with the WAN. A stage that fails aborts the world, which fails the others.
+  // its own level id) takes the slices in order, so the levels inside the cloud overlap
+  // with the WAN. A stage that fails aborts the world, which fails the others.
   std::atomic<int> reduced{0};
   std::atomic<int> crossed{0};
   std::atomic<bool> failed{false};

@@ -78,40 +78,61 @@ int crossSize() {
   return runtime().topology().nodes();
 }
 
-Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec) {
-  return runtime().engine().allreduceAsync(std::move(name), std::move(tensor), spec);
+ProcessSet addProcessSet(std::vector<int> ranks) {
+  return runtime().addProcessSet(std::move(ranks));
 }
 
-Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors, AllreduceSpec spec) {
-  return runtime().engine().groupedAllreduceAsync(std::move(name), std::move(tensors), spec);
+void removeProcessSet(const ProcessSet& processSet) {
+  runtime().removeProcessSet(processSet);
+}
+
+namespace {
+
+// The engine of processSet, or the default runtime's for an empty handle (the world).
+Engine& engineOf(const ProcessSet& processSet) {
+  return processSet.valid() ? processSet.engine() : runtime().engine();
+}
+
+}  // namespace
+
+Handle allreduceAsync(std::string name, Tensor tensor, AllreduceSpec spec,
+                      const ProcessSet& processSet) {
+  return engineOf(processSet).allreduceAsync(std::move(name), std::move(tensor), spec);
+}
+
+Handle groupedAllreduceAsync(std::string name, std::vector<Tensor> tensors, AllreduceSpec spec,
+                             const ProcessSet& processSet) {
+  return engineOf(processSet).groupedAllreduceAsync(std::move(name), std::move(tensors), spec);
 }
 
 Handle reducescatterAsync(std::string name, Tensor tensor, Engine::Allocator allocate,
-                          AllreduceSpec spec) {
-  return runtime().engine().reducescatterAsync(std::move(name), std::move(tensor),
-                                               std::move(allocate), spec);
+                          AllreduceSpec spec, const ProcessSet& processSet) {
+  return engineOf(processSet)
+      .reducescatterAsync(std::move(name), std::move(tensor), std::move(allocate), spec);
 }
 
 Handle alltoallAsync(std::string name, Tensor tensor, std::vector<std::int64_t> splits,
-                     Engine::AlltoallAllocator allocate) {
-  return runtime().engine().alltoallAsync(std::move(name), std::move(tensor), std::move(splits),
-                                          std::move(allocate));
+                     Engine::AlltoallAllocator allocate, const ProcessSet& processSet) {
+  return engineOf(processSet)
+      .alltoallAsync(std::move(name), std::move(tensor), std::move(splits), std::move(allocate));
 }
 
-Handle broadcastAsync(std::string name, Tensor tensor, int root) {
-  return runtime().engine().broadcastAsync(std::move(name), std::move(tensor), root);
+Handle broadcastAsync(std::string name, Tensor tensor, int root, const ProcessSet& processSet) {
+  return engineOf(processSet).broadcastAsync(std::move(name), std::move(tensor), root);
 }
 
-Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate) {
-  return runtime().engine().allgatherAsync(std::move(name), std::move(tensor), std::move(allocate));
+Handle allgatherAsync(std::string name, Tensor tensor, Engine::Allocator allocate,
+                      const ProcessSet& processSet) {
+  return engineOf(processSet)
+      .allgatherAsync(std::move(name), std::move(tensor), std::move(allocate));
 }
 
 int join() {
   return runtime().engine().join();
 }
 
-void barrier() {
-  runtime().engine().barrier();
+void barrier(const ProcessSet& processSet) {
+  engineOf(processSet).barrier();
 }
 
 void startTimeline(const std::string& path) {

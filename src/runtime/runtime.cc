@@ -10,6 +10,7 @@
 
 #include "bootstrap/out_of_band.h"
 #include "runtime/join.h"
+#include "runtime/process_sets.h"
 #include "skyring/inprocess_transport.h"
 #include "skyring/metering_transport.h"
 #include "skyring/topology.h"
@@ -48,7 +49,9 @@ Runtime::Runtime(Config config) : config_(std::move(config)), parts_(std::make_u
 // naming it, not a hang. After a failure there is no goodbye at all (the group is
 // aborted and every rank already knows), so the process can exit at once.
 Runtime::~Runtime() {
-  // The engine's collectives run on the world: it stops (collectively) before the goodbye.
+  // The engines' collectives run on the world's transport: they stop (collectively) before
+  // the goodbye, the process sets' first.
+  processSets_.reset();
   if (engine_) engine_->shutdown();
   engine_.reset();
   engineComm_.reset();
@@ -172,6 +175,7 @@ void Runtime::start() {
   parts.node = node;
   parts.engineNode = openNode();  // collective: on every rank, whatever the first gave
   world_ = std::make_unique<Communicator>(parts.transport, config_, node, topology_);
+  processSets_ = std::make_unique<ProcessSetTable>(*world_, parts.transport, topology_);
   logSummary();
 }
 

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "transport/tag_layout.h"
+
 namespace skyring::transport {
 namespace {
 
@@ -22,17 +24,18 @@ class GroupRequest final : public Request {
 }  // namespace
 
 SubgroupTransport::SubgroupTransport(std::shared_ptr<Transport> parent, std::vector<int> ranks,
-                                     Tag tagBits, Tag reservedMask, std::string label)
+                                     Scope scope, std::string label)
     : parent_(std::move(parent)),
       ranks_(std::move(ranks)),
-      tagBits_(tagBits),
-      reservedMask_(reservedMask),
+      scope_(scope),
       label_(std::move(label)) {
   SKYRING_CHECK_ARG(parent_ != nullptr, {}, "SubgroupTransport needs a parent transport");
   const ErrorContext ctx{parent_->rank(), -1, "subgroup"};
   SKYRING_CHECK_ARG(!ranks_.empty(), ctx, "empty subgroup");
-  SKYRING_CHECK_ARG((tagBits_ & ~reservedMask_) == 0, ctx, "tag bits 0x", std::hex, tagBits_,
-                    " outside the reserved mask 0x", reservedMask_);
+  const bool context = scope_.kind == Scope::Kind::context;
+  const std::uint32_t maxId = context ? tags::kMaxContext : tags::kMaxLevel;
+  SKYRING_CHECK_ARG(scope_.id >= 1 && scope_.id <= maxId, ctx, context ? "context" : "level",
+                    " id ", scope_.id, " outside 1..", maxId);
   std::vector<int> sorted = ranks_;
   std::sort(sorted.begin(), sorted.end());
   SKYRING_CHECK_ARG(std::adjacent_find(sorted.begin(), sorted.end()) == sorted.end(), ctx,
@@ -52,11 +55,10 @@ int SubgroupTransport::parentRank(int groupRank) const {
 }
 
 Tag SubgroupTransport::parentTag(Tag tag, int peer, const char* op) const {
-  const ErrorContext ctx{rank_, peer, op};
-  SKYRING_CHECK(!closed_.load(), Aborted, ctx, "subgroup transport was shut down");
-  SKYRING_CHECK_ARG((tag & reservedMask_) == 0, ctx, "tag 0x", std::hex, tag,
-                    " sets bits reserved for the subgroup id (mask 0x", reservedMask_, ")");
-  return tag | tagBits_;
+  SKYRING_CHECK(!closed_.load(), Aborted, (ErrorContext{rank_, peer, op}),
+                "subgroup transport was shut down");
+  return tags::nameIfUnnamed(
+      tag, scope_.kind == Scope::Kind::context ? tags::kContext : tags::kLevel, scope_.id);
 }
 
 std::unique_ptr<Request> SubgroupTransport::isend(int peer, Tag tag,

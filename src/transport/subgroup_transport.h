@@ -9,13 +9,14 @@
 // errors raised by the parent keep the parent's numbering in their message, and
 // jobRank() maps group ranks to the job's, so what reaches a user names job ranks.
 //
-// Tags: every tag this transport is given must leave `reservedMask` clear, and goes to
-// the parent with `tagBits` (a subset of reservedMask) ORed in. Two subgroups over one
-// parent are kept apart when they use different tagBits; messages of two groups can only
-// be confused when they travel between the same two parent ranks with equal tags, i.e.
-// equal tagBits (the caller's layout says when that may happen and why it is harmless),
-// or when the parent itself is used with tags that set reserved bits at the same time.
-// A tag that sets a reserved bit throws InvalidArgument instead of colliding silently.
+// Tags (transport/tag_layout.h): the group names itself in one field of every tag it
+// passes on: a communicator (a process set) in the context field, a subgroup that an
+// algorithm forms for one call in the level field. It fills the field only where the tag
+// still holds 0; a tag that already names an inner group passes unchanged, so the
+// innermost group names the message and groups nest to any depth. Messages of two groups
+// over one parent are kept apart when their ids differ; context ids are unique in the job
+// (agreed when a process set is created), level ids unique within one call (the
+// algorithm's choice; hierarchical.h).
 //
 // Failure: abort() forwards to the parent, so a failure inside any group aborts the whole
 // parent group (every rank of the world hears it, not only the subgroup's members: the
@@ -27,6 +28,7 @@
 #pragma once
 
 #include <atomic>
+#include <cstdint>
 #include <memory>
 #include <string>
 #include <vector>
@@ -37,11 +39,20 @@ namespace skyring::transport {
 
 class SubgroupTransport final : public Transport {
  public:
+  // Which field of the tag names this group, and its id there.
+  struct Scope {
+    enum class Kind : std::uint8_t { context, level };
+    Kind kind;
+    std::uint32_t id;
+    static Scope context(std::uint32_t id) { return {Kind::context, id}; }
+    static Scope level(std::uint32_t id) { return {Kind::level, id}; }
+  };
+
   // Throws InvalidArgument for an empty, repeated or out-of-range list, a list without
-  // the parent's rank, or tagBits outside reservedMask.
+  // the parent's rank, or an id of 0 or beyond its field (tags::kMaxContext, kMaxLevel).
   // label names the group in messages (groupLabel()), e.g. "cloud level".
-  SubgroupTransport(std::shared_ptr<Transport> parent, std::vector<int> ranks, Tag tagBits,
-                    Tag reservedMask, std::string label = {});
+  SubgroupTransport(std::shared_ptr<Transport> parent, std::vector<int> ranks, Scope scope,
+                    std::string label = {});
 
   int rank() const noexcept override { return rank_; }
   int size() const noexcept override { return static_cast<int>(ranks_.size()); }
@@ -65,8 +76,7 @@ class SubgroupTransport final : public Transport {
 
   std::shared_ptr<Transport> parent_;
   std::vector<int> ranks_;
-  Tag tagBits_;
-  Tag reservedMask_;
+  Scope scope_;
   std::string label_;
   int rank_ = -1;
   std::atomic<bool> closed_{false};

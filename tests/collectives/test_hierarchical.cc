@@ -274,11 +274,11 @@ TEST(SubgroupTransport, MapsRanksAndKeepsTagSpacesApart) {
   transport::InProcessWorld world(4);
   auto p1 = world.transport(1);
   auto p3 = world.transport(3);
-  const transport::Tag mask = collectives::kSubgroupIdMask;
-  const auto bits = [](transport::Tag id) { return id << collectives::kSubgroupIdShift; };
-  transport::SubgroupTransport a1(p1, {3, 1}, bits(1), mask);
-  transport::SubgroupTransport a3(p3, {3, 1}, bits(1), mask);
-  transport::SubgroupTransport b3(p3, {1, 3}, bits(2), mask);
+  using Scope = transport::SubgroupTransport::Scope;
+  const auto bits = [](std::uint32_t id) { return Scope::level(id); };
+  transport::SubgroupTransport a1(p1, {3, 1}, bits(1));
+  transport::SubgroupTransport a3(p3, {3, 1}, bits(1));
+  transport::SubgroupTransport b3(p3, {1, 3}, bits(2));
   EXPECT_EQ(a1.rank(), 1);
   EXPECT_EQ(a3.rank(), 0);
   EXPECT_EQ(b3.rank(), 1);
@@ -289,7 +289,7 @@ TEST(SubgroupTransport, MapsRanksAndKeepsTagSpacesApart) {
   std::array<std::byte, 1> fromA{std::byte{1}}, fromB{std::byte{2}}, gotA{}, gotB{};
   auto rb = b3.irecv(0, 5, gotB);
   auto ra = a3.irecv(1, 5, gotA);
-  transport::SubgroupTransport b1(p1, {1, 3}, bits(2), mask);
+  transport::SubgroupTransport b1(p1, {1, 3}, bits(2));
   a1.isend(0, 5, fromA)->waitUntil(transport::Clock::now() + std::chrono::seconds(5));
   b1.isend(1, 5, fromB)->waitUntil(transport::Clock::now() + std::chrono::seconds(5));
   ASSERT_TRUE(ra->waitUntil(transport::Clock::now() + std::chrono::seconds(5)));
@@ -298,10 +298,14 @@ TEST(SubgroupTransport, MapsRanksAndKeepsTagSpacesApart) {
   EXPECT_EQ(gotA[0], std::byte{1});
   EXPECT_EQ(gotB[0], std::byte{2});
 
-  EXPECT_THROW(a1.isend(0, bits(3), fromA), InvalidArgument);  // would collide
-  EXPECT_THROW(a1.isend(2, 0, fromA), InvalidArgument);        // not a group rank
-  EXPECT_THROW(transport::SubgroupTransport(p1, {0, 2}, bits(1), mask), InvalidArgument);
-  EXPECT_THROW(transport::SubgroupTransport(p1, {1, 1}, bits(1), mask), InvalidArgument);
+  EXPECT_THROW(a1.isend(2, 0, fromA), InvalidArgument);  // not a group rank
+  EXPECT_THROW(transport::SubgroupTransport(p1, {0, 2}, bits(1)), InvalidArgument);
+  EXPECT_THROW(transport::SubgroupTransport(p1, {1, 1}, bits(1)), InvalidArgument);
+  EXPECT_THROW(transport::SubgroupTransport(p1, {1, 3}, bits(0)), InvalidArgument);
+  EXPECT_THROW(transport::SubgroupTransport(p1, {1, 3}, bits(tags::kMaxLevel + 1)),
+               InvalidArgument);
+  EXPECT_THROW(transport::SubgroupTransport(p1, {1, 3}, Scope::context(tags::kMaxContext + 1)),
+               InvalidArgument);
 
   // Shutting a subgroup down leaves the parent usable.
   a1.shutdown();
@@ -317,7 +321,7 @@ TEST(SubgroupTransport, AbortReachesTheParentGroup) {
   transport::InProcessWorld world(3);
   auto p0 = world.transport(0);
   auto p2 = world.transport(2);
-  transport::SubgroupTransport g0(p0, {0, 1}, 0, collectives::kSubgroupIdMask);
+  transport::SubgroupTransport g0(p0, {0, 1}, transport::SubgroupTransport::Scope::level(1));
   std::array<std::byte, 1> got{};
   auto r = p2->irecv(1, 1, got);
   g0.abort(ErrorKind::aborted, "level failed");

@@ -86,21 +86,31 @@ TEST(Chunking, CoversCount) {
 
 TEST(Tags, FieldsDoNotCollide) {
   std::set<transport::Tag> seen;
-  for (bool control : {false, true}) {
-    for (auto op : {Opcode::allreduce, Opcode::broadcast}) {
-      for (std::uint32_t user : {0u, 1u, kMaxUserTag}) {
-        for (std::uint32_t seq : {0u, 1u, 0xffffffu}) {
-          for (std::uint32_t step : {0u, 1u, 0xffffu}) {
-            EXPECT_TRUE(seen.insert(makeTag(control, op, signatureBits(DType::f32, ReduceOp::sum),
-                                            user, seq, step))
-                            .second);
-          }
+  for (auto op : {Opcode::control, Opcode::allreduce, Opcode::broadcast}) {
+    for (std::uint32_t user : {0u, 1u, kMaxUserTag}) {
+      for (std::uint32_t seq : {0u, 1u, 0x1ffffu}) {
+        for (std::uint32_t step : {0u, 1u, 0x3fffu}) {
+          const bool control = op == Opcode::control;
+          const auto sig = control ? 0 : signatureBits(DType::f32, ReduceOp::sum);
+          EXPECT_TRUE(seen.insert(makeTag(control, op, sig, user, seq, step)).second);
         }
       }
     }
   }
   EXPECT_NE(signatureBits(DType::f32, ReduceOp::sum), signatureBits(DType::i32, ReduceOp::sum));
   EXPECT_NE(signatureBits(DType::f32, ReduceOp::sum), signatureBits(DType::f32, ReduceOp::max));
+}
+
+// A group names itself only where no inner group did, so nested groups keep their ids.
+TEST(Tags, InnermostGroupNamesTheMessage) {
+  const transport::Tag t = makeTag(false, Opcode::allreduce, 3, 7, 9, 2);
+  const transport::Tag inner = tags::nameIfUnnamed(t, tags::kLevel, 2);
+  EXPECT_EQ(tags::kLevel.get(inner), 2u);
+  EXPECT_EQ(tags::nameIfUnnamed(inner, tags::kLevel, 1), inner);
+  const transport::Tag both = tags::nameIfUnnamed(inner, tags::kContext, 5);
+  EXPECT_EQ(tags::kContext.get(both), 5u);
+  EXPECT_EQ(tags::kLevel.get(both), 2u);
+  EXPECT_EQ(both & ~(tags::kLevel.mask() | tags::kContext.mask()), t);
 }
 
 TEST(ChunkElems, NeverLongerThanTheCallNorShorterThanOne) {

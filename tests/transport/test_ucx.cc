@@ -100,12 +100,14 @@ TEST(UcxTags, LayoutIsInjectiveWhereItMatters) {
   EXPECT_NE(three.data(1, 5), three.data(2, 5));
   for (int src = 0; src < 3; ++src)
     EXPECT_NE(three.data(src, ~Tag{0}), three.control(ucx::ControlKind::abort));
-  // Calls that differ in opcode, signature or control bit at one sequence number never
-  // share a UCX tag, nor do nearby sequence numbers.
-  for (int size : {2, 3, 11, 1000, 4095}) {
+  // Calls that differ in opcode, signature or control at one sequence number never share a
+  // UCX tag, nor do nearby sequence numbers (at least 32 apart up to 4095 ranks; 256 below
+  // 512, ucx_tags.h).
+  for (int size : {2, 3, 11, 511, 1000, 4095}) {
     const ucx::TagLayout layout(size);
     std::set<std::uint64_t> seen;
-    for (std::uint32_t seq = 0; seq < 40; ++seq) {
+    const std::uint32_t calls = size < 512 ? 256 : 32;
+    for (std::uint32_t seq = 0; seq < calls; ++seq) {
       for (auto op : {collectives::Opcode::allreduce, collectives::Opcode::broadcast}) {
         for (std::uint8_t sig : {0, 1, 37}) {
           for (std::uint32_t step : {0u, 1u, 9u}) {
@@ -116,7 +118,27 @@ TEST(UcxTags, LayoutIsInjectiveWhereItMatters) {
       }
       seen.insert(layout.data(0, collectives::makeTag(true, {}, 0, 0, seq, 0)));
     }
-    EXPECT_EQ(seen.size(), 40u * (2 * 3 * 3 * 2 + 1)) << "size " << size;
+    EXPECT_EQ(seen.size(), calls * (2 * 3 * 3 * 2 + 1)) << "size " << size;
+  }
+  // Tags that differ in context, level, user tag or step never share a UCX tag, whatever
+  // their other fields.
+  for (int size : {2, 1000, 4095}) {
+    const ucx::TagLayout layout(size);
+    std::set<std::uint64_t> seen;
+    for (std::uint32_t context : {0u, 1u, tags::kMaxContext}) {
+      for (std::uint32_t level : {0u, 2u, tags::kMaxLevel}) {
+        for (std::uint32_t user : {0u, 4095u}) {
+          for (std::uint32_t step : {0u, 0x3fffu}) {
+            Tag t =
+                collectives::makeTag(false, collectives::Opcode::alltoall, 39, user, 0x1ffff, step);
+            t = tags::nameIfUnnamed(tags::nameIfUnnamed(t, tags::kContext, context), tags::kLevel,
+                                    level);
+            seen.insert(layout.data(size - 1, t));
+          }
+        }
+      }
+    }
+    EXPECT_EQ(seen.size(), 3u * 3 * 2 * 2) << "size " << size;
   }
 }
 
