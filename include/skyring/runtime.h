@@ -58,10 +58,11 @@ class Runtime {
   transport::TrafficStats stats() const;
   const Config& config() const noexcept { return config_; }
   // The background engine (skyring/engine.h), started by the first call. It runs over a
-  // communicator of its own on world()'s ranks and transport (tags 4095 and 4094, which world()
-  // calls must not use), with a shared-memory node channel of its own, so the engine's fused
-  // buffers go through shared memory and the hierarchy like world() calls on tag 0 while
-  // world() stays free for direct calls from other threads.
+  // communicator of its own on world()'s ranks, in a context of its own (its tags never meet
+  // world()'s, so world() keeps every user tag but 4094, below), with a shared-memory node
+  // channel of its own: the engine's fused buffers go through shared memory and the
+  // hierarchy like world() calls on tag 0, while world() stays free for direct calls from
+  // other threads.
   // Collective the first time: every rank calls it (skyring::init() does), as its first
   // cycle waits for the others' engines. Any thread. The destructor stops it (which waits
   // until every rank stops its own) before the goodbye.
@@ -70,8 +71,8 @@ class Runtime {
   // ranks, numbered in the order given), usable beside world() and engine(). Collective
   // over the world: every rank calls it with the same ranks, in the same order as the other
   // creations and removals; a mismatch throws InvalidArgument on every rank naming the
-  // ranks that differ. The world's user tag 4094 carries this agreement (the engine's is
-  // 4095): nothing else may use it. One thread at a time.
+  // ranks that differ. The world's user tag 4094 carries this agreement: nothing else may
+  // use it. One thread at a time.
   ProcessSet addProcessSet(std::vector<int> ranks);
   // Collective over the world: stops the set's engine and frees its id (InvalidArgument on
   // every rank when they name different sets). The destructor stops every set still live.

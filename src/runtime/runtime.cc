@@ -17,6 +17,8 @@
 #include "skyring/ucx_transport.h"
 #include "skyring/version.h"
 #include "transport/node_channel.h"
+#include "transport/subgroup_transport.h"
+#include "transport/tag_layout.h"
 
 namespace skyring {
 
@@ -237,7 +239,14 @@ Engine& Runtime::engine() {
     };
     Config quiet = config_;
     quiet.warnings.clear();  // world() said them
-    engineComm_ = std::make_unique<Communicator>(parts_->transport, std::move(quiet),
+    // Its own context: the engine's tags never meet the world's (tags::kRuntimeEngineContext).
+    std::vector<int> everyone(static_cast<std::size_t>(size_));
+    for (int r = 0; r < size_; ++r)
+      everyone[static_cast<std::size_t>(r)] = r;
+    auto transport = std::make_shared<transport::SubgroupTransport>(
+        parts_->transport, std::move(everyone),
+        transport::SubgroupTransport::Scope::context(tags::kRuntimeEngineContext));
+    engineComm_ = std::make_unique<Communicator>(std::move(transport), std::move(quiet),
                                                  parts_->engineNode, topology_, options.tag);
     engine_ = std::make_unique<Engine>(*engineComm_, options);
   });

@@ -33,7 +33,7 @@ SubgroupTransport::SubgroupTransport(std::shared_ptr<Transport> parent, std::vec
   const ErrorContext ctx{parent_->rank(), -1, "subgroup"};
   SKYRING_CHECK_ARG(!ranks_.empty(), ctx, "empty subgroup");
   const bool context = scope_.kind == Scope::Kind::context;
-  const std::uint32_t maxId = context ? tags::kMaxContext : tags::kMaxLevel;
+  const std::uint32_t maxId = context ? tags::kRuntimeEngineContext : tags::kMaxLevel;
   SKYRING_CHECK_ARG(scope_.id >= 1 && scope_.id <= maxId, ctx, context ? "context" : "level",
                     " id ", scope_.id, " outside 1..", maxId);
   std::vector<int> sorted = ranks_;

@@ -49,7 +49,8 @@ class SubgroupTransport final : public Transport {
   };
 
   // Throws InvalidArgument for an empty, repeated or out-of-range list, a list without
-  // the parent's rank, or an id of 0 or beyond its field (tags::kMaxContext, kMaxLevel).
+  // the parent's rank, or an id of 0 or beyond its field (tags::kRuntimeEngineContext,
+  // kMaxLevel).
   // label names the group in messages (groupLabel()), e.g. "cloud level".
   SubgroupTransport(std::shared_ptr<Transport> parent, std::vector<int> ranks, Scope scope,
                     std::string label = {});

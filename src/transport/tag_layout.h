@@ -73,8 +73,11 @@ inline constexpr int kFoldSourceShift = kSignature.shift;
 inline constexpr int kFoldTargetEnd = kSequence.shift + kSequence.bits;
 
 inline constexpr std::uint32_t kMaxUserTag = static_cast<std::uint32_t>(kUserTag.max());
+// The context of the Runtime's engine (a communicator of its own over the world's ranks,
+// Runtime::engine): its tags never meet the world's, whatever user tags either uses.
+inline constexpr std::uint32_t kRuntimeEngineContext = static_cast<std::uint32_t>(kContext.max());
 // Context ids 1..kMaxContext name process sets (0 is the world).
-inline constexpr std::uint32_t kMaxContext = static_cast<std::uint32_t>(kContext.max());
+inline constexpr std::uint32_t kMaxContext = kRuntimeEngineContext - 1;
 // Level ids 1..kMaxLevel name the subgroups of one call (0 is the communicator itself).
 inline constexpr std::uint32_t kMaxLevel = static_cast<std::uint32_t>(kLevel.max());
 

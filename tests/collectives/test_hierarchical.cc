@@ -304,8 +304,9 @@ TEST(SubgroupTransport, MapsRanksAndKeepsTagSpacesApart) {
   EXPECT_THROW(transport::SubgroupTransport(p1, {1, 3}, bits(0)), InvalidArgument);
   EXPECT_THROW(transport::SubgroupTransport(p1, {1, 3}, bits(tags::kMaxLevel + 1)),
                InvalidArgument);
-  EXPECT_THROW(transport::SubgroupTransport(p1, {1, 3}, Scope::context(tags::kMaxContext + 1)),
-               InvalidArgument);
+  EXPECT_THROW(
+      transport::SubgroupTransport(p1, {1, 3}, Scope::context(tags::kRuntimeEngineContext + 1)),
+      InvalidArgument);
 
   // Shutting a subgroup down leaves the parent usable.
   a1.shutdown();

@@ -125,7 +125,7 @@ TEST(UcxTags, LayoutIsInjectiveWhereItMatters) {
   for (int size : {2, 1000, 4095}) {
     const ucx::TagLayout layout(size);
     std::set<std::uint64_t> seen;
-    for (std::uint32_t context : {0u, 1u, tags::kMaxContext}) {
+    for (std::uint32_t context : {0u, 1u, tags::kMaxContext, tags::kRuntimeEngineContext}) {
       for (std::uint32_t level : {0u, 2u, tags::kMaxLevel}) {
         for (std::uint32_t user : {0u, 4095u}) {
           for (std::uint32_t step : {0u, 0x3fffu}) {
@@ -138,7 +138,7 @@ TEST(UcxTags, LayoutIsInjectiveWhereItMatters) {
         }
       }
     }
-    EXPECT_EQ(seen.size(), 3u * 3 * 2 * 2) << "size " << size;
+    EXPECT_EQ(seen.size(), 4u * 3 * 2 * 2) << "size " << size;
   }
 }
 
