@@ -45,6 +45,19 @@ void nodeAllreduce(transport::NodeChannel& ch, std::uint64_t seq, BufferView inp
                    BufferView output, ReduceOp op, transport::Clock::time_point deadline,
                    const NodeParams& params, std::vector<std::byte>& scratch);
 
+// The node level of a job with several nodes (node_level.h): reduce-scatter over
+// Partition{count, ch.size()} (local rank r ends with segment r of output reduced with op,
+// no division for avg; the rest of output is untouched), and its inverse, the allgather
+// of those segments in place. Both run the staged pipeline above, one call sequence
+// number each; tag (the user's) is checked with the call, so node-mates that interleave
+// calls of different tags fail with a message instead of mixing them.
+void nodeReduceScatter(transport::NodeChannel& ch, std::uint64_t seq, std::uint32_t tag,
+                       BufferView input, BufferView output, ReduceOp op,
+                       transport::Clock::time_point deadline, const NodeParams& params);
+void nodeAllgather(transport::NodeChannel& ch, std::uint64_t seq, std::uint32_t tag,
+                   BufferView buffer, ReduceOp op, transport::Clock::time_point deadline,
+                   const NodeParams& params);
+
 // True where nodeAllreduce can run this call.
 bool nodeAllreduceFits(const transport::NodeChannel& ch, std::size_t bytes);
 
