@@ -281,7 +281,8 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
         if (nodeLevel_) nodeSequence_ += 2;
         collectives::nodeLevelAllreduce(
             {call, nodeLevel_.get(), seq, deadline(options),
-             {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes}},
+             {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes},
+             &nodeScratch_},
             input, output, op, ring);
         return;
       }

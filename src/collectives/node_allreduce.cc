@@ -212,9 +212,17 @@ std::uint64_t stampOf(std::uint64_t seq, std::size_t k) {
 
 }  // namespace
 
+namespace {
+
+bool singleCopyFits(const NodeChannel& ch, const NodeParams& params, std::size_t bytes) {
+  return ch.singleCopy() && params.singleCopyBytes != 0 && bytes >= params.singleCopyBytes;
+}
+
+}  // namespace
+
 void nodeReduceScatter(NodeChannel& ch, std::uint64_t seq, std::uint32_t tag, BufferView input,
                        BufferView output, ReduceOp op, transport::Clock::time_point deadline,
-                       const NodeParams& params) {
+                       const NodeParams& params, std::vector<std::byte>& scratch) {
   using Counter = NodeChannel::Counter;
   NodeCall mine =
       makeCall(Opcode::allreduce, input.dtype, op, input.count, input.data, output.data);
@@ -225,6 +233,32 @@ void nodeReduceScatter(NodeChannel& ch, std::uint64_t seq, std::uint32_t tag, Bu
   }
   meet(ch, seq, mine, deadline, "allreduce (node reduce-scatter)");
   const int me = ch.rank();
+  if (singleCopyFits(ch, params, input.bytes())) {
+    // Each rank reads its segment of every peer's input straight from the peer's memory.
+    // No second synchronisation: a peer changes other segments of its buffers only in
+    // nodeAllgather, which it enters after this rank (whose arrival there it waits for).
+    const std::size_t elem = dtypeSize(input.dtype);
+    const Partition part{input.count, ch.size()};
+    const Chunking chunks{part.size(me), chunkElems(params.chunkBytes, elem, part.size(me))};
+    growScratch(scratch, chunks.chunkElems * elem,
+                ErrorContext{ch.worldRank(me), -1, "allreduce"}, "node reduce-scatter scratch",
+                detail::concat("one chunk: SKYRING_SHM_CHUNK_BYTES=", params.chunkBytes));
+    auto* const in = static_cast<std::byte*>(input.data);
+    auto* const out = static_cast<std::byte*>(output.data);
+    for (std::size_t c = 0; c < chunks.chunks(); ++c) {
+      ch.throwIfAborted("allreduce");
+      const std::size_t at = (part.offset(me) + chunks.offset(c)) * elem;
+      bool started = false;
+      for (int p = 0; p < ch.size(); ++p) {
+        if (p == me) continue;
+        ch.read(p, ch.call(p, seq).input + at, scratch.data(), chunks.size(c) * elem, "allreduce");
+        compression::reduce(op, input.dtype, out + at, started ? out + at : in + at,
+                            scratch.data(), chunks.size(c));
+        started = true;
+      }
+    }
+    return;
+  }
   const Stages st(ch, input.count, input.dtype, params);
   auto* const in = static_cast<const std::byte*>(input.data);
   auto* const out = static_cast<std::byte*>(output.data);
@@ -262,6 +296,21 @@ void nodeAllgather(NodeChannel& ch, std::uint64_t seq, std::uint32_t tag, Buffer
   mine.pad = tag;
   meet(ch, seq, mine, deadline, "allreduce (node allgather)");
   const int me = ch.rank();
+  if (singleCopyFits(ch, params, buffer.bytes())) {
+    // Every peer's segment straight from its buffer into this rank's; then nobody leaves
+    // (and lets its caller touch the buffer) while a peer still reads it.
+    const Partition part{buffer.count, ch.size()};
+    const std::size_t elem = dtypeSize(buffer.dtype);
+    for (int q = 0; q < ch.size(); ++q) {
+      if (q == me || part.size(q) == 0) continue;
+      const std::size_t at = part.offset(q) * elem;
+      ch.read(q, ch.call(q, seq).output + at, static_cast<std::byte*>(buffer.data) + at,
+              part.size(q) * elem, "allreduce");
+    }
+    ch.finish(seq);
+    ch.waitFinished(seq, deadline, "allreduce");
+    return;
+  }
   const Stages st(ch, buffer.count, buffer.dtype, params);
   auto* const buf = static_cast<std::byte*>(buffer.data);
   for (std::size_t k = 0; k < st.rounds; ++k) {

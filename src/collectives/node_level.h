@@ -2,7 +2,9 @@
 // shared memory inside each node, the network only between nodes.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "collectives/hierarchical.h"
 #include "collectives/node_algorithms.h"
@@ -22,6 +24,7 @@ struct NodeLevelCall {
   std::uint64_t nodeSequence;
   transport::Clock::time_point deadline;
   NodeParams nodeParams;
+  std::vector<std::byte>* scratch;  // the node reduce-scatter's, kept by the caller
 };
 
 // output = op over every rank of input (avg: one division by the world size), by:

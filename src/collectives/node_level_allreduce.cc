@@ -82,7 +82,7 @@ void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView 
   // 1. Inside the node.
   if (call.node != nullptr) {
     nodeReduceScatter(*call.node, call.nodeSequence, above.userTag, input, output, combine,
-                      call.deadline, call.nodeParams);
+                      call.deadline, call.nodeParams, *call.scratch);
   } else if (input.data != output.data) {
     std::memcpy(output.data, input.data, input.bytes());
   }

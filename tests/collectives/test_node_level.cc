@@ -94,6 +94,19 @@ TEST_P(NodeLevel, ExactEqualToRingAndNothingBetweenNodeMates) {
 INSTANTIATE_TEST_SUITE_P(Layouts, NodeLevel, ::testing::ValuesIn(kLayouts),
                          [](const auto& info) { return std::string(info.param.name); });
 
+// The single-copy node phases (SKYRING_SHM_SINGLE_COPY_BYTES; memcpy between threads).
+TEST(NodeLevelSingleCopy, ExactOnUnevenNodesAndClouds) {
+  Config config = testConfig();
+  config.shmSingleCopyBytes = 1;
+  for (const auto& where : {std::vector<const char*>{"A1", "A1", "A2", "A3", "A3", "A3"},
+                            std::vector<const char*>{"A1", "B1", "A2", "A1", "B2", "B2", "C1"}}) {
+    testing::runCloudRanks(
+        testing::topologyOf(where), config,
+        [](Communicator& comm) { testing::expectAllreduceExact(comm, kCounts); }, nullptr,
+        kSlotBytes);
+  }
+}
+
 // Forcing the flat ring (SKYRING_ALLREDUCE=ring) keeps it, node level or not.
 TEST(NodeLevelChoice, RingWhenForcedAndNoneWithoutChannels) {
   auto topo = testing::topologyOf({"A1", "A1", "A2", "A2"});
