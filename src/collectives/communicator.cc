@@ -94,7 +94,7 @@ bool Communicator::nodeLevelFor(const CollectiveOptions& options) const noexcept
       topology_->nodes() == size_) {
     return false;
   }
-  if (!options.algorithm && options.tag != 0) return false;
+  if (!options.algorithm && options.tag != primaryTag_) return false;
   const AllreduceAlgorithm a = options.algorithm.value_or(config_.allreduceAlgorithm);
   if (a != AllreduceAlgorithm::automatic && a != AllreduceAlgorithm::hierarchical) return false;
   // Every rank has its node's channel (one of one rank alone on its node), or none has:
@@ -196,9 +196,9 @@ std::string Communicator::describeAllreduce() const {
     return "node level (shared-memory reduce-scatter inside each node, each local rank's "
            "shard allreduced with its peers of the other " +
            std::to_string(nodes - 1) + " node" + (nodes == 2 ? "" : "s") + " by " +
-           (clouds > 1 ? "the cloud and cross-cloud levels over " + std::to_string(clouds) +
-                             " clouds"
-                       : std::string("a ring")) +
+           (clouds > 1
+                ? "the cloud and cross-cloud levels over " + std::to_string(clouds) + " clouds"
+                : std::string("a ring")) +
            ", shared-memory allgather inside each node; uncompressed where a codec needs the "
            "hierarchical levels)";
   }
@@ -271,8 +271,8 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
       // A codec's state is kept per piece offset and level: the node level passes it on
       // only where each rank owns exactly one piece and the cloud level is not compressed;
       // elsewhere such a call keeps the hierarchical levels.
-      if (call.codec == nullptr || (topology_->clouds() > 1 && !call.compressCloud &&
-                                    collectives::evenNodes(*topology_))) {
+      if (call.codec == nullptr ||
+          (topology_->clouds() > 1 && !call.compressCloud && collectives::evenNodes(*topology_))) {
         SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ",
                     input.count, " x ", dtypeName(input.dtype), " ", reduceOpName(op),
                     " via the node level");
@@ -280,7 +280,10 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
         const std::uint64_t seq = nodeSequence_ + 1;
         if (nodeLevel_) nodeSequence_ += 2;
         collectives::nodeLevelAllreduce(
-            {call, nodeLevel_.get(), seq, deadline(options),
+            {call,
+             nodeLevel_.get(),
+             seq,
+             deadline(options),
              {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes},
              &nodeScratch_},
             input, output, op, ring);

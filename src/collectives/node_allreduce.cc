@@ -240,8 +240,8 @@ void nodeReduceScatter(NodeChannel& ch, std::uint64_t seq, std::uint32_t tag, Bu
     const std::size_t elem = dtypeSize(input.dtype);
     const Partition part{input.count, ch.size()};
     const Chunking chunks{part.size(me), chunkElems(params.chunkBytes, elem, part.size(me))};
-    growScratch(scratch, chunks.chunkElems * elem,
-                ErrorContext{ch.worldRank(me), -1, "allreduce"}, "node reduce-scatter scratch",
+    growScratch(scratch, chunks.chunkElems * elem, ErrorContext{ch.worldRank(me), -1, "allreduce"},
+                "node reduce-scatter scratch",
                 detail::concat("one chunk: SKYRING_SHM_CHUNK_BYTES=", params.chunkBytes));
     auto* const in = static_cast<std::byte*>(input.data);
     auto* const out = static_cast<std::byte*>(output.data);
@@ -252,8 +252,8 @@ void nodeReduceScatter(NodeChannel& ch, std::uint64_t seq, std::uint32_t tag, Bu
       for (int p = 0; p < ch.size(); ++p) {
         if (p == me) continue;
         ch.read(p, ch.call(p, seq).input + at, scratch.data(), chunks.size(c) * elem, "allreduce");
-        compression::reduce(op, input.dtype, out + at, started ? out + at : in + at,
-                            scratch.data(), chunks.size(c));
+        compression::reduce(op, input.dtype, out + at, started ? out + at : in + at, scratch.data(),
+                            chunks.size(c));
         started = true;
       }
     }

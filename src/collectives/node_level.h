@@ -37,8 +37,8 @@ struct NodeLevelCall {
 //   3. allgather inside each node through shared memory.
 // Node-mates never send each other bytes over the transport. input may equal output.
 // Bit for bit the flat ring's result on exactly representable data.
-void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView output,
-                        ReduceOp op, const RingParams& params);
+void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView output, ReduceOp op,
+                        const RingParams& params);
 
 // True when every node holds as many ranks as the others (then every rank owns exactly
 // one piece, the segment, and per-tensor codec state keyed by offset stays unambiguous).

@@ -67,8 +67,8 @@ bool evenNodes(const topology::Topology& topology) {
                      [&](const auto& n) { return n.size() == nodes.front().size(); });
 }
 
-void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView output,
-                        ReduceOp op, const RingParams& params) {
+void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView output, ReduceOp op,
+                        const RingParams& params) {
   const HierarchicalCall& above = call.above;
   const topology::Topology& topo = above.topology;
   const int me = above.world->rank();
