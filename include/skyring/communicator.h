@@ -124,8 +124,7 @@ class Communicator {
   // True when this call goes through the node channel.
   bool onNode(const CollectiveOptions& options) const noexcept;
   // True when this allreduce runs the node level (several nodes, one with several ranks,
-  // shared memory on, the primary tag or a tag given an algorithm, ring/topologyRing not
-  // forced).
+  // shared memory on, the primary tag, ring/topologyRing not forced).
   bool nodeLevelFor(const CollectiveOptions& options) const noexcept;
   // The algorithm this allreduce runs: ring, topologyRing or hierarchical.
   AllreduceAlgorithm algorithmFor(const CollectiveOptions& options) const noexcept;
@@ -151,8 +150,7 @@ class Communicator {
   std::uint32_t primaryTag_ = 0;
   std::shared_ptr<transport::NodeChannel> node_;  // null: transport only
   // In a job of several nodes: this node's ranks (node_level.h), or null. One call at a
-  // time (nodeLevelMutex_), on the primary tag or a tag given an algorithm; uses
-  // nodeSequence_.
+  // time (nodeLevelMutex_), on the primary tag; uses nodeSequence_.
   std::shared_ptr<transport::NodeChannel> nodeLevel_;
   std::mutex nodeLevelMutex_;
   std::shared_ptr<const topology::Topology> topology_;  // null: flat algorithms only

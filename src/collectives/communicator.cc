@@ -94,7 +94,9 @@ bool Communicator::nodeLevelFor(const CollectiveOptions& options) const noexcept
       topology_->nodes() == size_) {
     return false;
   }
-  if (!options.algorithm && options.tag != primaryTag_) return false;
+  // The primary tag only: the channel runs one call at a time, and the engine runs calls
+  // on other tags (given an algorithm) beside its primary-tag batches.
+  if (options.tag != primaryTag_) return false;
   const AllreduceAlgorithm a = options.algorithm.value_or(config_.allreduceAlgorithm);
   if (a != AllreduceAlgorithm::automatic && a != AllreduceAlgorithm::hierarchical) return false;
   // Every rank has its node's channel (one of one rank alone on its node), or none has:
