@@ -5,8 +5,10 @@ iterations, maximum over ranks) and bus bandwidth.
 
     python3 benchmarks/gloo_allreduce_perf.py --ranks 4 -b 8 -e 256M -f 2 -n 20 -w 5
 
-It spawns the ranks itself (torch.multiprocessing) on 127.0.0.1. Use Debian's
-/usr/bin/python3, which has python3-torch.
+It spawns the ranks itself (torch.multiprocessing) on 127.0.0.1. With --from-env it is
+one rank of a job someone else started (mpirun: OMPI_COMM_WORLD_RANK/SIZE, or RANK and
+WORLD_SIZE), meeting at MASTER_ADDR:MASTER_PORT (benchmarks/node_level_bench.sh). Use
+Debian's /usr/bin/python3, which has python3-torch.
 """
 import argparse
 import os
@@ -23,8 +25,9 @@ def worker(rank, args, port):
     import torch
     import torch.distributed as dist
 
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
+    if port is not None:
+        os.environ["MASTER_ADDR"] = "127.0.0.1"
+        os.environ["MASTER_PORT"] = str(port)
     dist.init_process_group("gloo", rank=rank, world_size=args.ranks)
     torch.set_num_threads(1)
     n = args.ranks
@@ -76,7 +79,15 @@ def main():
     p.add_argument("-f", type=int, default=2)
     p.add_argument("-n", type=int, default=20)
     p.add_argument("-w", type=int, default=5)
+    p.add_argument("--from-env", action="store_true",
+                   help="one rank of a job launched elsewhere (see above)")
     args = p.parse_args()
+    if args.from_env:
+        env = os.environ
+        rank = int(env.get("OMPI_COMM_WORLD_RANK", env.get("RANK", "0")))
+        args.ranks = int(env.get("OMPI_COMM_WORLD_SIZE", env.get("WORLD_SIZE", "1")))
+        worker(rank, args, None)
+        return 0
     import torch.multiprocessing as mp
     port = 29000 + os.getpid() % 1000
     mp.spawn(worker, args=(args, port), nprocs=args.ranks, join=True)

@@ -123,6 +123,9 @@ class Communicator {
   std::uint32_t sequenceFor(const CollectiveOptions& options, const char* op);
   // True when this call goes through the node channel.
   bool onNode(const CollectiveOptions& options) const noexcept;
+  // True when this allreduce runs the node level (several nodes, one with several ranks,
+  // shared memory on, the primary tag, ring/topologyRing not forced).
+  bool nodeLevelFor(const CollectiveOptions& options) const noexcept;
   // The algorithm this allreduce runs: ring, topologyRing or hierarchical.
   AllreduceAlgorithm algorithmFor(const CollectiveOptions& options) const noexcept;
   // Sets call's codec and tensor state from options and the config (none: leaves them).
@@ -145,7 +148,11 @@ class Communicator {
   std::mutex sequenceMutex_;
   std::map<std::uint32_t, std::uint32_t> sequences_;
   std::uint32_t primaryTag_ = 0;
-  std::shared_ptr<transport::NodeChannel> node_;        // null: transport only
+  std::shared_ptr<transport::NodeChannel> node_;  // null: transport only
+  // In a job of several nodes: this node's ranks (node_level.h), or null. One call at a
+  // time (nodeLevelMutex_), on the primary tag; uses nodeSequence_.
+  std::shared_ptr<transport::NodeChannel> nodeLevel_;
+  std::mutex nodeLevelMutex_;
   std::shared_ptr<const topology::Topology> topology_;  // null: flat algorithms only
   std::uint64_t nodeSequence_ = 0;
   std::vector<std::byte> nodeScratch_;

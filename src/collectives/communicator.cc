@@ -8,6 +8,7 @@
 #include "collectives/exchange.h"
 #include "collectives/hierarchical.h"
 #include "collectives/node_algorithms.h"
+#include "collectives/node_level.h"
 #include "skyring/compression.h"
 #include "transport/subgroup_transport.h"
 
@@ -60,6 +61,13 @@ Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Conf
   for (int r = 0; same && r < size_; ++r)
     same = node->worldRank(r) == r;
   if (same && config_.sharedMemory && size_ > 1) node_ = std::move(node);
+  // Or the ranks of this rank's node, in a job with several (node_level.h).
+  if (node != nullptr && config_.sharedMemory && topology_ != nullptr &&
+      topology_->size() == size_ && topology_->nodes() > 1 &&
+      node->worldRanks() == topology_->groupOf(topology::Level::node, rank_) &&
+      node->rank() == topology_->indexInGroup(topology::Level::node, rank_)) {
+    nodeLevel_ = std::move(node);
+  }
   SKYRING_CHECK_ARG(topology_ == nullptr || topology_->size() == size_,
                     (ErrorContext{rank_, -1, "communicator"}), "topology of ", topology_->size(),
                     " ranks for a group of ", size_);
@@ -77,6 +85,23 @@ Communicator::Communicator(std::shared_ptr<transport::Transport> transport, Conf
       (ErrorContext{rank_, -1, "communicator"}), "SKYRING_COMPRESSION=", config_.compression,
       " with SKYRING_COMPRESSION_LEVELS including cloud: PowerSGD compresses the "
       "cross_cloud level only");
+}
+
+bool Communicator::nodeLevelFor(const CollectiveOptions& options) const noexcept {
+  // The same answer on every rank: from the topology, settings and options only (the
+  // runtime drops shared memory on every rank when one node could not set it up).
+  if (topology_ == nullptr || !config_.sharedMemory || topology_->nodes() < 2 ||
+      topology_->nodes() == size_) {
+    return false;
+  }
+  // The primary tag only: the channel runs one call at a time, and the engine runs calls
+  // on other tags (given an algorithm) beside its primary-tag batches.
+  if (options.tag != primaryTag_) return false;
+  const AllreduceAlgorithm a = options.algorithm.value_or(config_.allreduceAlgorithm);
+  if (a != AllreduceAlgorithm::automatic && a != AllreduceAlgorithm::hierarchical) return false;
+  // Every rank has its node's channel (one of one rank alone on its node), or none has:
+  // the runtime drops them all when one node failed, and a test gives all or none.
+  return nodeLevel_ != nullptr;
 }
 
 AllreduceAlgorithm Communicator::algorithmFor(const CollectiveOptions& options) const noexcept {
@@ -158,6 +183,7 @@ void Communicator::guarded(const char* op, Fn&& fn) {
     // and the node channel's reaches the local ranks whose next call would otherwise go
     // through shared memory only and succeed without the failed ones.
     if (node_) node_->abort(e.kind(), reason);
+    if (nodeLevel_) nodeLevel_->abort(e.kind(), reason);
     transport_->abort(e.kind(), reason);
     throw;
   }
@@ -166,6 +192,18 @@ void Communicator::guarded(const char* op, Fn&& fn) {
 std::string Communicator::describeAllreduce() const {
   if (size_ == 1) return "nothing to do (one rank)";
   const AllreduceAlgorithm a = algorithmFor(CollectiveOptions{});
+  if (nodeLevelFor(CollectiveOptions{})) {
+    const int nodes = topology_->nodes();
+    const int clouds = topology_->clouds();
+    return "node level (shared-memory reduce-scatter inside each node, each local rank's "
+           "shard allreduced with its peers of the other " +
+           std::to_string(nodes - 1) + " node" + (nodes == 2 ? "" : "s") + " by " +
+           (clouds > 1
+                ? "the cloud and cross-cloud levels over " + std::to_string(clouds) + " clouds"
+                : std::string("a ring")) +
+           ", shared-memory allgather inside each node; uncompressed where a codec needs the "
+           "hierarchical levels)";
+  }
   if (a == AllreduceAlgorithm::hierarchical) {
     return "hierarchical (ring reduce-scatter inside each cloud, ring allreduce of each shard "
            "across " +
@@ -219,6 +257,43 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
     if (input.count == 0) return;
     const collectives::RingParams ring{config_.ringChunkBytes, config_.ringPipelineDepth};
     const AllreduceAlgorithm algorithm = algorithmFor(options);
+    if (nodeLevelFor(options)) {
+      collectives::HierarchicalCall call{
+          transport_,
+          *topology_,
+          logger_,
+          ex.signature(),
+          options.tag,
+          sequence,
+          options.timeout.count() > 0 ? options.timeout : config_.timeout};
+      if (algorithm == AllreduceAlgorithm::hierarchical && input.dtype == DType::f32 &&
+          (op == ReduceOp::sum || op == ReduceOp::avg)) {
+        compressionFor(options, output, call);
+      }
+      // A codec's state is kept per piece offset and level: the node level passes it on
+      // only where each rank owns exactly one piece and the cloud level is not compressed;
+      // elsewhere such a call keeps the hierarchical levels.
+      if (call.codec == nullptr ||
+          (topology_->clouds() > 1 && !call.compressCloud && collectives::evenNodes(*topology_))) {
+        SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ",
+                    input.count, " x ", dtypeName(input.dtype), " ", reduceOpName(op),
+                    " via the node level");
+        std::lock_guard lock(nodeLevelMutex_);
+        const std::uint64_t seq = nodeSequence_ + 1;
+        if (nodeLevel_) nodeSequence_ += 2;
+        collectives::nodeLevelAllreduce(
+            {call,
+             nodeLevel_.get(),
+             seq,
+             deadline(options),
+             {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes},
+             &nodeScratch_},
+            input, output, op, ring);
+        return;
+      }
+      collectives::hierarchicalAllreduce(call, input, output, op, ring);
+      return;
+    }
     SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ", input.count,
                 " x ", dtypeName(input.dtype), " ", reduceOpName(op), " via ",
                 algorithm == AllreduceAlgorithm::hierarchical ? "hierarchical"

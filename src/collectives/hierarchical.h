@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "collectives/algorithms.h"
 #include "collectives/compressed_allreduce.h"
@@ -48,6 +49,10 @@ struct HierarchicalCall {
   TensorCompressionState* codecState = nullptr;
   bool compressCloud = false;
   bool compressCrossCloud = true;
+  // The ranks that take part (world ranks, any order), every one calling with the same
+  // list; empty: all of them. The node level (node_level.h) runs one call per piece
+  // among the owners of that piece, one per node. avg still divides by topology.size().
+  std::vector<int> members = {};
 };
 
 // output = op over every rank of input, bit for bit what ringAllreduce gives on exactly

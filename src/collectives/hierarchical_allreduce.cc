@@ -274,13 +274,24 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
   const std::size_t count = input.count;
   Plan plan{call, params, op, op == ReduceOp::avg ? ReduceOp::sum : op, {}, 0, me};
   for (const auto& group : topo.groups(Level::cloud)) {
-    SKYRING_CHECK_ARG(static_cast<int>(group.size()) <= kMaxSubgroupSize, ctx, "a cloud of ",
-                      group.size(), " ranks exceeds ", kMaxSubgroupSize);
-    plan.rings.push_back(topo.ringOrder(group));
+    std::vector<int> ranks;  // the cloud's members (the node level passes one per node)
+    for (int r : group) {
+      if (call.members.empty() ||
+          std::find(call.members.begin(), call.members.end(), r) != call.members.end())
+        ranks.push_back(r);
+    }
+    if (ranks.empty()) continue;
+    SKYRING_CHECK_ARG(static_cast<int>(ranks.size()) <= kMaxSubgroupSize, ctx, "a cloud of ",
+                      ranks.size(), " ranks exceeds ", kMaxSubgroupSize);
+    if (std::find(ranks.begin(), ranks.end(), me) != ranks.end())
+      plan.myCloud = static_cast<int>(plan.rings.size());
+    plan.rings.push_back(topo.ringOrder(ranks));
   }
   const int clouds = static_cast<int>(plan.rings.size());
   SKYRING_CHECK_ARG(clouds <= kMaxSubgroupSize, ctx, clouds, " clouds exceed ", kMaxSubgroupSize);
-  plan.myCloud = topo.groupIndex(Level::cloud, me);
+  // With members of one cloud only, the ring below would divide avg by its own size.
+  SKYRING_CHECK_ARG(call.members.empty() || clouds > 1 || op != ReduceOp::avg, ctx,
+                    "members of one cloud with avg");
   if (call.codec != nullptr && call.codecState->count != count) {
     call.codecState->pieces.clear();
     call.codecState->cloudSlices.clear();

@@ -45,6 +45,23 @@ void nodeAllreduce(transport::NodeChannel& ch, std::uint64_t seq, BufferView inp
                    BufferView output, ReduceOp op, transport::Clock::time_point deadline,
                    const NodeParams& params, std::vector<std::byte>& scratch);
 
+// The node level of a job with several nodes (node_level.h): reduce-scatter over
+// Partition{count, ch.size()} (local rank r ends with segment r of output reduced with op,
+// no division for avg; the rest of output is untouched), and its inverse, the allgather
+// of those segments in place. Both run the staged pipeline above, or, from
+// params.singleCopyBytes on (where ch.singleCopy()), read peers' buffers directly (one
+// or two synchronisations per call instead of two per chunk); one call sequence number
+// each; tag (the user's) is checked with the call, so node-mates that interleave calls
+// of different tags fail with a message instead of mixing them. scratch: one chunk,
+// grown on the single-copy path.
+void nodeReduceScatter(transport::NodeChannel& ch, std::uint64_t seq, std::uint32_t tag,
+                       BufferView input, BufferView output, ReduceOp op,
+                       transport::Clock::time_point deadline, const NodeParams& params,
+                       std::vector<std::byte>& scratch);
+void nodeAllgather(transport::NodeChannel& ch, std::uint64_t seq, std::uint32_t tag,
+                   BufferView buffer, ReduceOp op, transport::Clock::time_point deadline,
+                   const NodeParams& params);
+
 // True where nodeAllreduce can run this call.
 bool nodeAllreduceFits(const transport::NodeChannel& ch, std::size_t bytes);
 

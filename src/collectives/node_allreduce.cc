@@ -30,8 +30,11 @@ CallSignature signatureOf(const NodeCall& c) {
           c.count, -1};
 }
 
+// pad carries the user tag of node-level calls (node_level_allreduce.cc): two threads
+// interleaving calls of different tags on one node are then named, not mixed up.
 bool sameCall(const NodeCall& a, const NodeCall& b) {
-  return a.opcode == b.opcode && a.dtype == b.dtype && a.op == b.op && a.count == b.count;
+  return a.opcode == b.opcode && a.dtype == b.dtype && a.op == b.op && a.count == b.count &&
+         a.pad == b.pad;
 }
 
 // Arrives, waits for every local rank, and fails (aborting the group) if any of them
@@ -174,7 +177,156 @@ void singleCopyAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& min
   ch.waitFinished(seq, deadline, "allreduce");
 }
 
+// Staged pipelines of the node level (nodeReduceScatter, nodeAllgather): the geometry of
+// stagedAllreduce (chunk k of every segment per round, a ring of blocks in each rank's
+// region, counters stamped with the call and the round).
+struct Stages {
+  Partition part;
+  std::size_t elem;
+  std::size_t chunkElems;
+  std::size_t blockBytes;
+  std::size_t depth;
+  std::size_t rounds;
+  Stages(const NodeChannel& ch, std::size_t count, DType dtype, const NodeParams& params)
+      : part{count, ch.size()}, elem(dtypeSize(dtype)) {
+    const std::size_t region = ch.region(ch.rank()).size();
+    chunkElems = std::min(collectives::chunkElems(params.chunkBytes, elem, part.size(0)),
+                          region / (2 * static_cast<std::size_t>(ch.size()) * elem));
+    blockBytes = static_cast<std::size_t>(ch.size()) * chunkElems * elem;
+    depth = region / blockBytes;
+    rounds = (part.size(0) + chunkElems - 1) / chunkElems;
+  }
+  std::size_t length(int q, std::size_t k) const {
+    const std::size_t done = k * chunkElems;
+    return done >= part.size(q) ? 0 : std::min(chunkElems, part.size(q) - done);
+  }
+  std::size_t at(int q, std::size_t k) const { return (part.offset(q) + k * chunkElems) * elem; }
+  std::byte* block(const NodeChannel& ch, int p, std::size_t k) const {
+    return ch.region(p).data() + (k % depth) * blockBytes;
+  }
+};
+
+std::uint64_t stampOf(std::uint64_t seq, std::size_t k) {
+  return seq << 32 | (k + 1);
+}
+
 }  // namespace
+
+namespace {
+
+bool singleCopyFits(const NodeChannel& ch, const NodeParams& params, std::size_t bytes) {
+  return ch.singleCopy() && params.singleCopyBytes != 0 && bytes >= params.singleCopyBytes;
+}
+
+}  // namespace
+
+void nodeReduceScatter(NodeChannel& ch, std::uint64_t seq, std::uint32_t tag, BufferView input,
+                       BufferView output, ReduceOp op, transport::Clock::time_point deadline,
+                       const NodeParams& params, std::vector<std::byte>& scratch) {
+  using Counter = NodeChannel::Counter;
+  NodeCall mine =
+      makeCall(Opcode::allreduce, input.dtype, op, input.count, input.data, output.data);
+  mine.pad = tag;
+  if (ch.size() == 1) {
+    if (output.data != input.data) std::memcpy(output.data, input.data, input.bytes());
+    return;
+  }
+  meet(ch, seq, mine, deadline, "allreduce (node reduce-scatter)");
+  const int me = ch.rank();
+  if (singleCopyFits(ch, params, input.bytes())) {
+    // Each rank reads its segment of every peer's input straight from the peer's memory.
+    // No second synchronisation: a peer changes other segments of its buffers only in
+    // nodeAllgather, which it enters after this rank (whose arrival there it waits for).
+    const std::size_t elem = dtypeSize(input.dtype);
+    const Partition part{input.count, ch.size()};
+    const Chunking chunks{part.size(me), chunkElems(params.chunkBytes, elem, part.size(me))};
+    growScratch(scratch, chunks.chunkElems * elem, ErrorContext{ch.worldRank(me), -1, "allreduce"},
+                "node reduce-scatter scratch",
+                detail::concat("one chunk: SKYRING_SHM_CHUNK_BYTES=", params.chunkBytes));
+    auto* const in = static_cast<std::byte*>(input.data);
+    auto* const out = static_cast<std::byte*>(output.data);
+    for (std::size_t c = 0; c < chunks.chunks(); ++c) {
+      ch.throwIfAborted("allreduce");
+      const std::size_t at = (part.offset(me) + chunks.offset(c)) * elem;
+      bool started = false;
+      for (int p = 0; p < ch.size(); ++p) {
+        if (p == me) continue;
+        ch.read(p, ch.call(p, seq).input + at, scratch.data(), chunks.size(c) * elem, "allreduce");
+        compression::reduce(op, input.dtype, out + at, started ? out + at : in + at, scratch.data(),
+                            chunks.size(c));
+        started = true;
+      }
+    }
+    return;
+  }
+  const Stages st(ch, input.count, input.dtype, params);
+  auto* const in = static_cast<const std::byte*>(input.data);
+  auto* const out = static_cast<std::byte*>(output.data);
+  const std::size_t stride = st.chunkElems * st.elem;
+  for (std::size_t k = 0; k < st.rounds; ++k) {
+    if (k >= st.depth)
+      ch.waitAll(Counter::consumed, stampOf(seq, k - st.depth), deadline, "allreduce");
+    std::byte* const own = st.block(ch, me, k);
+    for (int q = 0; q < ch.size(); ++q) {
+      if (q != me) std::memcpy(own + q * stride, in + st.at(q, k), st.length(q, k) * st.elem);
+    }
+    ch.post(Counter::copied, stampOf(seq, k));
+    ch.waitAll(Counter::copied, stampOf(seq, k), deadline, "allreduce");
+    // Straight into this rank's own segment of output: nobody else reads it here.
+    std::byte* const result = out + st.at(me, k);
+    bool started = false;
+    for (int p = 0; p < ch.size(); ++p) {
+      if (p == me) continue;
+      compression::reduce(op, input.dtype, result, started ? result : in + st.at(me, k),
+                          st.block(ch, p, k) + me * stride, st.length(me, k));
+      started = true;
+    }
+    ch.post(Counter::consumed, stampOf(seq, k));
+  }
+  if (st.rounds > 0)
+    ch.waitAll(Counter::consumed, stampOf(seq, st.rounds - 1), deadline, "allreduce");
+}
+
+void nodeAllgather(NodeChannel& ch, std::uint64_t seq, std::uint32_t tag, BufferView buffer,
+                   ReduceOp op, transport::Clock::time_point deadline, const NodeParams& params) {
+  using Counter = NodeChannel::Counter;
+  if (ch.size() == 1) return;
+  NodeCall mine =
+      makeCall(Opcode::allreduce, buffer.dtype, op, buffer.count, buffer.data, buffer.data);
+  mine.pad = tag;
+  meet(ch, seq, mine, deadline, "allreduce (node allgather)");
+  const int me = ch.rank();
+  if (singleCopyFits(ch, params, buffer.bytes())) {
+    // Every peer's segment straight from its buffer into this rank's; then nobody leaves
+    // (and lets its caller touch the buffer) while a peer still reads it.
+    const Partition part{buffer.count, ch.size()};
+    const std::size_t elem = dtypeSize(buffer.dtype);
+    for (int q = 0; q < ch.size(); ++q) {
+      if (q == me || part.size(q) == 0) continue;
+      const std::size_t at = part.offset(q) * elem;
+      ch.read(q, ch.call(q, seq).output + at, static_cast<std::byte*>(buffer.data) + at,
+              part.size(q) * elem, "allreduce");
+    }
+    ch.finish(seq);
+    ch.waitFinished(seq, deadline, "allreduce");
+    return;
+  }
+  const Stages st(ch, buffer.count, buffer.dtype, params);
+  auto* const buf = static_cast<std::byte*>(buffer.data);
+  for (std::size_t k = 0; k < st.rounds; ++k) {
+    if (k >= st.depth)
+      ch.waitAll(Counter::consumed, stampOf(seq, k - st.depth), deadline, "allreduce");
+    std::memcpy(st.block(ch, me, k), buf + st.at(me, k), st.length(me, k) * st.elem);
+    ch.post(Counter::copied, stampOf(seq, k));
+    ch.waitAll(Counter::copied, stampOf(seq, k), deadline, "allreduce");
+    for (int q = 0; q < ch.size(); ++q) {
+      if (q != me) std::memcpy(buf + st.at(q, k), st.block(ch, q, k), st.length(q, k) * st.elem);
+    }
+    ch.post(Counter::consumed, stampOf(seq, k));
+  }
+  if (st.rounds > 0)
+    ch.waitAll(Counter::consumed, stampOf(seq, st.rounds - 1), deadline, "allreduce");
+}
 
 bool nodeAllreduceFits(const NodeChannel& ch, std::size_t bytes) {
   // The slots path needs bytes <= slotBytes(); the pipelined one any size, as long as the

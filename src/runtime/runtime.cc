@@ -174,8 +174,22 @@ void Runtime::start() {
                 "cross-memory attach (process_vm_readv) is not permitted here: "
                 "SKYRING_SHM_SINGLE_COPY_BYTES has no effect");
   }
+  std::shared_ptr<transport::NodeChannel> engineNode = openNode();  // collective, on every rank
+  // With several nodes each node set up its own channels: allreduce takes the node level
+  // only if every node has both (a channel of one rank for a rank alone on its node),
+  // decided alike on every rank (collectives/node_level.h); else no rank uses shared memory.
+  if (size_ > 1 && config_.sharedMemory && topology_->nodes() > 1) {
+    const std::byte ok{static_cast<unsigned char>(node != nullptr && engineNode != nullptr)};
+    const auto all = parts.oob->allgather(std::span(&ok, 1));
+    if (std::any_of(all.begin(), all.end(),
+                    [](const auto& b) { return b.empty() || b.front() != std::byte{1}; })) {
+      node.reset();
+      engineNode.reset();
+      config_.sharedMemory = false;  // for both communicators, and the summary
+    }
+  }
   parts.node = node;
-  parts.engineNode = openNode();  // collective: on every rank, whatever the first gave
+  parts.engineNode = engineNode;
   world_ = std::make_unique<Communicator>(parts.transport, config_, node, topology_);
   processSets_ = std::make_unique<ProcessSetTable>(*world_, parts.transport, topology_);
   logSummary();

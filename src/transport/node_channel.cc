@@ -138,8 +138,12 @@ std::size_t NodeChannel::slotBytes() const noexcept {
 
 // ---- setup ----------------------------------------------------------------------------
 
-NodeChannel::Local::Local(int size, std::size_t slotBytes)
-    : shared_(std::make_shared<Shared>()), size_(size) {
+NodeChannel::Local::Local(int size, std::size_t slotBytes, std::vector<int> worldRanks)
+    : shared_(std::make_shared<Shared>()), size_(size), worldRanks_(std::move(worldRanks)) {
+  if (worldRanks_.empty()) {
+    for (int r = 0; r < size; ++r)
+      worldRanks_.push_back(r);
+  }
   slotBytes = roundUp(std::max<std::size_t>(slotBytes, kLine), kLine);
   const std::size_t bytes = blockBytes(size, slotBytes);
   shared_->heap.resize(bytes + kLine);
@@ -152,11 +156,8 @@ NodeChannel::Local::Local(int size, std::size_t slotBytes)
 NodeChannel::Local::~Local() = default;
 
 std::unique_ptr<NodeChannel> NodeChannel::Local::channel(int rank) {
-  std::vector<int> ranks(static_cast<std::size_t>(size_));
-  for (int r = 0; r < size_; ++r)
-    ranks[static_cast<std::size_t>(r)] = r;
   return std::unique_ptr<NodeChannel>(new NodeChannel(
-      shared_, rank, std::move(ranks), std::vector<int>(static_cast<std::size_t>(size_), 0), true));
+      shared_, rank, worldRanks_, std::vector<int>(static_cast<std::size_t>(size_), 0), true));
 }
 
 namespace {

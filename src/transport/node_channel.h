@@ -78,13 +78,16 @@ class NodeChannel {
   // Threads of this process as ranks (tests): every channel(r) shares one block.
   class Local {
    public:
-    Local(int size, std::size_t slotBytes);
+    // worldRanks: the group ranks of local ranks 0..size-1 (empty: 0..size-1), as a node
+    // of a larger in-process world.
+    Local(int size, std::size_t slotBytes, std::vector<int> worldRanks = {});
     ~Local();
     std::unique_ptr<NodeChannel> channel(int rank);
 
    private:
     std::shared_ptr<Shared> shared_;
     int size_;
+    std::vector<int> worldRanks_;
   };
 
   int rank() const noexcept { return rank_; }
