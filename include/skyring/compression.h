@@ -167,6 +167,16 @@ class Compressor {
 std::unique_ptr<Compressor> makeCompressor(std::string_view spec);
 std::unique_ptr<Compressor> makeCompressor(const CompressionOptions& options);
 
+// The size rule (docs/compression.md): whether a tensor of this shape (empty: 1-D of
+// count elements) gains from codec, so that the callers that fuse tensors (the engine)
+// send the others in full precision. PowerSGD: a matrix of at least two dimensions whose
+// factors, (rows + cols) x rank floats, are at most half its size (PyTorch's hook's
+// min_compression_rate of 2); 1-D tensors (biases, norms) never. Elementwise codecs: the
+// encoding, header included, at most kMaxEncodedShare of the f32 bytes. none: never.
+inline constexpr double kMaxEncodedShare = 2.0 / 3.0;
+bool worthCompressing(const Compressor& codec, std::size_t count,
+                      std::span<const std::int64_t> shape);
+
 // Decodes bytes of any codec, read from their header.
 void decodeAny(std::span<const std::byte> bytes, std::span<float> out);
 

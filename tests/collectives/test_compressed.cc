@@ -194,7 +194,9 @@ TEST(CompressedAllreduce, CrossCloudBytesAreTheCodecs) {
           topo, testConfig(spec),
           [&](Communicator& comm) {
             auto data = gradientOf(comm.rank(), count);
-            comm.allreduce(view(std::span(data)), ReduceOp::sum);
+            CollectiveOptions gradient;  // the job's codec, SKYRING_COMPRESSION
+            gradient.compression = kDefaultCompression;
+            comm.allreduce(view(std::span(data)), ReduceOp::sum, gradient);
           },
           [&](int r, std::shared_ptr<transport::Transport> t) {
             auto m = std::make_shared<transport::MeteringTransport>(std::move(t), topo);
@@ -339,7 +341,9 @@ TEST(CompressedAllreduce, OtherDtypesAndOpsStayExact) {
          {std::pair{DType::f64, ReduceOp::sum}, std::pair{DType::f32, ReduceOp::max},
           std::pair{DType::i32, ReduceOp::sum}, std::pair{DType::f16, ReduceOp::avg}}) {
       auto data = testing::makeInput(op, d, comm.rank(), 1001);
-      comm.allreduce(testing::viewOf(data, d), op);
+      CollectiveOptions gradient;
+      gradient.compression = kDefaultCompression;
+      comm.allreduce(testing::viewOf(data, d), op, gradient);
       EXPECT_TRUE(data == testing::expectedResult(op, d, comm.size(), 1001))
           << dtypeName(d) << " " << reduceOpName(op);
     }
