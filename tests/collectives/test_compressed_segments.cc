@@ -193,8 +193,7 @@ TEST(CompressedSegments, ResidualsFollowTheTensor) {
 // the bytes across clouds are the factors' and the bias's.
 TEST(CompressedSegments, PowerSgdPerTensorShapes) {
   constexpr std::size_t kRows1 = 64, kCols1 = 64, kRows2 = 10, kCols2 = 64, kBias = 10;
-  const std::vector<std::int64_t> shape1{kRows1, kCols1}, shape2{kRows2, kCols2},
-      shapeBias{kBias};
+  const std::vector<std::int64_t> shape1{kRows1, kCols1}, shape2{kRows2, kCols2}, shapeBias{kBias};
   const std::size_t n1 = kRows1 * kCols1, n2 = kRows2 * kCols2;
   const auto value = [](int rank, std::size_t rows, std::size_t cols, std::size_t i) {
     const std::size_t row = i / cols, col = i % cols;
@@ -213,9 +212,8 @@ TEST(CompressedSegments, PowerSgdPerTensorShapes) {
           buffer[n1 + i] = value(comm.rank(), kRows2, kCols2, i);
         for (std::size_t i = 0; i < kBias; ++i)
           buffer[n1 + n2 + i] = static_cast<float>(comm.rank() * 100 + i);
-        const std::vector<TensorSegment> segs{{"w1", 0, n1, shape1},
-                                              {"w2", n1, n2, shape2},
-                                              {"b2", n1 + n2, kBias, shapeBias}};
+        const std::vector<TensorSegment> segs{
+            {"w1", 0, n1, shape1}, {"w2", n1, n2, shape2}, {"b2", n1 + n2, kBias, shapeBias}};
         CollectiveOptions options;
         options.compression = kDefaultCompression;
         options.segments = segs;
