@@ -85,7 +85,17 @@ struct CompressionOptions {
   std::uint32_t rank = 4;       // powersgd: rank of the approximation
   // Error feedback; unset = the codec's default (on for topk, powersgd, sign).
   std::optional<bool> errorFeedback;
+  // Momentum compression (docs/compression.md), applied by the collective layer around the
+  // codec for calls of a named tensor: each rank compresses its local heavy-ball momentum
+  // u = B u + g instead of g, and hands back g' = m_t - B m_(t-1) of the decoded momentum
+  // m, so that an optimizer with momentum B ends with velocity m exactly. 0: off. Unset =
+  // the codec's default (kSignMomentum, kTopkMomentum, kPowerSgdMomentum; 0 for others).
+  std::optional<double> momentum;
 };
+
+inline constexpr double kSignMomentum = 0.9;
+inline constexpr double kTopkMomentum = 0.0;
+inline constexpr double kPowerSgdMomentum = 0.0;
 
 inline constexpr std::uint32_t kDefaultInt8Block = 256;
 inline constexpr std::uint32_t kDefaultSignBlock = 1024;
@@ -96,7 +106,7 @@ inline constexpr std::uint32_t kMaxRank = 256;
 //   spec  := codec [ ":" arg { "," arg } ]
 //   arg   := value | key "=" value | flag
 //   none | fp16 | bf16 | int8[:block=N][,stochastic] | sign[:block=N]
-//   | topk[:FRACTION][,sampled] | powersgd[:RANK]      plus, for all: ef=0|1
+//   | topk[:FRACTION][,sampled] | powersgd[:RANK]      plus, for all: ef=0|1, momentum=B
 // e.g. "int8:block=128,stochastic", "topk:0.001,sampled,ef=0", "powersgd:4".
 // Throws InvalidArgument naming the bad part and listing the valid names.
 CompressionOptions parseCompressionSpec(std::string_view spec);
@@ -123,6 +133,7 @@ class Compressor {
   const CompressionOptions& options() const noexcept { return options_; }
   Codec codec() const noexcept { return options_.codec; }
   bool errorFeedback() const noexcept { return *options_.errorFeedback; }
+  double momentum() const noexcept { return *options_.momentum; }
   std::string spec() const { return formatSpec(options_); }
 
   // True when encoded values of several ranks may be summed in the codec's own domain

@@ -234,7 +234,18 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
       if (input.dtype == DType::f32 && (op == ReduceOp::sum || op == ReduceOp::avg)) {
         compressionFor(options, output, call, pieces, layout);
       }
-      collectives::hierarchicalAllreduce(call, input, output, op, ring);
+      const double beta = call.codec != nullptr ? call.codec->momentum() : 0.0;
+      if (beta == 0) {
+        collectives::hierarchicalAllreduce(call, input, output, op, ring);
+        return;
+      }
+      // Momentum compression: the codec sees this rank's momentum, not its gradient.
+      if (input.data != output.data) std::memcpy(output.data, input.data, input.bytes());
+      auto* data = static_cast<float*>(output.data);
+      const auto* segments = call.segments != nullptr ? &layout : nullptr;
+      collectives::momentumBefore(data, output.count, beta, segments, call.codecState);
+      collectives::hierarchicalAllreduce(call, output, output, op, ring);
+      collectives::momentumAfter(data, output.count, beta, segments, call.codecState);
       return;
     }
     if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {

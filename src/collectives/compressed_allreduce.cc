@@ -186,6 +186,49 @@ void storePiece(const SegmentLayout& layout, Residual send, std::optional<Residu
   }
 }
 
+namespace {
+
+// fn(data of one tensor, its momentum vector, its last output) for every tensor.
+template <typename Fn>
+void eachTensor(float* data, std::size_t count, const SegmentLayout* layout,
+                TensorCompressionState* state, Fn&& fn) {
+  if (layout == nullptr) {
+    fn(std::span<float>(data, count), state->momentum, state->lastOutput);
+    return;
+  }
+  for (const auto& t : layout->tensors)
+    fn(std::span<float>(data + t.offset, t.count), t.state->momentum, t.state->lastOutput);
+}
+
+}  // namespace
+
+void momentumBefore(float* data, std::size_t count, double beta, const SegmentLayout* layout,
+                    TensorCompressionState* state) {
+  const auto b = static_cast<float>(beta);
+  eachTensor(data, count, layout, state,
+             [&](std::span<float> g, std::vector<float>& u, std::vector<float>&) {
+               if (u.size() != g.size()) u.assign(g.size(), 0.0f);
+               for (std::size_t i = 0; i < g.size(); ++i) {
+                 u[i] = b * u[i] + g[i];
+                 g[i] = u[i];
+               }
+             });
+}
+
+void momentumAfter(float* data, std::size_t count, double beta, const SegmentLayout* layout,
+                   TensorCompressionState* state) {
+  const auto b = static_cast<float>(beta);
+  eachTensor(data, count, layout, state,
+             [&](std::span<float> m, std::vector<float>&, std::vector<float>& last) {
+               if (last.size() != m.size()) last.assign(m.size(), 0.0f);
+               for (std::size_t i = 0; i < m.size(); ++i) {
+                 const float decoded = m[i];
+                 m[i] = decoded - b * last[i];
+                 last[i] = decoded;
+               }
+             });
+}
+
 void compressedReduceScatter(Exchange& ex, float* piece, std::size_t len, const Compressor& codec,
                              PieceCompressionState& state, std::uint64_t seed) {
   const int groupSize = ex.size();

@@ -36,6 +36,10 @@ struct TensorCompressionState {
   // allgather, by piece offset.
   std::map<std::size_t, PieceCompressionState> cloudSlices;
   std::map<std::size_t, compression::CompressorState> cloudPieces;
+  // Momentum compression (CompressionOptions::momentum): this rank's momentum, and the
+  // last decoded result (the same on every rank).
+  std::vector<float> momentum;
+  std::vector<float> lastOutput;
 };
 
 // Fused buffers (CollectiveOptions::segments): each tensor keeps its own codec state,
@@ -55,6 +59,8 @@ struct SegmentCodecState {
   // matrix, rows x cols.
   compression::CompressorState powerSgd;
   std::size_t rows = 0;
+  std::vector<float> momentum;  // as TensorCompressionState's
+  std::vector<float> lastOutput;
 };
 
 // The tensors of one fused buffer, in order and covering it, each with its state.
@@ -82,6 +88,15 @@ PieceCompressionState loadPiece(const SegmentLayout& layout, Residual send,
                                 std::uint64_t seed);
 void storePiece(const SegmentLayout& layout, Residual send, std::optional<Residual> reduced,
                 std::size_t at, std::size_t len, int me, const PieceCompressionState& state);
+
+// Momentum compression around a compressed call of data (f32, count elements): before it,
+// data becomes this rank's momentum u = beta u + data; after it, data (the decoded
+// momentum m) becomes m - beta m_prev and m is kept. Per tensor of layout when given, else
+// in state. Explained in docs/compression.md.
+void momentumBefore(float* data, std::size_t count, double beta, const SegmentLayout* layout,
+                    TensorCompressionState* state);
+void momentumAfter(float* data, std::size_t count, double beta, const SegmentLayout* layout,
+                   TensorCompressionState* state);
 
 // piece (f32, len elements) holds this rank's contribution on entry and, on return, the
 // same bytes on every rank of ex's group: decode(encode(sum over the group)) divided by

@@ -128,8 +128,13 @@ bool Communicator::powerSgdSegments(BufferView input, BufferView output, ReduceO
   plain.compression = {};
   plain.segments = {};
   std::vector<float> p(pSize);
+  const double beta = codec->momentum();
   for (const Matrix& m : matrices) {
     const std::span<float> in(data + m.segment->offset, m.segment->count);
+    if (m.compressed && beta > 0) {
+      collectives::SegmentLayout one{{{0, in.size(), m.state}}, 0};
+      collectives::momentumBefore(in.data(), in.size(), beta, &one, nullptr);
+    }
     if (m.compressed) {
       compression::powerSgdComputeP(in, ef, m.shape, m.state->powerSgd,
                                     std::span(p).subspan(m.at, m.shape.pSize()));
@@ -158,6 +163,10 @@ bool Communicator::powerSgdSegments(BufferView input, BufferView output, ReduceO
       if (op == ReduceOp::sum) {
         for (float& v : out)
           v *= static_cast<float>(n);
+      }
+      if (beta > 0) {
+        collectives::SegmentLayout one{{{0, out.size(), m.state}}, 0};
+        collectives::momentumAfter(out.data(), out.size(), beta, &one, nullptr);
       }
     } else {
       std::copy_n(p.begin() + static_cast<std::ptrdiff_t>(m.at), out.size(), out.begin());

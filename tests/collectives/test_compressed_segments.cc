@@ -99,6 +99,17 @@ TEST(CompressionWhereAsked, SizeRule) {
   EXPECT_FALSE(compression::worthCompressing(*none, 1000, {}));
 }
 
+// momentum=B in specs: sign compresses the momentum by default (docs/compression.md).
+TEST(CompressionWhereAsked, MomentumSpec) {
+  EXPECT_EQ(*compression::parseCompressionSpec("sign").momentum, compression::kSignMomentum);
+  EXPECT_EQ(*compression::parseCompressionSpec("topk").momentum, 0.0);
+  EXPECT_EQ(compression::formatSpec(compression::parseCompressionSpec("sign:momentum=0")),
+            "sign:block=1024,momentum=0");
+  EXPECT_EQ(compression::formatSpec(compression::parseCompressionSpec("int8:momentum=0.5")),
+            "int8:block=256,momentum=0.5");
+  EXPECT_THROW(compression::parseCompressionSpec("sign:momentum=1"), InvalidArgument);
+}
+
 // Two tensors fused in a different order every step, and sometimes one alone: with
 // error feedback the mean of what each tensor got over the steps is its exact sum, which
 // holds only if its residual followed it (keyed by name and element, not by the place in
