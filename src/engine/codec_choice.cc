@@ -19,8 +19,7 @@ std::string Engine::Impl::resolveCompression(const AllreduceSpec& spec, const en
     SKYRING_THROW(InvalidArgument, ctx, "'", d.name, "': compression '", spec.compression,
                   "': ", e.detail());
   }
-  const bool applies =
-      d.dtype == DType::f32 && (d.op == ReduceOp::sum || d.op == ReduceOp::avg);
+  const bool applies = d.dtype == DType::f32 && (d.op == ReduceOp::sum || d.op == ReduceOp::avg);
   if (!applies || codec->codec() == compression::Codec::none) return {};
   return codec->spec();
 }

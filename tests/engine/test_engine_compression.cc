@@ -61,9 +61,8 @@ TEST(EngineCompression, CountsExactGradientCompressed) {
             grad[i] = gradientAt(comm.rank(), i, 0);
           AllreduceSpec gradient;
           gradient.compression = std::string(kDefaultCompression);
-          auto hg = engine.allreduceAsync("layer.weight.grad",
-                                          {view(std::span(grad)), {kRows, kCols}, nullptr},
-                                          gradient);
+          auto hg = engine.allreduceAsync(
+              "layer.weight.grad", {view(std::span(grad)), {kRows, kCols}, nullptr}, gradient);
           auto hc = engine.allreduceAsync("correct", Tensor::of(counts));
           finish(hc);
           finish(hg);
@@ -165,48 +164,49 @@ TEST(EngineCompression, PowerSgdPerTensorShapes) {
   auto topo = topologyOf(k2x2);
   std::vector<std::shared_ptr<transport::MeteringTransport>> meters(4);
   runCloudRanks(
-      topo, configWith("powersgd:1"), [&](Communicator& comm) {
-    Engine engine(comm);
-    AllreduceSpec gradient;
-    gradient.compression = std::string(kDefaultCompression);
-    std::vector<float> w1(256 * 256), w2(10 * 64), b1(64), b2(10);
-    for (std::size_t i = 0; i < w1.size(); ++i)
-      w1[i] = value(comm.rank(), 256, i, 0);
-    for (std::size_t i = 0; i < w2.size(); ++i)
-      w2[i] = value(comm.rank(), 64, i, 1);
-    for (std::size_t i = 0; i < b1.size(); ++i)
-      b1[i] = static_cast<float>(comm.rank() + i);
-    for (std::size_t i = 0; i < b2.size(); ++i)
-      b2[i] = static_cast<float>(10 * comm.rank() + i);
-    auto h1 = engine.allreduceAsync("w1", {view(std::span(w1)), {256, 256}, nullptr}, gradient);
-    auto hb = engine.allreduceAsync("b1", Tensor::of(b1), gradient);
-    auto hg = engine.groupedAllreduceAsync(
-        "layer2", {Tensor{view(std::span(w2)), {10, 64}, nullptr}, Tensor::of(b2)}, gradient);
-    finish(h1);
-    finish(hb);
-    finish(hg);
-    for (std::size_t i = 0; i < w1.size(); ++i) {
-      float want = 0;
-      for (int r = 0; r < 4; ++r)
-        want += value(r, 256, i, 0);
-      ASSERT_NEAR(w1[i], want, 1e-4) << "w1 " << i;
-    }
-    for (std::size_t i = 0; i < w2.size(); ++i) {
-      float want = 0;
-      for (int r = 0; r < 4; ++r)
-        want += value(r, 64, i, 1);
-      ASSERT_NEAR(w2[i], want, 1e-4) << "w2 " << i;
-    }
-    for (std::size_t i = 0; i < b1.size(); ++i)
-      ASSERT_EQ(b1[i], static_cast<float>(6 + 4 * i)) << "b1 " << i;
-    for (std::size_t i = 0; i < b2.size(); ++i)
-      ASSERT_EQ(b2[i], static_cast<float>(60 + 4 * i)) << "b2 " << i;
-  },
-  [&](int r, std::shared_ptr<transport::Transport> t) {
-    auto m = std::make_shared<transport::MeteringTransport>(std::move(t), topo);
-    meters[static_cast<std::size_t>(r)] = m;
-    return m;
-  });
+      topo, configWith("powersgd:1"),
+      [&](Communicator& comm) {
+        Engine engine(comm);
+        AllreduceSpec gradient;
+        gradient.compression = std::string(kDefaultCompression);
+        std::vector<float> w1(256 * 256), w2(10 * 64), b1(64), b2(10);
+        for (std::size_t i = 0; i < w1.size(); ++i)
+          w1[i] = value(comm.rank(), 256, i, 0);
+        for (std::size_t i = 0; i < w2.size(); ++i)
+          w2[i] = value(comm.rank(), 64, i, 1);
+        for (std::size_t i = 0; i < b1.size(); ++i)
+          b1[i] = static_cast<float>(comm.rank() + i);
+        for (std::size_t i = 0; i < b2.size(); ++i)
+          b2[i] = static_cast<float>(10 * comm.rank() + i);
+        auto h1 = engine.allreduceAsync("w1", {view(std::span(w1)), {256, 256}, nullptr}, gradient);
+        auto hb = engine.allreduceAsync("b1", Tensor::of(b1), gradient);
+        auto hg = engine.groupedAllreduceAsync(
+            "layer2", {Tensor{view(std::span(w2)), {10, 64}, nullptr}, Tensor::of(b2)}, gradient);
+        finish(h1);
+        finish(hb);
+        finish(hg);
+        for (std::size_t i = 0; i < w1.size(); ++i) {
+          float want = 0;
+          for (int r = 0; r < 4; ++r)
+            want += value(r, 256, i, 0);
+          ASSERT_NEAR(w1[i], want, 1e-4) << "w1 " << i;
+        }
+        for (std::size_t i = 0; i < w2.size(); ++i) {
+          float want = 0;
+          for (int r = 0; r < 4; ++r)
+            want += value(r, 64, i, 1);
+          ASSERT_NEAR(w2[i], want, 1e-4) << "w2 " << i;
+        }
+        for (std::size_t i = 0; i < b1.size(); ++i)
+          ASSERT_EQ(b1[i], static_cast<float>(6 + 4 * i)) << "b1 " << i;
+        for (std::size_t i = 0; i < b2.size(); ++i)
+          ASSERT_EQ(b2[i], static_cast<float>(60 + 4 * i)) << "b2 " << i;
+      },
+      [&](int r, std::shared_ptr<transport::Transport> t) {
+        auto m = std::make_shared<transport::MeteringTransport>(std::move(t), topo);
+        meters[static_cast<std::size_t>(r)] = m;
+        return m;
+      });
   for (const auto& m : meters)
     EXPECT_LT(m->stats().bytesOver(LinkClass::crossCloud), 24u << 10);
 }
