@@ -296,6 +296,9 @@ void Communicator::compressionFor(const CollectiveOptions& options, const Buffer
   const compression::Compressor* codec = codecFor(options);
   const CompressionLevels levels = options.compressionLevels.value_or(config_.compressionLevels);
   if (codec == nullptr || (!levels.cloud && !levels.crossCloud)) return;
+  // One cloud has no level across clouds: nothing to compress unless the cloud level is
+  // (and no momentum to move into the codec either).
+  if (topology_->clouds() < 2 && !levels.cloud) return;
   const ErrorContext ctx{rank_, -1, "allreduce"};
   const std::string spec = codec->spec();
   SKYRING_CHECK_ARG(!levels.cloud || codec->codec() != compression::Codec::powersgd, ctx,
