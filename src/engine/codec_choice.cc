@@ -24,29 +24,45 @@ std::string Engine::Impl::resolveCompression(const AllreduceSpec& spec, const en
   return codec->spec();
 }
 
-void Engine::Impl::chooseCodec(engine::Part& part, const engine::Descriptor& d, int member) {
-  if (d.compression.empty()) return;
-  std::vector<std::int64_t> shape = d.shape;
-  if (member >= 0) {  // [count, per member its number of dimensions and its dimensions]
-    std::size_t i = 1;
-    for (int m = 0; i < d.shape.size(); ++m) {
-      const auto dims = static_cast<std::size_t>(d.shape[i]);
-      if (m == member) {
-        shape.assign(d.shape.begin() + static_cast<std::ptrdiff_t>(i + 1),
-                     d.shape.begin() + static_cast<std::ptrdiff_t>(i + 1 + dims));
-        break;
-      }
-      i += 1 + dims;
+namespace {
+
+// The shape of d's tensor, or of member `member` of a group ([count, per member its number
+// of dimensions and its dimensions]).
+std::vector<std::int64_t> shapeOf(const engine::Descriptor& d, int member) {
+  if (member < 0) return d.shape;
+  std::size_t i = 1;
+  for (int m = 0; i < d.shape.size(); ++m) {
+    const auto dims = static_cast<std::size_t>(d.shape[i]);
+    if (m == member) {
+      return {d.shape.begin() + static_cast<std::ptrdiff_t>(i + 1),
+              d.shape.begin() + static_cast<std::ptrdiff_t>(i + 1 + dims)};
     }
+    i += 1 + dims;
   }
+  return {};
+}
+
+}  // namespace
+
+std::string Engine::Impl::codecOf(const engine::Descriptor& d, int member) {
+  if (d.compression.empty()) return {};
+  const std::vector<std::int64_t> shape = shapeOf(d, member);
+  std::size_t count = 1;
+  for (std::int64_t dim : shape)
+    count *= static_cast<std::size_t>(dim);
   auto it = codecs.find(d.compression);
   if (it == codecs.end()) {
     it = codecs.emplace(d.compression, compression::makeCompressor(d.compression)).first;
   }
-  if (!compression::worthCompressing(*it->second, part.buffer.count, shape)) return;
-  part.codec = d.compression;
+  if (!compression::worthCompressing(*it->second, count, shape)) return {};
+  return d.compression;
+}
+
+void Engine::Impl::chooseCodec(engine::Part& part, const engine::Descriptor& d, int member) {
+  part.codec = codecOf(d, member);
+  if (part.codec.empty()) return;
   part.name = member >= 0 ? d.name + "[" + std::to_string(member) + "]" : d.name;
-  part.shape = std::move(shape);
+  part.shape = shapeOf(d, member);
 }
 
 }  // namespace skyring

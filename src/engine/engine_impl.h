@@ -126,6 +126,9 @@ struct Engine::Impl {
   // Sets part's codec, name and shape when d asked for a codec and the size rule finds
   // the part worth it (compression.h). member: its index in a group, or -1.
   void chooseCodec(engine::Part& part, const engine::Descriptor& d, int member);
+  // The codec d's tensor (member of a group, or -1) is compressed with: d's, when the
+  // size rule finds it worth it; else empty. Engine thread.
+  std::string codecOf(const engine::Descriptor& d, int member);
   ErrorContext context(const char* op) const { return {comm.rank(), -1, op}; }
 
   Communicator& comm;

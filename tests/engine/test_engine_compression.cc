@@ -100,40 +100,56 @@ TEST(EngineCompression, CountsExactGradientCompressed) {
 
 // Error feedback through the engine: two gradients and a metric each step, the gradients
 // fused with each other (one codec) in whatever batches the cycles give; the mean of what
-// each gradient got over the steps is its exact sum, so each kept its own residual.
+// each gradient got over the steps is its exact sum, so each kept its own residual. From
+// the third step the engine replays the step (docs/engine.md, "Replay"): the gradients
+// stay compressed there too (the bytes across clouds stay far below their share).
 TEST(EngineCompression, ErrorFeedbackPerTensorName) {
   constexpr std::size_t kA = 2000, kB = 1500;
   constexpr int kSteps = 200;
   std::vector<double> meanA(kA, 0.0), meanB(kB, 0.0);
-  runCloudRanks(topologyOf(k2x2), configWith("topk:0.1"), [&](Communicator& comm) {
-    Engine engine(comm);
-    AllreduceSpec gradient;
-    gradient.compression = std::string(kDefaultCompression);
-    for (int step = 0; step < kSteps; ++step) {
-      std::vector<float> a(kA), b(kB), loss{static_cast<float>(comm.rank() + step)};
-      for (std::size_t i = 0; i < kA; ++i)
-        a[i] = gradientAt(comm.rank(), i, 1);
-      for (std::size_t i = 0; i < kB; ++i)
-        b[i] = gradientAt(comm.rank(), i, 2);
-      // Backward order differs between steps and ranks.
-      const bool flip = (step + comm.rank()) % 2 == 1;
-      auto h1 = flip ? engine.allreduceAsync("b", Tensor::of(b), gradient)
-                     : engine.allreduceAsync("a", Tensor::of(a), gradient);
-      auto hl = engine.allreduceAsync("loss", Tensor::of(loss));
-      auto h2 = flip ? engine.allreduceAsync("a", Tensor::of(a), gradient)
-                     : engine.allreduceAsync("b", Tensor::of(b), gradient);
-      finish(h1);
-      finish(h2);
-      finish(hl);
-      ASSERT_EQ(loss[0], static_cast<float>(6 + 4 * step));
-      if (comm.rank() == 0) {
-        for (std::size_t i = 0; i < kA; ++i)
-          meanA[i] += a[i] / double{kSteps};
-        for (std::size_t i = 0; i < kB; ++i)
-          meanB[i] += b[i] / double{kSteps};
-      }
-    }
-  });
+  auto topo = topologyOf(k2x2);
+  std::vector<std::shared_ptr<transport::MeteringTransport>> meters(4);
+  runCloudRanks(
+      topo, configWith("topk:0.1"),
+      [&](Communicator& comm) {
+        Engine engine(comm);
+        AllreduceSpec gradient;
+        gradient.compression = std::string(kDefaultCompression);
+        for (int step = 0; step < kSteps; ++step) {
+          std::vector<float> a(kA), b(kB), loss{static_cast<float>(comm.rank() + step)};
+          for (std::size_t i = 0; i < kA; ++i)
+            a[i] = gradientAt(comm.rank(), i, 1);
+          for (std::size_t i = 0; i < kB; ++i)
+            b[i] = gradientAt(comm.rank(), i, 2);
+          // Backward order differs between steps and ranks.
+          const bool flip = (step + comm.rank()) % 2 == 1;
+          auto h1 = flip ? engine.allreduceAsync("b", Tensor::of(b), gradient)
+                         : engine.allreduceAsync("a", Tensor::of(a), gradient);
+          auto hl = engine.allreduceAsync("loss", Tensor::of(loss));
+          auto h2 = flip ? engine.allreduceAsync("a", Tensor::of(a), gradient)
+                         : engine.allreduceAsync("b", Tensor::of(b), gradient);
+          finish(h1);
+          finish(h2);
+          finish(hl);
+          ASSERT_EQ(loss[0], static_cast<float>(6 + 4 * step));
+          if (comm.rank() == 0) {
+            for (std::size_t i = 0; i < kA; ++i)
+              meanA[i] += a[i] / double{kSteps};
+            for (std::size_t i = 0; i < kB; ++i)
+              meanB[i] += b[i] / double{kSteps};
+          }
+        }
+      },
+      [&](int r, std::shared_ptr<transport::Transport> t) {
+        auto m = std::make_shared<transport::MeteringTransport>(std::move(t), topo);
+        meters[static_cast<std::size_t>(r)] = m;
+        return m;
+      });
+  // Uncompressed, each rank would carry (kA + kB) / 2 floats a step across clouds.
+  for (const auto& m : meters) {
+    EXPECT_LT(m->stats().bytesOver(LinkClass::crossCloud),
+              std::uint64_t{kSteps} * (kA + kB) / 2 * sizeof(float) / 2);
+  }
   double err = 0, scale = 0;
   for (std::size_t i = 0; i < kA; ++i) {
     double want = 0;
