@@ -318,6 +318,16 @@ void Communicator::compressionFor(const CollectiveOptions& options, const Buffer
         st.count = seg.count;
       }
       salt = (salt ^ st.calls++) * 0x100000001b3ull;
+      // Inside a cloud each piece's owner encodes it for its cloud-mates, and owners in
+      // other clouds must send the same bytes, so they need the same residual. Where the
+      // tensor moved in the buffer its elements have other owners, whose residuals differ
+      // between clouds of different sizes: every rank drops it alike (the layout is the
+      // same everywhere).
+      if (st.lastOffset != seg.offset || st.lastBuffer != output.count) {
+        st.residual[static_cast<std::size_t>(collectives::Residual::cloudGather)].clear();
+        st.lastOffset = seg.offset;
+        st.lastBuffer = output.count;
+      }
       layout.tensors.push_back({seg.offset, seg.count, &st});
     }
     layout.salt = salt;

@@ -55,6 +55,10 @@ struct SegmentCodecState {
   std::size_t count = 0;
   std::array<std::vector<float>, kResiduals> residual;  // count floats each, once used
   std::uint64_t calls = 0;                              // compressed allreduces so far
+  // Where the tensor was in the last buffer (offset, buffer count): the cloud allgather's
+  // residual is dropped when it moves (communicator.cc says why).
+  std::size_t lastOffset = 0;
+  std::size_t lastBuffer = 0;
   // PowerSGD (compressed_segments.cc): the residual M and the warm-start Q of the tensor's
   // matrix, rows x cols.
   compression::CompressorState powerSgd;
