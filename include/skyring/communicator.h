@@ -37,7 +37,20 @@ class NodeChannel;
 }
 namespace collectives {
 struct HierarchicalCall;
+struct TensorCompressionState;
+struct SegmentLayout;
+}  // namespace collectives
+namespace compression {
+class Compressor;
 }
+
+// One tensor of a fused buffer (CollectiveOptions::segments).
+struct TensorSegment {
+  std::string_view name;                // keys its codec state
+  std::size_t offset = 0;               // first element in the buffer
+  std::size_t count = 0;                // elements
+  std::span<const std::int64_t> shape;  // PowerSGD: rows = shape[0], cols = the rest
+};
 
 struct CollectiveOptions {
   // Longest wait without progress; zero means Config::timeout.
@@ -49,7 +62,11 @@ struct CollectiveOptions {
   // choice is the ring.
   std::optional<AllreduceAlgorithm> algorithm;
   // allreduce only. The codec of this call's compressed levels, as a compression spec
-  // (skyring/compression.h), instead of Config::compression; empty: the config's.
+  // (skyring/compression.h). Compression applies only where a caller asks for it: empty
+  // (the default) or "none" sends full precision whatever SKYRING_COMPRESSION says;
+  // kDefaultCompression means the job's codec for gradients (Config::compression, i.e.
+  // SKYRING_COMPRESSION); any other value is the codec itself. A metric (a vector of
+  // counts) must never ask: a lossy codec would change its values.
   std::string_view compression;
   // allreduce only. The levels that codec compresses, instead of Config::compressionLevels.
   std::optional<CompressionLevels> compressionLevels;
@@ -58,7 +75,17 @@ struct CollectiveOptions {
   // 0: the output buffer's address and count name the tensor, which suits gradients that
   // stay in place from step to step; give distinct keys when buffers are reused.
   std::uint64_t tensorKey = 0;
+  // allreduce with a codec only: the buffer is several tensors fused (the engine's fusion
+  // buffer), listed in order and covering it exactly. Each keeps its own codec state,
+  // keyed by its name (tensorKey is then unused), by element, whatever it is fused with;
+  // PowerSGD compresses each as its own matrix (TensorSegment::shape). Borrowed for the
+  // call.
+  std::span<const TensorSegment> segments;
 };
+
+// What the job's gradients use: CollectiveOptions::compression (and the engine's
+// AllreduceSpec::compression) of this value picks Config::compression (SKYRING_COMPRESSION).
+inline constexpr std::string_view kDefaultCompression = "default";
 
 class Communicator {
  public:
@@ -129,8 +156,18 @@ class Communicator {
   // The algorithm this allreduce runs: ring, topologyRing or hierarchical.
   AllreduceAlgorithm algorithmFor(const CollectiveOptions& options) const noexcept;
   // Sets call's codec and tensor state from options and the config (none: leaves them).
+  // pieces and layout: storage for a fused buffer's call (options.segments).
   void compressionFor(const CollectiveOptions& options, const BufferView& output,
-                      collectives::HierarchicalCall& call);
+                      collectives::HierarchicalCall& call,
+                      collectives::TensorCompressionState& pieces,
+                      collectives::SegmentLayout& layout);
+  // The codec options ask for (Config::compression for kDefaultCompression), or null when
+  // they ask for none. Throws InvalidArgument for a bad spec.
+  const compression::Compressor* codecFor(const CollectiveOptions& options);
+  // PowerSGD over the tensors of a fused buffer (compressed_segments.cc): each its own
+  // matrix, their factors in two plain allreduces for the whole batch. True when it ran.
+  bool powerSgdSegments(BufferView input, BufferView output, ReduceOp op,
+                        const CollectiveOptions& options);
   std::chrono::steady_clock::time_point deadline(const CollectiveOptions& options) const;
   // Runs fn; on failure aborts the node channel and the transport, so no rank waits on.
   template <typename Fn>

@@ -85,7 +85,17 @@ struct CompressionOptions {
   std::uint32_t rank = 4;       // powersgd: rank of the approximation
   // Error feedback; unset = the codec's default (on for topk, powersgd, sign).
   std::optional<bool> errorFeedback;
+  // Momentum compression (docs/compression.md), applied by the collective layer around the
+  // codec for calls of a named tensor: each rank compresses its local heavy-ball momentum
+  // u = B u + g instead of g, and hands back g' = m_t - B m_(t-1) of the decoded momentum
+  // m, so that an optimizer with momentum B ends with velocity m exactly. 0: off. Unset =
+  // the codec's default (kSignMomentum, kTopkMomentum, kPowerSgdMomentum; 0 for others).
+  std::optional<double> momentum;
 };
+
+inline constexpr double kSignMomentum = 0.9;
+inline constexpr double kTopkMomentum = 0.0;
+inline constexpr double kPowerSgdMomentum = 0.0;
 
 inline constexpr std::uint32_t kDefaultInt8Block = 256;
 inline constexpr std::uint32_t kDefaultSignBlock = 1024;
@@ -96,7 +106,7 @@ inline constexpr std::uint32_t kMaxRank = 256;
 //   spec  := codec [ ":" arg { "," arg } ]
 //   arg   := value | key "=" value | flag
 //   none | fp16 | bf16 | int8[:block=N][,stochastic] | sign[:block=N]
-//   | topk[:FRACTION][,sampled] | powersgd[:RANK]      plus, for all: ef=0|1
+//   | topk[:FRACTION][,sampled] | powersgd[:RANK]      plus, for all: ef=0|1, momentum=B
 // e.g. "int8:block=128,stochastic", "topk:0.001,sampled,ef=0", "powersgd:4".
 // Throws InvalidArgument naming the bad part and listing the valid names.
 CompressionOptions parseCompressionSpec(std::string_view spec);
@@ -123,6 +133,7 @@ class Compressor {
   const CompressionOptions& options() const noexcept { return options_; }
   Codec codec() const noexcept { return options_.codec; }
   bool errorFeedback() const noexcept { return *options_.errorFeedback; }
+  double momentum() const noexcept { return *options_.momentum; }
   std::string spec() const { return formatSpec(options_); }
 
   // True when encoded values of several ranks may be summed in the codec's own domain
@@ -166,6 +177,16 @@ class Compressor {
 // Builds a compressor from a spec string or options (validated; see parseCompressionSpec).
 std::unique_ptr<Compressor> makeCompressor(std::string_view spec);
 std::unique_ptr<Compressor> makeCompressor(const CompressionOptions& options);
+
+// The size rule (docs/compression.md): whether a tensor of this shape (empty: 1-D of
+// count elements) gains from codec, so that the callers that fuse tensors (the engine)
+// send the others in full precision. PowerSGD: a matrix of at least two dimensions whose
+// factors, (rows + cols) x rank floats, are at most half its size (PyTorch's hook's
+// min_compression_rate of 2); 1-D tensors (biases, norms) never. Elementwise codecs: the
+// encoding, header included, at most kMaxEncodedShare of the f32 bytes. none: never.
+inline constexpr double kMaxEncodedShare = 2.0 / 3.0;
+bool worthCompressing(const Compressor& codec, std::size_t count,
+                      std::span<const std::int64_t> shape);
 
 // Decodes bytes of any codec, read from their header.
 void decodeAny(std::span<const std::byte> bytes, std::span<float> out);

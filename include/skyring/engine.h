@@ -111,6 +111,16 @@ struct AllreduceSpec {
   // by postscale after it (1 leaves the bytes alone).
   double prescale = 1;
   double postscale = 1;
+  // The tensor's codec (allreduceAsync and groupedAllreduceAsync only), as
+  // CollectiveOptions::compression: empty or "none" (the default) sends it in full
+  // precision whatever SKYRING_COMPRESSION says; kDefaultCompression ("default") is the
+  // job's codec for gradients (SKYRING_COMPRESSION), what frontends pass for gradients;
+  // any other value is a spec (skyring/compression.h). Applies to f32 sum and avg only,
+  // to tensors the size rule finds worth it (compression.h's worthCompressing), and to
+  // the levels of SKYRING_COMPRESSION_LEVELS; the others travel exact. Every rank must
+  // ask for the same codec (it is part of the name's descriptor). Codec state is kept by
+  // name; see "Compression" in docs/engine.md.
+  std::string compression{};
 };
 
 class Engine {

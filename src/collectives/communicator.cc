@@ -5,6 +5,7 @@
 #include <tuple>
 
 #include "collectives/algorithms.h"
+#include "collectives/compression_cache.h"
 #include "collectives/exchange.h"
 #include "collectives/hierarchical.h"
 #include "collectives/node_algorithms.h"
@@ -13,15 +14,6 @@
 #include "transport/subgroup_transport.h"
 
 namespace skyring {
-
-// Codecs by spec, made on first use, and the state of every tensor compressed so far.
-struct Communicator::CompressionCache {
-  std::mutex mutex;
-  std::map<std::string, std::unique_ptr<compression::Compressor>, std::less<>> codecs;
-  // (spec, tensor key, count) -> state; node-based map, so references stay valid.
-  std::map<std::tuple<std::string, std::uint64_t, std::size_t>, collectives::TensorCompressionState>
-      tensors;
-};
 
 namespace {
 
@@ -241,6 +233,8 @@ std::uint32_t Communicator::sequenceFor(const CollectiveOptions& options, const 
 
 void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
                              const CollectiveOptions& options) {
+  // PowerSGD over a fused buffer's tensors is a composition of plain allreduces.
+  if (!options.segments.empty() && powerSgdSegments(input, output, op, options)) return;
   guarded("allreduce", [&] {
     const ErrorContext ctx{rank_, -1, "allreduce"};
     checkBuffer(input, ctx, "input");
@@ -310,10 +304,23 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
           options.tag,
           sequence,
           options.timeout.count() > 0 ? options.timeout : config_.timeout};
+      collectives::TensorCompressionState pieces;  // a fused buffer's, for this call only
+      collectives::SegmentLayout layout;
       if (input.dtype == DType::f32 && (op == ReduceOp::sum || op == ReduceOp::avg)) {
-        compressionFor(options, output, call);
+        compressionFor(options, output, call, pieces, layout);
       }
-      collectives::hierarchicalAllreduce(call, input, output, op, ring);
+      const double beta = call.codec != nullptr ? call.codec->momentum() : 0.0;
+      if (beta == 0) {
+        collectives::hierarchicalAllreduce(call, input, output, op, ring);
+        return;
+      }
+      // Momentum compression: the codec sees this rank's momentum, not its gradient.
+      if (input.data != output.data) std::memcpy(output.data, input.data, input.bytes());
+      auto* data = static_cast<float*>(output.data);
+      const auto* segments = call.segments != nullptr ? &layout : nullptr;
+      collectives::momentumBefore(data, output.count, beta, segments, call.codecState);
+      collectives::hierarchicalAllreduce(call, output, output, op, ring);
+      collectives::momentumAfter(data, output.count, beta, segments, call.codecState);
       return;
     }
     if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
@@ -343,30 +350,78 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
   });
 }
 
-void Communicator::compressionFor(const CollectiveOptions& options, const BufferView& output,
-                                  collectives::HierarchicalCall& call) {
+const compression::Compressor* Communicator::codecFor(const CollectiveOptions& options) {
+  // Only where asked: empty means none, whatever SKYRING_COMPRESSION says (issue 12: a
+  // metric summed across clouds came back wrong when the job's codec applied to it).
   const std::string_view spec =
-      options.compression.empty() ? std::string_view(config_.compression) : options.compression;
+      options.compression == kDefaultCompression ? config_.compression : options.compression;
+  if (spec.empty()) return nullptr;
   std::lock_guard lock(compression_->mutex);
   auto it = compression_->codecs.find(spec);
   if (it == compression_->codecs.end()) {
     it = compression_->codecs.emplace(std::string(spec), compression::makeCompressor(spec)).first;
   }
+  return it->second->codec() == compression::Codec::none ? nullptr : it->second.get();
+}
+
+void Communicator::compressionFor(const CollectiveOptions& options, const BufferView& output,
+                                  collectives::HierarchicalCall& call,
+                                  collectives::TensorCompressionState& pieces,
+                                  collectives::SegmentLayout& layout) {
+  const compression::Compressor* codec = codecFor(options);
   const CompressionLevels levels = options.compressionLevels.value_or(config_.compressionLevels);
-  if (it->second->codec() == compression::Codec::none || (!levels.cloud && !levels.crossCloud)) {
+  if (codec == nullptr || (!levels.cloud && !levels.crossCloud)) return;
+  // One cloud has no level across clouds: nothing to compress unless the cloud level is
+  // (and no momentum to move into the codec either).
+  if (topology_->clouds() < 2 && !levels.cloud) return;
+  const ErrorContext ctx{rank_, -1, "allreduce"};
+  const std::string spec = codec->spec();
+  SKYRING_CHECK_ARG(!levels.cloud || codec->codec() != compression::Codec::powersgd, ctx,
+                    "compression '", spec,
+                    "' at the cloud level: PowerSGD compresses the cross_cloud level only");
+  if (!options.segments.empty()) {
+    // PowerSGD over segments ran in powerSgdSegments where a level across clouds exists;
+    // where none does it has nothing to compress.
+    if (codec->codec() == compression::Codec::powersgd) return;
+    collectives::checkSegments(options.segments, output.count, ctx);
+    std::lock_guard lock(compression_->mutex);
+    std::uint64_t salt = 0xcbf29ce484222325ull;
+    for (const TensorSegment& seg : options.segments) {
+      auto& st = compression_->segments[{spec, std::string(seg.name)}];
+      if (st.count != seg.count) {
+        st = collectives::SegmentCodecState();
+        st.count = seg.count;
+      }
+      salt = (salt ^ st.calls++) * 0x100000001b3ull;
+      // Inside a cloud each piece's owner encodes it for its cloud-mates, and owners in
+      // other clouds must send the same bytes, so they need the same residual. Where the
+      // tensor moved in the buffer its elements have other owners, whose residuals differ
+      // between clouds of different sizes: every rank drops it alike (the layout is the
+      // same everywhere).
+      if (st.lastOffset != seg.offset || st.lastBuffer != output.count) {
+        st.residual[static_cast<std::size_t>(collectives::Residual::cloudGather)].clear();
+        st.lastOffset = seg.offset;
+        st.lastBuffer = output.count;
+      }
+      layout.tensors.push_back({seg.offset, seg.count, &st});
+    }
+    layout.salt = salt;
+    call.codec = codec;
+    call.compressCloud = levels.cloud;
+    call.compressCrossCloud = levels.crossCloud;
+    call.codecState = &pieces;
+    call.segments = &layout;
     return;
   }
-  SKYRING_CHECK_ARG(!levels.cloud || it->second->codec() != compression::Codec::powersgd,
-                    (ErrorContext{rank_, -1, "allreduce"}), "compression '", spec,
-                    "' at the cloud level: PowerSGD compresses the cross_cloud level only");
   const std::uint64_t key =
       options.tensorKey != 0
           ? options.tensorKey
           : static_cast<std::uint64_t>(reinterpret_cast<std::uintptr_t>(output.data));
-  call.codec = it->second.get();
+  call.codec = codec;
   call.compressCloud = levels.cloud;
   call.compressCrossCloud = levels.crossCloud;
-  call.codecState = &compression_->tensors[{it->first, key, output.count}];
+  std::lock_guard lock(compression_->mutex);
+  call.codecState = &compression_->tensors[{spec, key, output.count}];
 }
 
 void Communicator::reduceScatter(BufferView input, BufferView output, ReduceOp op,

@@ -125,6 +125,110 @@ void powerSgdPiece(Exchange& ex, float* piece, std::size_t len, std::size_t divi
 
 }  // namespace
 
+void SegmentLayout::load(Residual role, std::size_t at, std::span<float> out) const {
+  const auto r = static_cast<std::size_t>(role);
+  for (const Entry& t : tensors) {
+    const std::size_t lo = std::max(at, t.offset);
+    const std::size_t hi = std::min(at + out.size(), t.offset + t.count);
+    if (lo >= hi) continue;
+    const auto& res = t.state->residual[r];
+    float* dst = out.data() + (lo - at);
+    if (res.empty()) {
+      std::fill(dst, dst + (hi - lo), 0.0f);
+    } else {
+      std::memcpy(dst, res.data() + (lo - t.offset), (hi - lo) * sizeof(float));
+    }
+  }
+}
+
+void SegmentLayout::store(Residual role, std::size_t at, std::span<const float> in) const {
+  const auto r = static_cast<std::size_t>(role);
+  for (const Entry& t : tensors) {
+    const std::size_t lo = std::max(at, t.offset);
+    const std::size_t hi = std::min(at + in.size(), t.offset + t.count);
+    if (lo >= hi) continue;
+    auto& res = t.state->residual[r];
+    if (res.size() != t.count) res.assign(t.count, 0.0f);
+    std::memcpy(res.data() + (lo - t.offset), in.data() + (lo - at), (hi - lo) * sizeof(float));
+  }
+}
+
+PieceCompressionState loadPiece(const SegmentLayout& layout, Residual send,
+                                std::optional<Residual> reduced, std::size_t at, std::size_t len,
+                                int groupSize, int me, const Compressor& codec,
+                                std::uint64_t seed) {
+  // The seeds of compressedReduceScatter and compressedPieceAllreduce, salted per call
+  // (a fresh state's step is 0, and stochastic codecs must not repeat their draws).
+  seed ^= mix(layout.salt);
+  const Partition blocks{len, groupSize};
+  PieceCompressionState state;
+  for (int j = 0; j < groupSize; ++j) {
+    state.toOwner.push_back(codec.makeState(blocks.size(j), mix(seed ^ mix(j + 1))));
+    auto& st = state.toOwner.back();
+    if (j != me && !st.residual.empty()) layout.load(send, at + blocks.offset(j), st.residual);
+  }
+  state.reduced = codec.makeState(blocks.size(me), mix(seed ^ 0x5e7e7ull));
+  if (reduced && !state.reduced.residual.empty()) {
+    layout.load(*reduced, at + blocks.offset(me), state.reduced.residual);
+  }
+  return state;
+}
+
+void storePiece(const SegmentLayout& layout, Residual send, std::optional<Residual> reduced,
+                std::size_t at, std::size_t len, int me, const PieceCompressionState& state) {
+  const Partition blocks{len, static_cast<int>(state.toOwner.size())};
+  for (int j = 0; j < blocks.parts; ++j) {
+    const auto& st = state.toOwner[static_cast<std::size_t>(j)];
+    if (j != me && !st.residual.empty()) layout.store(send, at + blocks.offset(j), st.residual);
+  }
+  if (reduced && !state.reduced.residual.empty()) {
+    layout.store(*reduced, at + blocks.offset(me), state.reduced.residual);
+  }
+}
+
+namespace {
+
+// fn(data of one tensor, its momentum vector, its last output) for every tensor.
+template <typename Fn>
+void eachTensor(float* data, std::size_t count, const SegmentLayout* layout,
+                TensorCompressionState* state, Fn&& fn) {
+  if (layout == nullptr) {
+    fn(std::span<float>(data, count), state->momentum, state->lastOutput);
+    return;
+  }
+  for (const auto& t : layout->tensors)
+    fn(std::span<float>(data + t.offset, t.count), t.state->momentum, t.state->lastOutput);
+}
+
+}  // namespace
+
+void momentumBefore(float* data, std::size_t count, double beta, const SegmentLayout* layout,
+                    TensorCompressionState* state) {
+  const auto b = static_cast<float>(beta);
+  eachTensor(data, count, layout, state,
+             [&](std::span<float> g, std::vector<float>& u, std::vector<float>&) {
+               if (u.size() != g.size()) u.assign(g.size(), 0.0f);
+               for (std::size_t i = 0; i < g.size(); ++i) {
+                 u[i] = b * u[i] + g[i];
+                 g[i] = u[i];
+               }
+             });
+}
+
+void momentumAfter(float* data, std::size_t count, double beta, const SegmentLayout* layout,
+                   TensorCompressionState* state) {
+  const auto b = static_cast<float>(beta);
+  eachTensor(data, count, layout, state,
+             [&](std::span<float> m, std::vector<float>&, std::vector<float>& last) {
+               if (last.size() != m.size()) last.assign(m.size(), 0.0f);
+               for (std::size_t i = 0; i < m.size(); ++i) {
+                 const float decoded = m[i];
+                 m[i] = decoded - b * last[i];
+                 last[i] = decoded;
+               }
+             });
+}
+
 void compressedReduceScatter(Exchange& ex, float* piece, std::size_t len, const Compressor& codec,
                              PieceCompressionState& state, std::uint64_t seed) {
   const int groupSize = ex.size();

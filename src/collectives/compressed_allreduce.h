@@ -3,9 +3,12 @@
 // compressed_allreduce.cc.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <map>
+#include <optional>
+#include <span>
 #include <vector>
 
 #include "collectives/algorithms.h"
@@ -33,7 +36,71 @@ struct TensorCompressionState {
   // allgather, by piece offset.
   std::map<std::size_t, PieceCompressionState> cloudSlices;
   std::map<std::size_t, compression::CompressorState> cloudPieces;
+  // Momentum compression (CompressionOptions::momentum): this rank's momentum, and the
+  // last decoded result (the same on every rank).
+  std::vector<float> momentum;
+  std::vector<float> lastOutput;
 };
+
+// Fused buffers (CollectiveOptions::segments): each tensor keeps its own codec state,
+// by element, so that it follows the tensor whatever else the buffer holds this time. One
+// error-feedback residual per place where a rank encodes an element: the block it sends
+// to the piece's owner across clouds, the block it owns and re-encodes there, and the
+// same two inside a cloud (SKYRING_COMPRESSION_LEVELS=cloud).
+enum class Residual : std::uint8_t { crossSend, crossReduced, cloudSend, cloudGather };
+inline constexpr std::size_t kResiduals = 4;
+
+// One tensor's state, kept by the communicator under (spec, tensor name).
+struct SegmentCodecState {
+  std::size_t count = 0;
+  std::array<std::vector<float>, kResiduals> residual;  // count floats each, once used
+  std::uint64_t calls = 0;                              // compressed allreduces so far
+  // Where the tensor was in the last buffer (offset, buffer count): the cloud allgather's
+  // residual is dropped when it moves (communicator.cc says why).
+  std::size_t lastOffset = 0;
+  std::size_t lastBuffer = 0;
+  // PowerSGD (compressed_segments.cc): the residual M and the warm-start Q of the tensor's
+  // matrix, rows x cols.
+  compression::CompressorState powerSgd;
+  std::size_t rows = 0;
+  std::vector<float> momentum;  // as TensorCompressionState's
+  std::vector<float> lastOutput;
+};
+
+// The tensors of one fused buffer, in order and covering it, each with its state.
+struct SegmentLayout {
+  struct Entry {
+    std::size_t offset;  // in the buffer, elements
+    std::size_t count;
+    SegmentCodecState* state;
+  };
+  std::vector<Entry> tensors;
+  std::uint64_t salt = 0;  // differs from call to call, equal on every rank: seeds the call
+
+  // role's residual of buffer elements [at, at + out.size()) into out (zeros where unused
+  // so far), and back. Different roles may be used from different threads at once.
+  void load(Residual role, std::size_t at, std::span<float> out) const;
+  void store(Residual role, std::size_t at, std::span<const float> in) const;
+};
+
+// A piece's states for compressedPieceAllreduce (send and reduced) or
+// compressedReduceScatter (send only: no reduced role), made for this call from the
+// layout's residuals; storePiece writes what the call left in them back.
+PieceCompressionState loadPiece(const SegmentLayout& layout, Residual send,
+                                std::optional<Residual> reduced, std::size_t at, std::size_t len,
+                                int groupSize, int me, const compression::Compressor& codec,
+                                std::uint64_t seed);
+void storePiece(const SegmentLayout& layout, Residual send, std::optional<Residual> reduced,
+                std::size_t at, std::size_t len, int me, const PieceCompressionState& state);
+
+// Momentum compression around a compressed call of data (f32, count elements): before it,
+// data becomes this rank's momentum u = beta u + data; after it, data (the decoded
+// momentum m) becomes m - beta m_prev and m is kept. Per tensor of layout when given, else
+// in state. Explained in docs/compression.md.
+void momentumBefore(float* data, std::size_t count, double beta, const SegmentLayout* layout,
+                    TensorCompressionState* state);
+void momentumAfter(float* data, std::size_t count, double beta, const SegmentLayout* layout,
+                   TensorCompressionState* state);
 
 // piece (f32, len elements) holds this rank's contribution on entry and, on return, the
 // same bytes on every rank of ex's group: decode(encode(sum over the group)) divided by

@@ -47,6 +47,10 @@ struct HierarchicalCall {
   // used for f32 sum and avg only (the caller checks, and rejects PowerSGD in a cloud).
   const compression::Compressor* codec = nullptr;
   TensorCompressionState* codecState = nullptr;
+  // A fused buffer's tensors (CollectiveOptions::segments): each piece's codec state is
+  // loaded from them and stored back (elementwise codecs only); codecState then only
+  // holds this call's pieces.
+  const SegmentLayout* segments = nullptr;
   bool compressCloud = false;
   bool compressCrossCloud = true;
   // The ranks that take part (world ranks, any order), every one calling with the same

@@ -156,10 +156,18 @@ void reduceScatterInCloud(const Plan& plan, Exchange& ex, BufferView in, BufferV
   }
   if (in.data != out.data) std::memcpy(out.data, in.data, in.bytes());
   auto& state = call.codecState->cloudSlices[base];
+  if (call.segments != nullptr) {
+    state = loadPiece(*call.segments, Residual::cloudSend, std::nullopt, base, out.count, ex.size(),
+                      ex.rank(), *call.codec, seedOf(base, out.count, 1));
+  }
   abortingOnBadBytes(plan, [&] {
     compressedReduceScatter(ex, static_cast<float*>(out.data), out.count, *call.codec, state,
                             seedOf(base, out.count, 1));
   });
+  if (call.segments != nullptr) {
+    storePiece(*call.segments, Residual::cloudSend, std::nullopt, base, out.count, ex.rank(),
+               state);
+  }
 }
 
 // 2. Each piece of this rank's segment of `slice` (which starts at element `base` of the
@@ -192,11 +200,19 @@ void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
     if (call.codec != nullptr && call.compressCrossCloud) {
       // The same seed on every owner of the piece: PowerSGD's first Q depends on it.
       const std::size_t at = base + lo;
+      auto& state = call.codecState->pieces[at];
+      if (call.segments != nullptr) {
+        state = loadPiece(*call.segments, Residual::crossSend, Residual::crossReduced, at, len,
+                          shardEx.size(), shardEx.rank(), *call.codec, seedOf(at, len, 0));
+      }
       abortingOnBadBytes(plan, [&] {
         compressedPieceAllreduce(shardEx, static_cast<float*>(piece.data), len, divisor,
-                                 *call.codec, call.codecState->pieces[at], seedOf(at, len, 0),
-                                 plan.params);
+                                 *call.codec, state, seedOf(at, len, 0), plan.params);
       });
+      if (call.segments != nullptr) {
+        storePiece(*call.segments, Residual::crossSend, Residual::crossReduced, at, len,
+                   shardEx.rank(), state);
+      }
       continue;
     }
     const Partition sub{len, shardGroup.size()};
@@ -230,12 +246,23 @@ void allgatherInCloud(const Plan& plan, Exchange& ex, BufferView slice, std::siz
     compression::CompressorState* state = nullptr;
     if (owner == pos) {
       state = &call.codecState->cloudPieces[base + lo];
-      if (state->count != len) *state = call.codec->makeState(len, seedOf(base + lo, len, 2));
+      if (state->count != len) {
+        const std::uint64_t salt = call.segments != nullptr ? call.segments->salt : 0;
+        *state = call.codec->makeState(len, seedOf(base + lo, len, 2) ^ salt);
+      }
+      if (call.segments != nullptr && !state->residual.empty()) {
+        call.segments->load(Residual::cloudGather, base + lo, state->residual);
+      }
     }
     owned[static_cast<std::size_t>(owner)].push_back({lo, len, state});
   }
   abortingOnBadBytes(
       plan, [&] { compressedAllgather(ex, static_cast<float*>(slice.data), owned, *call.codec); });
+  for (const auto& piece : owned[static_cast<std::size_t>(pos)]) {
+    if (call.segments != nullptr && !piece.state->residual.empty()) {
+      call.segments->store(Residual::cloudGather, base + piece.offset, piece.state->residual);
+    }
+  }
 }
 
 // How many slices to pipeline: enough that the stages inside a cloud hide behind the
@@ -307,10 +334,19 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     if (call.codec != nullptr && call.compressCloud) {
       if (input.data != output.data) std::memcpy(output.data, input.data, input.bytes());
       const std::size_t divisor = op == ReduceOp::avg ? static_cast<std::size_t>(topo.size()) : 1;
+      auto& state = call.codecState->cloudSlices[0];
+      if (call.segments != nullptr) {
+        state = loadPiece(*call.segments, Residual::cloudSend, Residual::cloudGather, 0, count,
+                          ex.size(), ex.rank(), *call.codec, seedOf(0, count, 1));
+      }
       abortingOnBadBytes(plan, [&] {
         compressedPieceAllreduce(ex, static_cast<float*>(output.data), count, divisor, *call.codec,
-                                 call.codecState->cloudSlices[0], seedOf(0, count, 1), params);
+                                 state, seedOf(0, count, 1), params);
       });
+      if (call.segments != nullptr) {
+        storePiece(*call.segments, Residual::cloudSend, Residual::cloudGather, 0, count, ex.rank(),
+                   state);
+      }
       return;
     }
     ringAllreduce(ex, input, output, op, params);

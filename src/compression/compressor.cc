@@ -138,4 +138,18 @@ void decodeAny(std::span<const std::byte> bytes, std::span<float> out) {
   makeCompressor(o)->decode(bytes, out);
 }
 
+bool worthCompressing(const Compressor& codec, std::size_t count,
+                      std::span<const std::int64_t> shape) {
+  if (codec.codec() == Codec::none || count == 0) return false;
+  if (codec.codec() == Codec::powersgd) {
+    if (shape.size() < 2 || shape[0] <= 0) return false;
+    const auto rows = static_cast<std::size_t>(shape[0]);
+    const std::size_t cols = count / rows;
+    const std::size_t rank = std::min<std::size_t>({codec.options().rank, rows, cols});
+    return rows > 1 && cols > 1 && 2 * (rows + cols) * rank <= rows * cols;
+  }
+  return static_cast<double>(codec.maxEncodedBytes(count)) <=
+         kMaxEncodedShare * static_cast<double>(count * sizeof(float));
+}
+
 }  // namespace skyring::compression

@@ -37,6 +37,10 @@ PowerSgdShape powerSgdShape(std::size_t count, std::size_t rank) noexcept {
   return s;
 }
 
+PowerSgdShape powerSgdMatrix(std::size_t rows, std::size_t cols, std::size_t rank) noexcept {
+  return {rows * cols, rows, cols, std::min({rank, rows, cols})};
+}
+
 void powerSgdComputeP(std::span<const float> input, bool errorFeedback, const PowerSgdShape& s,
                       CompressorState& state, std::span<float> p) {
   checkSize(input.size(), s.count, "input");

@@ -35,6 +35,9 @@ struct PowerSgdShape {
 };
 
 PowerSgdShape powerSgdShape(std::size_t count, std::size_t rank) noexcept;
+// A tensor's own matrix (rows = its first dimension, cols = the product of the others),
+// as PyTorch's PowerSGD hook reads it; rank min(rank, rows, cols).
+PowerSgdShape powerSgdMatrix(std::size_t rows, std::size_t cols, std::size_t rank) noexcept;
 
 // Phase 1. Keeps M in state.residual until phase 3; initialises state.q from the seed on
 // first use. p.size() == shape.pSize().

@@ -16,17 +16,20 @@ struct CodecEntry {
   std::string_view name;
   std::string_view keys;  // the args it accepts besides ef=, for error messages
   bool defaultErrorFeedback;
+  double defaultMomentum;  // momentum=B: see CompressionOptions::momentum
   std::unique_ptr<Compressor> (*make)(const CompressionOptions&);
 };
 
 constexpr CodecEntry kCodecs[] = {
-    {Codec::none, "none", "ef", false, makeNoneCodec},
-    {Codec::fp16, "fp16", "ef", false, makeFp16Codec},
-    {Codec::bf16, "bf16", "ef", false, makeBf16Codec},
-    {Codec::int8, "int8", "block=N, stochastic, ef", false, makeInt8Codec},
-    {Codec::sign, "sign", "block=N, ef", true, makeSignCodec},
-    {Codec::topk, "topk", "FRACTION (or fraction=F), sampled, ef", true, makeTopkCodec},
-    {Codec::powersgd, "powersgd", "RANK (or rank=R), ef", true, makePowerSgdCodec},
+    {Codec::none, "none", "ef, momentum=B", false, 0.0, makeNoneCodec},
+    {Codec::fp16, "fp16", "ef, momentum=B", false, 0.0, makeFp16Codec},
+    {Codec::bf16, "bf16", "ef, momentum=B", false, 0.0, makeBf16Codec},
+    {Codec::int8, "int8", "block=N, stochastic, ef, momentum=B", false, 0.0, makeInt8Codec},
+    {Codec::sign, "sign", "block=N, ef, momentum=B", true, kSignMomentum, makeSignCodec},
+    {Codec::topk, "topk", "FRACTION (or fraction=F), sampled, ef, momentum=B", true, kTopkMomentum,
+     makeTopkCodec},
+    {Codec::powersgd, "powersgd", "RANK (or rank=R), ef, momentum=B", true, kPowerSgdMomentum,
+     makePowerSgdCodec},
 };
 
 const CodecEntry& entry(Codec codec) {
@@ -60,6 +63,15 @@ double parseFraction(std::string_view spec, std::string_view text) {
   return v;
 }
 
+double parseMomentum(std::string_view spec, std::string_view text) {
+  double v = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc{} || end != text.data() + text.size() || !(v >= 0.0 && v < 1.0)) {
+    badSpec(spec, "momentum \"" + std::string(text) + "\" is not a number in [0, 1)");
+  }
+  return v;
+}
+
 void validate(std::string_view spec, const CompressionOptions& o) {
   if (o.blockSize < 1 || o.blockSize > kMaxBlock) {
     badSpec(spec, "block must be in [1, " + std::to_string(kMaxBlock) + "]");
@@ -75,6 +87,7 @@ void validate(std::string_view spec, const CompressionOptions& o) {
 CompressionOptions withDefaults(CompressionOptions o) {
   const CodecEntry& e = entry(o.codec);
   if (!o.errorFeedback) o.errorFeedback = e.defaultErrorFeedback;
+  if (!o.momentum) o.momentum = e.defaultMomentum;
   if (o.blockSize == 0) {
     o.blockSize = o.codec == Codec::sign ? kDefaultSignBlock : kDefaultInt8Block;
   }
@@ -113,6 +126,8 @@ CompressionOptions parseCompressionSpec(std::string_view spec) {
     if (key == "ef" && !value.empty()) {
       if (value != "0" && value != "1") badSpec(spec, "ef must be 0 or 1");
       o.errorFeedback = value == "1";
+    } else if (key == "momentum" && !value.empty()) {
+      o.momentum = parseMomentum(spec, value);
     } else if (o.codec == Codec::topk && (positional || key == "fraction")) {
       o.topkFraction = parseFraction(spec, positional ? arg : value);
     } else if (o.codec == Codec::topk && arg == "sampled") {
@@ -173,6 +188,11 @@ std::string formatSpec(const CompressionOptions& options) {
   }
   if (*o.errorFeedback != entry(o.codec).defaultErrorFeedback) {
     arg("ef=", *o.errorFeedback ? 1 : 0);
+  }
+  if (*o.momentum != entry(o.codec).defaultMomentum) {
+    std::array<char, 32> buf{};
+    const auto r = std::to_chars(buf.data(), buf.data() + buf.size(), *o.momentum);
+    arg("momentum=", std::string_view(buf.data(), static_cast<std::size_t>(r.ptr - buf.data())));
   }
   return os.str();
 }

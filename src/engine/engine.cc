@@ -252,6 +252,9 @@ Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
   if (collective == C::broadcast || collective == C::allgather || collective == C::alltoall) {
     d.op = ReduceOp::sum;
   }
+  if (collective == C::allreduce || collective == C::groupedAllreduce) {
+    d.compression = resolveCompression(spec, d, ctx);
+  }
   Pending p{std::move(d),
             std::move(tensor),
             spec,
@@ -319,8 +322,8 @@ CollectiveOptions Engine::Impl::collectiveOptions(bool first) const {
   CollectiveOptions o;
   o.tag = options.tag;
   // The communicator's choice of algorithm (hierarchical across clouds), which it makes on
-  // tag 0 only unless asked. No codec: compression belongs to tensors that ask for it, and
-  // codec state keyed by the fusion buffer would mix unrelated tensors (issue 12).
+  // tag 0 only unless asked. No codec here: compression belongs to tensors that ask for it
+  // (AllreduceSpec::compression), and runBatch passes it with the batch's segments.
   o.algorithm = comm.config().allreduceAlgorithm;
   o.compression = "none";
   // Peers' engines may start late (start-up), or sleep up to kIdleTick before they meet
@@ -432,7 +435,8 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   if (auto slots = steps.repeated();
       slots && comm.config().engineReplay && replayFailures < kMaxReplayFailures) {
     {
-      replayPlan = engine::planReplay(*slots, cache, comm.config().fusionThreshold);
+      replayPlan = engine::planReplay(*slots, cache, comm.config().fusionThreshold,
+                                      [&](const engine::Descriptor& d) { return codecOf(d, -1); });
       replayNames.clear();
       for (std::uint32_t s : *slots)
         replayNames.insert(cache.at(s).name);

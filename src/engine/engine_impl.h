@@ -21,6 +21,7 @@
 #include "engine/replay.h"
 #include "engine/timeline.h"
 #include "skyring/communicator.h"
+#include "skyring/compression.h"
 #include "skyring/engine.h"
 #include "skyring/error.h"
 
@@ -54,6 +55,11 @@ struct Pending {
 struct Part {
   Pending* owner;
   BufferView buffer;
+  // Compressed parts (docs/engine.md, "Compression"): the codec's spec (empty: none), the
+  // tensor's name (a group's member: the group's name and "[i]") and shape.
+  std::string codec{};
+  std::string name{};
+  std::vector<std::int64_t> shape{};
 };
 
 }  // namespace engine
@@ -113,6 +119,16 @@ struct Engine::Impl {
   CollectiveOptions collectiveOptions(bool first) const;
   // While a timeline runs: the bytes sent per link class so far, as a counter event.
   void countTraffic();
+  // The canonical spec d's tensor asked for (spec.compression; kDefaultCompression is the
+  // job's), empty for none or where it never applies (not f32 sum or avg). Any thread.
+  std::string resolveCompression(const AllreduceSpec& spec, const engine::Descriptor& d,
+                                 const ErrorContext& ctx) const;
+  // Sets part's codec, name and shape when d asked for a codec and the size rule finds
+  // the part worth it (compression.h). member: its index in a group, or -1.
+  void chooseCodec(engine::Part& part, const engine::Descriptor& d, int member);
+  // The codec d's tensor (member of a group, or -1) is compressed with: d's, when the
+  // size rule finds it worth it; else empty. Engine thread.
+  std::string codecOf(const engine::Descriptor& d, int member);
   ErrorContext context(const char* op) const { return {comm.rank(), -1, op}; }
 
   Communicator& comm;
@@ -150,6 +166,8 @@ struct Engine::Impl {
   std::set<std::string> replayNames;                                // every name of replayPlan
   int replayFailures = 0;                                           // replays dropped so far
   engine::Clock::time_point lastSubmission = engine::Clock::now();  // guarded by mutex
+  // Codecs by canonical spec, for the size rule (chooseCodec).
+  std::map<std::string, std::unique_ptr<compression::Compressor>> codecs;
 };
 
 }  // namespace skyring

@@ -49,9 +49,13 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
     // A group's members go into the plan one after the other: they fuse with each other
     // (and with other tensors of their dtype and op) up to the threshold, as single tensors.
     const std::vector<Tensor> single{p.tensor};
-    for (const Tensor& t : c == engine::Collective::groupedAllreduce ? p.members : single) {
+    const bool grouped = c == engine::Collective::groupedAllreduce;
+    int member = 0;
+    for (const Tensor& t : grouped ? p.members : single) {
       parts.push_back({&p, t.buffer});
-      plan.push_back({p.descriptor.dtype, p.descriptor.op, t.buffer.bytes(), group});
+      chooseCodec(parts.back(), p.descriptor, grouped ? member++ : -1);
+      plan.push_back(
+          {p.descriptor.dtype, p.descriptor.op, t.buffer.bytes(), group, parts.back().codec});
     }
   }
   const CollectiveOptions o = collectiveOptions(false);
@@ -96,18 +100,32 @@ void Engine::Impl::runBatch(const std::vector<Part>& batch, const CollectiveOpti
   const char* what = broadcast ? "broadcast" : "allreduce";
   // The collective over one buffer (pre/post scales are 1 for broadcasts), on the
   // timeline: once on the engine's lane, and on the lane of every tensor it carries.
+  // A compressed batch: one compressed allreduce in which every tensor is a segment with
+  // its own codec state (by name) and shape (docs/engine.md, "Compression").
+  std::vector<TensorSegment> segments;
+  CollectiveOptions compressed = o;
+  if (!batch.front().codec.empty()) {
+    std::size_t offset = 0;
+    for (const Part& part : batch) {
+      segments.push_back({part.name, offset, part.buffer.count, part.shape});
+      offset += part.buffer.count;
+    }
+    compressed.compression = batch.front().codec;
+    compressed.segments = segments;
+  }
   auto run = [&](BufferView b) {
     const auto begin = Clock::now();
     if (broadcast) {
       comm.broadcast(b, head.root, o);
     } else {
-      comm.allreduce(b, head.op, o);
+      comm.allreduce(b, head.op, segments.empty() ? o : compressed);
     }
     if (!timeline.active()) return;
     countTraffic();
     const auto end = Clock::now();
-    const std::string args =
+    std::string args =
         "\"tensors\":" + std::to_string(batch.size()) + ",\"bytes\":" + std::to_string(b.bytes());
+    if (!segments.empty()) args += ",\"codec\":\"" + batch.front().codec + "\"";
     timeline.span({}, what, "collective", begin, end, args);
     const Pending* last = nullptr;
     for (const Part& part : batch) {

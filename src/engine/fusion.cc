@@ -10,6 +10,7 @@ std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& 
     int group;
     DType dtype;
     ReduceOp op;
+    std::string codec;
     std::size_t bytes;
     std::vector<std::size_t> members;
   };
@@ -24,7 +25,9 @@ std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& 
     }
     Open* same = nullptr;
     for (auto& o : open) {
-      if (o.group == it.group && o.dtype == it.dtype && o.op == it.op) same = &o;
+      if (o.group == it.group && o.dtype == it.dtype && o.op == it.op && o.codec == it.codec) {
+        same = &o;
+      }
     }
     if (same != nullptr && same->bytes + it.bytes > threshold) {
       batches.push_back(std::move(same->members));
@@ -32,7 +35,7 @@ std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& 
       same->bytes = 0;
     }
     if (same == nullptr) {
-      open.push_back({it.group, it.dtype, it.op, 0, {}});
+      open.push_back({it.group, it.dtype, it.op, it.codec, 0, {}});
       same = &open.back();
     }
     same->bytes += it.bytes;

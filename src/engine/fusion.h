@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <string>
 #include <vector>
 
 #include "skyring/buffer_view.h"
@@ -16,11 +17,14 @@ struct FusionItem {
   std::size_t bytes;
   // Items fuse only within one group: -1 for allreduce, the root for broadcast.
   int group = -1;
+  // And only with items of one codec (empty: none): a compressed batch is one compressed
+  // allreduce whose tensors keep their own codec state (docs/engine.md, "Compression").
+  std::string codec{};
 };
 
 // Splits items (in the order every rank agreed on) into batches, each run as one
-// collective: items of one group, dtype and op, together at most threshold bytes. An item larger
-// than threshold is a batch of its own. Items of zero bytes are left out (they need no
+// collective: items of one group, dtype, op and codec, together at most threshold bytes. An item
+// larger than threshold is a batch of its own. Items of zero bytes are left out (they need no
 // collective). Depends only on its arguments, so every rank gets the same batches.
 std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& items,
                                                  std::size_t threshold);

@@ -26,6 +26,7 @@ std::string Descriptor::describe() const {
       i += 1 + dims;
     }
     os << ' ' << reduceOpName(op);
+    if (!compression.empty()) os << " compressed " << compression;
     return os.str();
   }
   os << dtypeName(dtype) << '[';
@@ -43,6 +44,7 @@ std::string Descriptor::describe() const {
   } else {
     os << reduceOpName(op);
   }
+  if (!compression.empty()) os << " compressed " << compression;
   return os.str();
 }
 
@@ -55,6 +57,7 @@ void appendDescriptor(std::vector<std::byte>& out, const Descriptor& d) {
   putWire(out, static_cast<std::uint32_t>(d.shape.size()));
   for (std::int64_t dim : d.shape)
     putWire(out, dim);
+  putWire(out, d.compression);
 }
 
 std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int fromRank, int rank) {
@@ -81,6 +84,7 @@ std::vector<Descriptor> parseDescriptors(std::span<const std::byte> bytes, int f
     d.collective = static_cast<Collective>(collective);
     for (std::uint32_t i = 0; i < dims; ++i)
       d.shape.push_back(in.get<std::int64_t>());
+    d.compression = in.text();
     out.push_back(std::move(d));
   }
   return out;

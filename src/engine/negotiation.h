@@ -39,6 +39,9 @@ struct Descriptor {
   std::vector<std::int64_t> shape;
   Collective collective = Collective::allreduce;
   std::int32_t root = 0;  // broadcast only (0 for the others)
+  // allreduce and grouped allreduce: the canonical codec spec the tensor asked for, once
+  // resolved (kDefaultCompression to SKYRING_COMPRESSION); empty for none.
+  std::string compression{};
 
   bool operator==(const Descriptor&) const = default;
   auto operator<=>(const Descriptor&) const = default;

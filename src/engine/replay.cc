@@ -116,14 +116,15 @@ std::size_t descriptorBytes(const Descriptor& d) {
 }
 
 std::vector<ReplayBatch> planReplay(const std::vector<std::uint32_t>& slots,
-                                    const ResponseCache& cache, std::size_t threshold) {
+                                    const ResponseCache& cache, std::size_t threshold,
+                                    const std::function<std::string(const Descriptor&)>& codecOf) {
   std::vector<ReplayBatch> batches;
   std::vector<std::uint32_t> run;  // tensors with data since the last zero-element one
   auto flush = [&] {
     std::vector<FusionItem> items;
     for (std::uint32_t s : run) {
       const Descriptor& d = cache.at(s);
-      items.push_back({d.dtype, d.op, descriptorBytes(d), -1});
+      items.push_back({d.dtype, d.op, descriptorBytes(d), -1, codecOf ? codecOf(d) : ""});
     }
     for (const auto& batch : planFusion(items, threshold)) {
       ReplayBatch b;

@@ -19,7 +19,9 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
+#include <string>
 #include <vector>
 
 #include "engine/negotiation.h"
@@ -61,9 +63,12 @@ class StepRecorder {
 // The batches of a replayed step: slots (in the order they ran) fused as the engine fuses
 // them (planFusion, threshold), split at every zero-element tensor, which becomes a
 // flag-only batch of its own where it ran (so a barrier completes as soon as every rank
-// has reached it, never after tensors submitted later).
-std::vector<ReplayBatch> planReplay(const std::vector<std::uint32_t>& slots,
-                                    const ResponseCache& cache, std::size_t threshold);
+// has reached it, never after tensors submitted later). codecOf, when given, is the codec a
+// slot's tensor is compressed with (empty: none; FusionItem::codec), so that compressed
+// tensors fuse as they do when negotiated.
+std::vector<ReplayBatch> planReplay(
+    const std::vector<std::uint32_t>& slots, const ResponseCache& cache, std::size_t threshold,
+    const std::function<std::string(const Descriptor&)>& codecOf = nullptr);
 
 // Whether a batch of dtype and op over n ranks can carry the flag as one more element whose
 // reduction is exact for any number of ranks that have the batch (sum and avg need n

@@ -101,9 +101,11 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
   }
   const engine::Descriptor* head = batch.slots.empty() ? nullptr : &cache.at(batch.slots.front());
   // The flag rides in the data as one more element where the reduction keeps it exact;
-  // otherwise it is an allreduce of its own, beside the data on another thread.
-  const bool inBand = head == nullptr ||
-                      (!options.replayFlagBeside && engine::flagInBand(head->dtype, head->op, n));
+  // otherwise it is an allreduce of its own, beside the data on another thread. Never in
+  // a compressed batch: a lossy codec would not keep it exact.
+  const std::string codec = head != nullptr ? codecOf(*head, -1) : std::string();
+  const bool inBand = head == nullptr || (codec.empty() && !options.replayFlagBeside &&
+                                          engine::flagInBand(head->dtype, head->op, n));
   const std::size_t extra = head != nullptr && inBand ? dtypeSize(head->dtype) : 0;
   std::uint8_t flag = mine ? 1 : 0;
   CollectiveOptions flagOptions = o;  // outlives the thread that uses it (joined below)
@@ -136,9 +138,24 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
         offset += size;
       }
       if (inBand) engine::writeFlag(fusion.data() + bytes, head->dtype, head->op, mine);
+      // A batch of compressed tensors (one codec: planReplay fused them so) is one
+      // compressed allreduce whose segments keep each tensor's codec state, as runBatch.
+      std::vector<TensorSegment> segments;
+      CollectiveOptions data = o;
+      if (!codec.empty()) {
+        std::size_t at = 0;
+        for (std::uint32_t s : batch.slots) {
+          const engine::Descriptor& d = cache.at(s);
+          const std::size_t count = engine::descriptorBytes(d) / dtypeSize(d.dtype);
+          segments.push_back({d.name, at, count, d.shape});
+          at += count;
+        }
+        data.compression = codec;
+        data.segments = segments;
+      }
       comm.allreduce(BufferView{fusion.data(), (bytes + extra) / dtypeSize(head->dtype),
                                 head->dtype, MemoryKind::host},
-                     head->op, o);
+                     head->op, data);
       if (inBand) {
         flag = engine::readFlag(fusion.data() + bytes, head->dtype, head->op, n) ? 1 : 0;
       }

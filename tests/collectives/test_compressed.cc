@@ -159,7 +159,9 @@ TEST(CompressedAllreduce, ErrorFeedbackMakesLossyCodecsExactOnAverage) {
     const char* spec;
     double withFeedback;
   };
-  for (const Case& c : {Case{"sign", 0.1}, Case{"topk:0.1", 0.05}, Case{"powersgd:2", 0.02}}) {
+  // sign without its default momentum compression: this is error feedback on the gradient.
+  for (const Case& c :
+       {Case{"sign:momentum=0", 0.1}, Case{"topk:0.1", 0.05}, Case{"powersgd:2", 0.02}}) {
     for (const auto& where : {k2x2, k4x1}) {
       const std::string what = std::string(c.spec) + " on " + std::to_string(where.size());
       const Outcome ef = run(where, c.spec, count, steps);
@@ -194,7 +196,9 @@ TEST(CompressedAllreduce, CrossCloudBytesAreTheCodecs) {
           topo, testConfig(spec),
           [&](Communicator& comm) {
             auto data = gradientOf(comm.rank(), count);
-            comm.allreduce(view(std::span(data)), ReduceOp::sum);
+            CollectiveOptions gradient;  // the job's codec, SKYRING_COMPRESSION
+            gradient.compression = kDefaultCompression;
+            comm.allreduce(view(std::span(data)), ReduceOp::sum, gradient);
           },
           [&](int r, std::shared_ptr<transport::Transport> t) {
             auto m = std::make_shared<transport::MeteringTransport>(std::move(t), topo);
@@ -339,7 +343,9 @@ TEST(CompressedAllreduce, OtherDtypesAndOpsStayExact) {
          {std::pair{DType::f64, ReduceOp::sum}, std::pair{DType::f32, ReduceOp::max},
           std::pair{DType::i32, ReduceOp::sum}, std::pair{DType::f16, ReduceOp::avg}}) {
       auto data = testing::makeInput(op, d, comm.rank(), 1001);
-      comm.allreduce(testing::viewOf(data, d), op);
+      CollectiveOptions gradient;
+      gradient.compression = kDefaultCompression;
+      comm.allreduce(testing::viewOf(data, d), op, gradient);
       EXPECT_TRUE(data == testing::expectedResult(op, d, comm.size(), 1001))
           << dtypeName(d) << " " << reduceOpName(op);
     }

@@ -24,15 +24,35 @@
 namespace skyring {
 namespace {
 
-constexpr int kFeatures = 16;
-constexpr int kHidden = 48;
-constexpr int kClasses = 4;
+// The model: an MLP features -> hidden (ReLU) -> classes. Two sizes: the original
+// 16-48-4 and the 64-64-10 of issue 12, where PowerSGD must read each weight matrix with
+// its own shape.
+struct Dims {
+  int features;
+  int hidden;
+  int classes;
+  // Parameters, flat: W1 (features x hidden), b1, W2 (hidden x classes), b2.
+  std::size_t w1() const { return 0; }
+  std::size_t b1() const { return w1() + static_cast<std::size_t>(features * hidden); }
+  std::size_t w2() const { return b1() + static_cast<std::size_t>(hidden); }
+  std::size_t b2() const { return w2() + static_cast<std::size_t>(hidden * classes); }
+  std::size_t params() const { return b2() + static_cast<std::size_t>(classes); }
+};
+constexpr Dims kSmall{16, 48, 4};
+constexpr Dims kMlp64{64, 64, 10};
+
 constexpr int kTrainPerRank = 1600;  // a multiple of kBatch
 constexpr int kTest = 2000;
 constexpr int kRanks = 4;
 constexpr int kBatch = 40;
 constexpr int kSteps = 200;
-constexpr float kLearningRate = 0.5f;
+// Heavy-ball momentum, as users train: v = 0.9 v + g, w -= lr v. kLearningRate is a
+// tenth of plain SGD's 0.5 (the same step in steady state); kAggressive keeps 0.5, what a
+// user who adds momentum to a tuned SGD run gets (10 times the step), where error feedback
+// and momentum fight (issue 12).
+constexpr float kMomentum = 0.9f;
+constexpr float kLearningRate = 0.05f;
+constexpr float kAggressive = 0.5f;
 constexpr double kLabelNoise = 1.0;
 
 class Rng {  // splitmix64, with Box-Muller normals
@@ -55,21 +75,23 @@ class Rng {  // splitmix64, with Box-Muller normals
 };
 
 struct Dataset {
-  std::vector<float> x;  // samples x kFeatures
+  std::vector<float> x;  // samples x features
   std::vector<int> y;
 };
 
 // Labels from a fixed random linear teacher plus noise, so the task is learnable but not
 // perfectly (the best accuracy is under 100%).
-Dataset makeData(int samples, std::uint64_t seed) {
+Dataset makeData(const Dims& m, int samples, std::uint64_t seed) {
+  const int kFeatures = m.features;
+  const int kClasses = m.classes;
   Rng teacher(7);
-  std::vector<double> t(kFeatures * kClasses);
+  std::vector<double> t(static_cast<std::size_t>(kFeatures * kClasses));
   for (double& v : t)
     v = teacher.normal();
   Rng rng(seed);
   Dataset d;
   for (int s = 0; s < samples; ++s) {
-    double xs[kFeatures];
+    std::vector<double> xs(static_cast<std::size_t>(kFeatures));
     for (double& v : xs) {
       v = rng.normal();
       d.x.push_back(static_cast<float>(v));
@@ -79,7 +101,7 @@ Dataset makeData(int samples, std::uint64_t seed) {
     for (int k = 0; k < kClasses; ++k) {
       double logit = kLabelNoise * rng.normal();
       for (int f = 0; f < kFeatures; ++f)
-        logit += t[f * kClasses + k] * xs[f];
+        logit += t[static_cast<std::size_t>(f * kClasses + k)] * xs[static_cast<std::size_t>(f)];
       if (logit > best) {
         best = logit;
         label = k;
@@ -90,146 +112,187 @@ Dataset makeData(int samples, std::uint64_t seed) {
   return d;
 }
 
-// Parameters, flat: W1 (kFeatures x kHidden), b1, W2 (kHidden x kClasses), b2.
-constexpr std::size_t kW1 = 0;
-constexpr std::size_t kB1 = kW1 + kFeatures * kHidden;
-constexpr std::size_t kW2 = kB1 + kHidden;
-constexpr std::size_t kB2 = kW2 + kHidden * kClasses;
-constexpr std::size_t kParams = kB2 + kClasses;
-
-std::vector<float> initialWeights() {
+std::vector<float> initialWeights(const Dims& m) {
   Rng rng(11);
-  std::vector<float> w(kParams, 0.0f);
-  for (std::size_t i = kW1; i < kB1; ++i)
-    w[i] = static_cast<float>(rng.normal() / std::sqrt(double{kFeatures}));
-  for (std::size_t i = kW2; i < kB2; ++i)
-    w[i] = static_cast<float>(rng.normal() / std::sqrt(double{kHidden}));
+  std::vector<float> w(m.params(), 0.0f);
+  for (std::size_t i = m.w1(); i < m.b1(); ++i)
+    w[i] = static_cast<float>(rng.normal() / std::sqrt(double(m.features)));
+  for (std::size_t i = m.w2(); i < m.b2(); ++i)
+    w[i] = static_cast<float>(rng.normal() / std::sqrt(double(m.hidden)));
   return w;
 }
 
 // Forward pass of one sample; returns the predicted class, fills hidden and probabilities.
-int forward(const std::vector<float>& w, const float* x, float* hidden, float* prob) {
-  for (int h = 0; h < kHidden; ++h) {
-    float a = w[kB1 + h];
-    for (int f = 0; f < kFeatures; ++f)
-      a += w[kW1 + f * kHidden + h] * x[f];
+int forward(const Dims& m, const std::vector<float>& w, const float* x, float* hidden,
+            float* prob) {
+  const std::size_t nh = static_cast<std::size_t>(m.hidden);
+  const std::size_t nc = static_cast<std::size_t>(m.classes);
+  for (std::size_t h = 0; h < nh; ++h) {
+    float a = w[m.b1() + h];
+    for (std::size_t f = 0; f < static_cast<std::size_t>(m.features); ++f)
+      a += w[m.w1() + f * nh + h] * x[f];
     hidden[h] = a > 0 ? a : 0;
   }
-  int best = 0;
-  for (int k = 0; k < kClasses; ++k) {
-    float z = w[kB2 + k];
-    for (int h = 0; h < kHidden; ++h)
-      z += w[kW2 + h * kClasses + k] * hidden[h];
+  std::size_t best = 0;
+  for (std::size_t k = 0; k < nc; ++k) {
+    float z = w[m.b2() + k];
+    for (std::size_t h = 0; h < nh; ++h)
+      z += w[m.w2() + h * nc + k] * hidden[h];
     prob[k] = z;
     if (z > prob[best]) best = k;
   }
   const float maxLogit = prob[best];
   float total = 0;
-  for (int k = 0; k < kClasses; ++k) {
+  for (std::size_t k = 0; k < nc; ++k) {
     prob[k] = std::exp(prob[k] - maxLogit);
     total += prob[k];
   }
-  for (int k = 0; k < kClasses; ++k)
+  for (std::size_t k = 0; k < nc; ++k)
     prob[k] /= total;
-  return best;
+  return static_cast<int>(best);
 }
 
 // Mean cross-entropy gradient over samples [first, first + n) of d.
-void gradient(const std::vector<float>& w, const Dataset& d, int first, int n,
+void gradient(const Dims& m, const std::vector<float>& w, const Dataset& d, int first, int n,
               std::vector<float>& g) {
   std::fill(g.begin(), g.end(), 0.0f);
-  float hidden[kHidden];
-  float prob[kClasses];
+  const std::size_t nh = static_cast<std::size_t>(m.hidden);
+  const std::size_t nc = static_cast<std::size_t>(m.classes);
+  const std::size_t nf = static_cast<std::size_t>(m.features);
+  std::vector<float> hidden(nh);
+  std::vector<float> prob(nc);
   const float scale = 1.0f / static_cast<float>(n);
   for (int s = first; s < first + n; ++s) {
-    const float* x = &d.x[static_cast<std::size_t>(s) * kFeatures];
-    forward(w, x, hidden, prob);
-    prob[d.y[static_cast<std::size_t>(s)]] -= 1.0f;  // dLoss/dlogit
-    for (int k = 0; k < kClasses; ++k) {
+    const float* x = &d.x[static_cast<std::size_t>(s) * nf];
+    forward(m, w, x, hidden.data(), prob.data());
+    prob[static_cast<std::size_t>(d.y[static_cast<std::size_t>(s)])] -= 1.0f;  // dLoss/dlogit
+    for (std::size_t k = 0; k < nc; ++k) {
       const float dz = prob[k] * scale;
-      g[kB2 + k] += dz;
-      for (int h = 0; h < kHidden; ++h)
-        g[kW2 + h * kClasses + k] += dz * hidden[h];
+      g[m.b2() + k] += dz;
+      for (std::size_t h = 0; h < nh; ++h)
+        g[m.w2() + h * nc + k] += dz * hidden[h];
     }
-    for (int h = 0; h < kHidden; ++h) {
+    for (std::size_t h = 0; h < nh; ++h) {
       if (hidden[h] <= 0) continue;
       float dh = 0;
-      for (int k = 0; k < kClasses; ++k)
-        dh += w[kW2 + h * kClasses + k] * prob[k];
+      for (std::size_t k = 0; k < nc; ++k)
+        dh += w[m.w2() + h * nc + k] * prob[k];
       dh *= scale;
-      g[kB1 + h] += dh;
-      for (int f = 0; f < kFeatures; ++f)
-        g[kW1 + f * kHidden + h] += dh * x[f];
+      g[m.b1() + h] += dh;
+      for (std::size_t f = 0; f < nf; ++f)
+        g[m.w1() + f * nh + h] += dh * x[f];
     }
   }
 }
 
-double accuracy(const std::vector<float>& w, const Dataset& d) {
-  float hidden[kHidden];
-  float prob[kClasses];
+double accuracy(const Dims& m, const std::vector<float>& w, const Dataset& d) {
+  std::vector<float> hidden(static_cast<std::size_t>(m.hidden));
+  std::vector<float> prob(static_cast<std::size_t>(m.classes));
   int right = 0;
-  for (std::size_t s = 0; s < d.y.size(); ++s)
-    right += forward(w, &d.x[s * kFeatures], hidden, prob) == d.y[s];
+  for (std::size_t s = 0; s < d.y.size(); ++s) {
+    right += forward(m, w, &d.x[s * static_cast<std::size_t>(m.features)], hidden.data(),
+                     prob.data()) == d.y[s];
+  }
   return 100.0 * right / static_cast<double>(d.y.size());
 }
 
-// Trains with spec on the cross-cloud hop; returns the test accuracy (%) of the weights,
-// after checking that all ranks hold the same ones.
-double train(const std::string& spec, CompressionLevels levels = CompressionLevels{}) {
-  static const Dataset test = makeData(kTest, 999);
+// Trains model m with spec on the cross-cloud hop and heavy-ball momentum; returns the
+// test accuracy (%) of the weights, after checking that all ranks hold the same ones. The
+// gradient is one buffer of four tensors (CollectiveOptions::segments, as the engine fuses
+// them): each keeps its own codec state, and PowerSGD reads each weight as its matrix.
+double train(const Dims& m, const std::string& spec, CompressionLevels levels = CompressionLevels{},
+             float learningRate = kLearningRate) {
+  const Dataset test = makeData(m, kTest, 999);
   auto topo = testing::topologyOf({"A0", "A1", "B0", "B1"});
   Config config;
   config.timeout = std::chrono::milliseconds(30000);
+  const std::size_t n = m.params();
   std::vector<std::vector<float>> finalWeights(kRanks);
   std::mutex mu;
+  const std::vector<std::int64_t> w1Shape{m.features, m.hidden}, b1Shape{m.hidden},
+      w2Shape{m.hidden, m.classes}, b2Shape{m.classes};
+  const std::vector<TensorSegment> segments{
+      {"w1", m.w1(), m.b1() - m.w1(), w1Shape},
+      {"b1", m.b1(), m.w2() - m.b1(), b1Shape},
+      {"w2", m.w2(), m.b2() - m.w2(), w2Shape},
+      {"b2", m.b2(), n - m.b2(), b2Shape},
+  };
   testing::runCloudRanks(topo, config, [&](Communicator& comm) {
-    const Dataset mine = makeData(kTrainPerRank, 100 + static_cast<std::uint64_t>(comm.rank()));
-    std::vector<float> w = initialWeights();
-    std::vector<float> g(kParams);
+    const Dataset mine = makeData(m, kTrainPerRank, 100 + static_cast<std::uint64_t>(comm.rank()));
+    std::vector<float> w = initialWeights(m);
+    std::vector<float> g(n);
+    std::vector<float> velocity(n, 0.0f);
     CollectiveOptions options;
     options.compression = spec;
-    options.tensorKey = 1;
     options.compressionLevels = levels;
+    options.segments = segments;
     for (int step = 0; step < kSteps; ++step) {
-      gradient(w, mine, (step * kBatch) % kTrainPerRank, kBatch, g);
+      gradient(m, w, mine, (step * kBatch) % kTrainPerRank, kBatch, g);
       comm.allreduce(view(std::span(g)), ReduceOp::avg, options);
       // Learning rate decayed linearly to zero, so the end point is not SGD noise.
-      const float lr = kLearningRate * static_cast<float>(kSteps - step) / kSteps;
-      for (std::size_t i = 0; i < kParams; ++i)
-        w[i] -= lr * g[i];
+      const float lr = learningRate * static_cast<float>(kSteps - step) / kSteps;
+      for (std::size_t i = 0; i < n; ++i) {
+        velocity[i] = kMomentum * velocity[i] + g[i];
+        w[i] -= lr * velocity[i];
+      }
     }
     std::lock_guard lock(mu);
     finalWeights[static_cast<std::size_t>(comm.rank())] = w;
   });
   for (int r = 1; r < kRanks; ++r) {
     EXPECT_EQ(std::memcmp(finalWeights[static_cast<std::size_t>(r)].data(), finalWeights[0].data(),
-                          kParams * sizeof(float)),
+                          n * sizeof(float)),
               0)
         << spec << ": rank " << r << " ended with other weights than rank 0";
   }
-  const double acc = accuracy(finalWeights[0], test);
+  const double acc = accuracy(m, finalWeights[0], test);
   std::printf(
-      "%-22s %-18s test accuracy %.2f%%\n", spec.c_str(),
+      "%d-%d-%d lr %.2f %-24s %-14s test accuracy %.2f%%\n", m.features, m.hidden, m.classes,
+      double{learningRate}, spec.c_str(),
       levels.cloud ? (levels.crossCloud ? "every level" : "inside clouds") : "across clouds", acc);
   return acc;
 }
 
+// Every default codec spec (and the usual variants) with momentum 0.9.
 TEST(Convergence, CodecsWithErrorFeedbackMatchUncompressed) {
-  const double baseline = train("none");
+  const double baseline = train(kSmall, "none");
   EXPECT_GT(baseline, 60.0) << "the uncompressed model should learn the task";
   for (const char* spec : {"fp16", "bf16", "int8", "int8:stochastic", "sign", "topk:0.01",
-                           "topk:0.01,sampled", "powersgd:2"}) {
-    EXPECT_GE(train(spec), baseline - 1.0) << spec;
+                           "topk:0.01,sampled", "powersgd:1", "powersgd:2", "powersgd"}) {
+    EXPECT_GE(train(kSmall, spec), baseline - 1.0) << spec;
   }
-  EXPECT_LT(train("topk:0.01,ef=0"), baseline - 2.0) << "top-k without error feedback";
-  train("sign:ef=0");  // printed for the record
+  EXPECT_LT(train(kSmall, "topk:0.01,ef=0"), baseline - 2.0) << "top-k without error feedback";
+  train(kSmall, "sign:ef=0");  // printed for the record
+}
+
+// The 64-64-10 MLP of issue 12: PowerSGD with each weight its own matrix (64 x 64 and
+// 64 x 10, rank 1 and the default) trains with momentum as the uncompressed run does.
+// (Read as squares cut from the fused buffer, powersgd:1 lost 3.1 points here, and 12.9
+// at lr 0.2; docs/compression.md.)
+TEST(Convergence, PowerSgdPerTensorShapesTrainA64x64x10Mlp) {
+  const double baseline = train(kMlp64, "none");
+  EXPECT_GT(baseline, 40.0) << "the uncompressed model should learn the task";
+  for (const char* spec : {"powersgd:1", "powersgd", "sign"})
+    EXPECT_GE(train(kMlp64, spec), baseline - 1.6) << spec;
+  train(kMlp64, "topk:0.01");  // printed: 1 % of 64 x 64 in 200 steps is too few here
+}
+
+// Momentum with the step of plain SGD: sign with error feedback on the gradient fell 4.5
+// points behind (79.0 against 83.45), so sign compresses the momentum by default
+// (CompressionOptions::momentum); the rest is printed for the record (docs/compression.md).
+TEST(Convergence, SignCompressesTheMomentumAtAnAggressiveStep) {
+  const CompressionLevels acrossClouds{};
+  const double baseline = train(kSmall, "none", acrossClouds, kAggressive);
+  EXPECT_GE(train(kSmall, "sign", acrossClouds, kAggressive), baseline - 1.5);
+  for (const char* spec : {"sign:momentum=0", "topk:0.01", "powersgd:1", "powersgd"})
+    train(kSmall, spec, acrossClouds, kAggressive);
 }
 
 // The levels inside the clouds compressed too (SKYRING_COMPRESSION_LEVELS=cloud,cross_cloud).
 TEST(Convergence, EveryLevelCompressed) {
-  const double baseline = train("none");
+  const double baseline = train(kSmall, "none");
   for (const char* spec : {"fp16", "int8", "sign", "topk:0.01"})
-    EXPECT_GE(train(spec, CompressionLevels{true, true}), baseline - 1.0) << spec;
+    EXPECT_GE(train(kSmall, spec, CompressionLevels{true, true}), baseline - 1.0) << spec;
 }
 
 }  // namespace

@@ -111,6 +111,33 @@ TEST(Fusion, PlanGroupsByDtypeAndOpUpToThreshold) {
   EXPECT_EQ(none.size(), 6u);  // every item alone but the empty one
 }
 
+// Compressed tensors fuse only with tensors of the same codec, never with uncompressed
+// ones (a compressed batch is one compressed allreduce of segments).
+TEST(Fusion, CompressedFuseOnlyWithTheirCodec) {
+  const std::vector<FusionItem> items = {
+      {DType::f32, ReduceOp::sum, 40, -1, "int8"}, {DType::f32, ReduceOp::sum, 40, -1, ""},
+      {DType::f32, ReduceOp::sum, 40, -1, "int8"}, {DType::f32, ReduceOp::sum, 40, -1, "fp16"},
+      {DType::f32, ReduceOp::sum, 40, -1, ""},
+  };
+  const std::vector<std::vector<std::size_t>> expected = {{0, 2}, {1, 4}, {3}};
+  EXPECT_EQ(planFusion(items, 100), expected);
+}
+
+// A descriptor's codec travels in announcements and tells two calls apart.
+TEST(Negotiation, CompressionIsPartOfTheDescriptor) {
+  Descriptor a{"g", DType::f32, ReduceOp::avg, {4, 4}};
+  a.compression = "powersgd:2";
+  std::vector<std::byte> wire;
+  appendDescriptor(wire, a);
+  const auto back = parseDescriptors(wire, 1, 0);
+  ASSERT_EQ(back.size(), 1u);
+  EXPECT_EQ(back[0], a);
+  Descriptor b = a;
+  b.compression.clear();
+  EXPECT_FALSE(sameCall(a, b));
+  EXPECT_NE(a.describe().find("compressed powersgd:2"), std::string::npos) << a.describe();
+}
+
 TEST(Fusion, ScaleInPlace) {
   std::vector<float> f = {1, 2, 3};
   scaleInPlace(view(std::span(f)), 0.5);

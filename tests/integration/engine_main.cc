@@ -4,6 +4,7 @@
 // submitted with a different shape on the last rank, which must fail on every rank naming it. Exit
 // code 0 when every check passed.
 #include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <random>
@@ -76,6 +77,30 @@ int main() {
       want.insert(want.end(), static_cast<std::size_t>(r + 1) * 2, r);
     if (*gathered != want) fail("WRONG allgather");
     ++checks;
+    // Compression only where asked: whatever SKYRING_COMPRESSION says, a vector of counts
+    // submitted without a codec comes back exact, beside a gradient that asks for the
+    // job's codec (kDefaultCompression; compressed across clouds when one is set).
+    for (int step = 0; step < 3; ++step) {
+      std::vector<float> counts(1000);
+      std::vector<float> grad(64 * 1000);
+      for (std::size_t i = 0; i < counts.size(); ++i)
+        counts[i] = static_cast<float>((i * 7 + static_cast<std::size_t>(me) * 13) % 1000);
+      for (std::size_t i = 0; i < grad.size(); ++i)
+        grad[i] = static_cast<float>(std::sin(0.01 * static_cast<double>(i) * (me + 1)));
+      AllreduceSpec gradient{ReduceOp::avg};
+      gradient.compression = std::string(kDefaultCompression);
+      auto hg = allreduceAsync("grad", {view(std::span(grad)), {64, 1000}, nullptr}, gradient);
+      auto hc = allreduceAsync("correct", Tensor::of(counts));
+      hc.wait();
+      hg.wait();
+      for (std::size_t i = 0; i < counts.size(); ++i) {
+        float want = 0;
+        for (std::size_t r = 0; r < static_cast<std::size_t>(n); ++r)
+          want += static_cast<float>((i * 7 + r * 13) % 1000);
+        if (counts[i] != want) fail("WRONG count " + std::to_string(i) + ": a metric changed");
+      }
+      ++checks;
+    }
     std::vector<float> odd(me == n - 1 && n > 1 ? 5 : 4, 1.0f);
     try {
       allreduceAsync("odd", Tensor::of(odd)).wait();
