@@ -251,7 +251,12 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
     if (input.count == 0) return;
     const collectives::RingParams ring{config_.ringChunkBytes, config_.ringPipelineDepth};
     const AllreduceAlgorithm algorithm = algorithmFor(options);
-    if (nodeLevelFor(options)) {
+    // The node level runs calls without a codec; a call that asks for one keeps the
+    // hierarchical levels (its codec state, segments and momentum live there).
+    const bool wantsCodec = input.dtype == DType::f32 &&
+                            (op == ReduceOp::sum || op == ReduceOp::avg) &&
+                            codecFor(options) != nullptr;
+    if (nodeLevelFor(options) && !wantsCodec) {
       collectives::HierarchicalCall call{
           transport_,
           *topology_,
@@ -260,32 +265,19 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
           options.tag,
           sequence,
           options.timeout.count() > 0 ? options.timeout : config_.timeout};
-      if (algorithm == AllreduceAlgorithm::hierarchical && input.dtype == DType::f32 &&
-          (op == ReduceOp::sum || op == ReduceOp::avg)) {
-        compressionFor(options, output, call);
-      }
-      // A codec's state is kept per piece offset and level: the node level passes it on
-      // only where each rank owns exactly one piece and the cloud level is not compressed;
-      // elsewhere such a call keeps the hierarchical levels.
-      if (call.codec == nullptr ||
-          (topology_->clouds() > 1 && !call.compressCloud && collectives::evenNodes(*topology_))) {
-        SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ",
-                    input.count, " x ", dtypeName(input.dtype), " ", reduceOpName(op),
-                    " via the node level");
-        std::lock_guard lock(nodeLevelMutex_);
-        const std::uint64_t seq = nodeSequence_ + 1;
-        if (nodeLevel_) nodeSequence_ += 2;
-        collectives::nodeLevelAllreduce(
-            {call,
-             nodeLevel_.get(),
-             seq,
-             deadline(options),
-             {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes},
-             &nodeScratch_},
-            input, output, op, ring);
-        return;
-      }
-      collectives::hierarchicalAllreduce(call, input, output, op, ring);
+      SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ", input.count,
+                  " x ", dtypeName(input.dtype), " ", reduceOpName(op), " via the node level");
+      std::lock_guard lock(nodeLevelMutex_);
+      const std::uint64_t seq = nodeSequence_ + 1;
+      if (nodeLevel_) nodeSequence_ += 2;
+      collectives::nodeLevelAllreduce(
+          {call,
+           nodeLevel_.get(),
+           seq,
+           deadline(options),
+           {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes},
+           &nodeScratch_},
+          input, output, op, ring);
       return;
     }
     SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ", input.count,

@@ -229,7 +229,7 @@ void Runtime::logSummary() const {
   } else if (config_.sharedMemory && size_ > 1) {
     os << "; no shared memory";
   }
-  os << ". compression: " << config_.compression;
+  os << ". compression for gradients that ask for the default: " << config_.compression;
   if (config_.compression != "none") {
     os << " at " << (config_.compressionLevels.cloud ? "cloud" : "")
        << (config_.compressionLevels.cloud && config_.compressionLevels.crossCloud ? "," : "")
