@@ -135,6 +135,15 @@ class Communicator {
   // Returns once every rank has entered the barrier.
   void barrier(const CollectiveOptions& options = {});
 
+  // The codec state of the tensors options.segments names (under options' codec), copied
+  // so that restoreCodecState can put it back when the caller drops the call's result (the
+  // engine's replay drops a batch some rank did not have: docs/engine.md, "Replay"). Null
+  // when options ask for no codec or name no segments. Not concurrent with a call that
+  // compresses those tensors.
+  struct CodecSnapshot;
+  std::shared_ptr<CodecSnapshot> saveCodecState(const CollectiveOptions& options);
+  void restoreCodecState(const std::shared_ptr<CodecSnapshot>& snapshot);
+
   // True once a collective of this group failed (a dead, stalled or disagreeing rank):
   // the group is aborted, and every later call throws Aborted with the first reason.
   bool failed() const noexcept { return failed_.load(std::memory_order_acquire); }

@@ -20,6 +20,8 @@
 // every rank starts alike.
 #include <algorithm>
 #include <cstring>
+#include <optional>
+#include <utility>
 #include <vector>
 
 #include "collectives/compression_cache.h"
@@ -175,6 +177,42 @@ bool Communicator::powerSgdSegments(BufferView input, BufferView output, ReduceO
     ++m.state->calls;
   }
   return true;
+}
+
+struct Communicator::CodecSnapshot {
+  // Each named tensor's state as it was, or none when it had none yet.
+  std::vector<
+      std::pair<std::pair<std::string, std::string>, std::optional<collectives::SegmentCodecState>>>
+      states;
+};
+
+std::shared_ptr<Communicator::CodecSnapshot> Communicator::saveCodecState(
+    const CollectiveOptions& options) {
+  const compression::Compressor* codec = codecFor(options);
+  if (codec == nullptr || options.segments.empty()) return nullptr;
+  auto snapshot = std::make_shared<CodecSnapshot>();
+  const std::string spec = codec->spec();
+  std::lock_guard lock(compression_->mutex);
+  for (const TensorSegment& seg : options.segments) {
+    std::pair<std::string, std::string> key{spec, std::string(seg.name)};
+    auto it = compression_->segments.find(key);
+    snapshot->states.emplace_back(std::move(key), it == compression_->segments.end()
+                                                      ? std::nullopt
+                                                      : std::optional(it->second));
+  }
+  return snapshot;
+}
+
+void Communicator::restoreCodecState(const std::shared_ptr<CodecSnapshot>& snapshot) {
+  if (!snapshot) return;
+  std::lock_guard lock(compression_->mutex);
+  for (const auto& [key, state] : snapshot->states) {
+    if (state) {
+      compression_->segments[key] = *state;
+    } else {
+      compression_->segments.erase(key);
+    }
+  }
 }
 
 }  // namespace skyring

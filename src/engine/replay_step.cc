@@ -121,6 +121,7 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
 
   // The data, always through the fusion buffer (the tensors stay untouched until the flag
   // says every rank had them); zeros for what this rank lacks.
+  std::shared_ptr<Communicator::CodecSnapshot> snapshot;
   try {
     if (head != nullptr) {
       if (fusion.size() < bytes + extra) fusion.resize(bytes + extra);
@@ -152,6 +153,9 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
         }
         data.compression = codec;
         data.segments = segments;
+        // If the batch is dropped, the tensors run again through negotiation: their codec
+        // state (error feedback, PowerSGD's factors) must not have counted this call.
+        snapshot = comm.saveCodecState(data);
       }
       comm.allreduce(BufferView{fusion.data(), (bytes + extra) / dtypeSize(head->dtype),
                                 head->dtype, MemoryKind::host},
@@ -179,7 +183,10 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
                   "\"tensors\":" + std::to_string(owners.size() + batch.empty.size()) +
                       ",\"bytes\":" + std::to_string(bytes));
   }
-  if (flag == 0) return false;
+  if (flag == 0) {
+    comm.restoreCodecState(snapshot);
+    return false;
+  }
 
   std::size_t offset = 0;
   for (std::size_t i = 0; i < owners.size(); ++i) {
