@@ -104,7 +104,11 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
   // otherwise it is an allreduce of its own, beside the data on another thread. Never in
   // a compressed batch: a lossy codec would not keep it exact.
   const std::string codec = head != nullptr ? codecOf(*head, -1) : std::string();
-  const bool inBand = head == nullptr || (codec.empty() && !options.replayFlagBeside &&
+  // A batch of one uncompressed tensor (decided alike on every rank) is reduced out of
+  // place, from the tensor into the fusion buffer, which saves copying it in; its flag then
+  // cannot ride in the data, so it runs beside it.
+  const bool alone = head != nullptr && batch.slots.size() == 1 && codec.empty();
+  const bool inBand = head == nullptr || (codec.empty() && !alone && !options.replayFlagBeside &&
                                           engine::flagInBand(head->dtype, head->op, n));
   const std::size_t extra = head != nullptr && inBand ? dtypeSize(head->dtype) : 0;
   std::uint8_t flag = mine ? 1 : 0;
@@ -125,8 +129,11 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
   try {
     if (head != nullptr) {
       if (fusion.size() < bytes + extra) fusion.resize(bytes + extra);
+      // Out of place: this rank's tensor as it is (no prescale to apply) is the input.
+      const bool fromTensor =
+          alone && owners.front() != nullptr && owners.front()->spec.prescale == 1;
       std::size_t offset = 0;
-      for (std::size_t i = 0; i < owners.size(); ++i) {
+      for (std::size_t i = 0; i < owners.size() && !fromTensor; ++i) {
         const std::size_t size = engine::descriptorBytes(cache.at(batch.slots[i]));
         if (owners[i] != nullptr) {
           std::memcpy(fusion.data() + offset, owners[i]->tensor.buffer.data, size);
@@ -157,9 +164,9 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
         // state (error feedback, PowerSGD's factors) must not have counted this call.
         snapshot = comm.saveCodecState(data);
       }
-      comm.allreduce(BufferView{fusion.data(), (bytes + extra) / dtypeSize(head->dtype),
-                                head->dtype, MemoryKind::host},
-                     head->op, data);
+      const BufferView out{fusion.data(), (bytes + extra) / dtypeSize(head->dtype), head->dtype,
+                           MemoryKind::host};
+      comm.allreduce(fromTensor ? owners.front()->tensor.buffer : out, out, head->op, data);
       if (inBand) {
         flag = engine::readFlag(fusion.data() + bytes, head->dtype, head->op, n) ? 1 : 0;
       }

@@ -262,6 +262,39 @@ TEST(Replay, FlagBesideTheData) {
   });
 }
 
+// Replayed batches of one tensor run out of place (the tensor is the input); with a
+// prescale the rank copies it in first. Either way every step's result is exact.
+TEST(Replay, SingleTensorBatchesWithAndWithoutScales) {
+  const int n = 3;
+  TraceDir dir;
+  Config c = LocalWorld::defaultConfig();
+  c.timeline = dir.pattern();
+  c.fusionThreshold = 64;  // every tensor below is a batch of its own
+  LocalWorld world(n, c);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    const float me = static_cast<float>(comm.rank() + 1);
+    for (int s = 0; s < 6; ++s) {
+      std::vector<float> plain(100, me), scaled(100, me);
+      std::vector<double> avg(50, me);
+      auto h1 = engine.allreduceAsync("plain", Tensor::of(plain));
+      AllreduceSpec spec;
+      spec.prescale = 0.5;
+      spec.postscale = 4;
+      auto h2 = engine.allreduceAsync("scaled", Tensor::of(scaled), spec);
+      auto h3 = engine.allreduceAsync("avg", Tensor::of(avg), {ReduceOp::avg});
+      finish(h1);
+      finish(h2);
+      finish(h3);
+      ASSERT_EQ(plain, std::vector<float>(100, 6.0f)) << "step " << s;
+      ASSERT_EQ(scaled, std::vector<float>(100, 12.0f)) << "step " << s;
+      ASSERT_EQ(avg, std::vector<double>(50, 2.0)) << "step " << s;
+    }
+    engine.stopTimeline();
+    EXPECT_GT(occurrences(dir.of(comm.rank()), "\"replayed batch\""), 0u);
+  });
+}
+
 // A step that differs from the steady ones on every rank (a new name, then a changed shape)
 // drops one replayed batch, runs through negotiation, and every result stays exact; the
 // steady steps after it are replayed again.
