@@ -116,6 +116,9 @@ struct Config {
   LinkParameters crossCloudLink{10, 30, 0.08};   // SKYRING_LINK_CROSS_CLOUD_*
 
   LaunchEnvironment launch;
+  // UCX_RNDV_THRESH is set: the UCX transport leaves UCX's rendezvous threshold to it
+  // (across clouds it otherwise sends eagerly, with no rendezvous round trip).
+  bool ucxRendezvousThresholdSet = false;
 
   // Warnings found while reading (unknown SKYRING_* names): reported once by the owner.
   std::vector<std::string> warnings;

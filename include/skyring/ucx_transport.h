@@ -66,8 +66,9 @@ struct UcxOptions {
   // Spin on the worker instead of sleeping on its event fd (lowest latency, one busy core
   // per waiting thread).
   bool busyPoll = false;
-  // Send every message eagerly: UCX's rendezvous threshold set to infinity, unless the
-  // user set UCX_RNDV_THRESH. For groups that span clouds: a rendezvous costs a round trip
+  // Send every message eagerly: UCX's rendezvous threshold set to infinity (the Runtime
+  // does not ask for it when the user set UCX_RNDV_THRESH: Config::ucxRendezvousThresholdSet).
+  // For groups that span clouds: a rendezvous costs a round trip
   // before the data moves, and its control messages queue behind data on a loaded WAN
   // link; on a 1 Gbit/s link shaped with a 50 ms queue a two-rank ring used 63% of the
   // link with rendezvous and 95% without (docs/topology.md). The price: a receiver buffers

@@ -283,7 +283,8 @@ constexpr std::string_view kLaunchVariables[] = {"OMPI_MCA_ess_base_jobid",
                                                  "LOCAL_RANK",
                                                  "LOCAL_WORLD_SIZE",
                                                  "MASTER_ADDR",
-                                                 "MASTER_PORT"};
+                                                 "MASTER_PORT",
+                                                 "UCX_RNDV_THRESH"};
 
 const std::string* find(const std::map<std::string, std::string>& vars, std::string_view name) {
   auto it = vars.find(std::string(name));
@@ -427,6 +428,7 @@ std::vector<std::pair<std::string_view, std::string>> Config::jobSettings() cons
 Config Config::fromMap(const std::map<std::string, std::string>& vars) {
   Config config;
   config.launch = readLaunch(vars);
+  config.ucxRendezvousThresholdSet = vars.count("UCX_RNDV_THRESH") != 0;
   for (const auto& [name, value] : vars) {
     if (name.rfind("SKYRING_", 0) != 0) continue;
     bool known = false;

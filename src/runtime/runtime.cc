@@ -137,7 +137,8 @@ void Runtime::start() {
     bootstrap::OutOfBand* oob = parts.oob.get();
     transport::UcxOptions options;
     options.connectTimeout = config_.initTimeout;
-    options.eagerOnly = topology_->clouds() > 1;  // no rendezvous round trips over a WAN
+    // No rendezvous round trips over a WAN, unless the user set UCX's threshold.
+    options.eagerOnly = topology_->clouds() > 1 && !config_.ucxRendezvousThresholdSet;
     parts.transport = transport::makeUcxTransport(
         rank_, size_, [oob](std::span<const std::byte> mine) { return oob->allgather(mine); },
         options);

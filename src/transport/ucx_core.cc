@@ -128,7 +128,7 @@ void Core::initUcx(const AllgatherFn& oob) {
   const ErrorContext ctx{rank_, -1, "ucx setup"};
   ucp_config_t* config = nullptr;
   SKYRING_UCX_CHECK(ucp_config_read(nullptr, nullptr, &config), ctx, "reading UCX configuration");
-  if (options_.eagerOnly && std::getenv("UCX_RNDV_THRESH") == nullptr) {
+  if (options_.eagerOnly) {
     const ucs_status_t modified = ucp_config_modify(config, "RNDV_THRESH", "inf");
     if (modified != UCS_OK) ucp_config_release(config);
     SKYRING_UCX_CHECK(modified, ctx, "setting UCX's rendezvous threshold");

@@ -87,6 +87,18 @@ TEST(Config, FromEnvironment) {
   EXPECT_EQ(c.ringPipelineDepth, 7);
 }
 
+// UCX_RNDV_THRESH, UCX's own variable, is read here too (the one place that reads the
+// environment): a user who sets it keeps it, across clouds included.
+TEST(Config, SeesTheUsersUcxRendezvousThreshold) {
+  EXPECT_FALSE(Config::fromMap({}).ucxRendezvousThresholdSet);
+  EXPECT_TRUE(Config::fromMap({{"UCX_RNDV_THRESH", "8192"}}).ucxRendezvousThresholdSet);
+  ::setenv("UCX_RNDV_THRESH", "65536", 1);
+  const Config c = Config::fromEnvironment();
+  ::unsetenv("UCX_RNDV_THRESH");
+  EXPECT_TRUE(c.ucxRendezvousThresholdSet);
+  EXPECT_TRUE(c.warnings.empty());
+}
+
 TEST(Config, LaunchFromTorchrunVariables) {
   const Config c = Config::fromMap({{"RANK", "2"},
                                     {"WORLD_SIZE", "4"},
