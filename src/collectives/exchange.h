@@ -66,6 +66,10 @@ class Exchange {
   // Waits for one request (diagnosing a stall, translating failures) and resets it.
   void wait(std::unique_ptr<transport::Request>& request);
   void waitAll(std::vector<std::unique_ptr<transport::Request>>& requests);
+  // A wait of this call outside the exchange (a node channel phase) made no progress for
+  // 4/5 of the timeout, waiting on rank waitedOn: joins the call's stall diagnosis as a
+  // stalled wait here would, and throws the verdict every rank reaches.
+  [[noreturn]] void stalledOn(int waitedOn) { diagnoseStall(waitedOn); }
 
  private:
   [[noreturn]] void fail(const Error& error, int peer);

@@ -59,6 +59,25 @@ void pieceRing(const HierarchicalCall& above, std::vector<int> owners, std::uint
     ringAllgather(ex, piece, params, static_cast<std::uint32_t>(group.size() - 1));
 }
 
+// Runs one node phase (fn(deadline)). A phase that stalls for 4/5 of the timeout joins
+// the call's stall diagnosis over the world, naming the node-mate it waits on, as a stalled
+// transport wait does (exchange.h): the ranks waiting at the other levels then hear whom
+// this rank waits on, instead of blaming this rank.
+template <typename Fn>
+void nodePhase(const NodeLevelCall& call, Fn&& fn) {
+  const HierarchicalCall& above = call.above;
+  const auto diagnoseAt =
+      std::min(call.deadline, transport::Clock::now() + above.timeout - above.timeout / 5);
+  try {
+    fn(diagnoseAt);
+  } catch (const Timeout& e) {
+    if (e.peer() < 0 || transport::Clock::now() >= call.deadline) throw;
+    Exchange ex(*above.world, above.logger, above.signature, above.userTag, above.sequence,
+                above.timeout);
+    ex.stalledOn(e.peer());
+  }
+}
+
 }  // namespace
 
 bool evenNodes(const topology::Topology& topology) {
@@ -81,8 +100,10 @@ void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView 
 
   // 1. Inside the node.
   if (call.node != nullptr) {
-    nodeReduceScatter(*call.node, call.nodeSequence, above.userTag, input, output, combine,
-                      call.deadline, call.nodeParams, *call.scratch);
+    nodePhase(call, [&](transport::Clock::time_point deadline) {
+      nodeReduceScatter(*call.node, call.nodeSequence, above.userTag, input, output, combine,
+                        deadline, call.nodeParams, *call.scratch);
+    });
   } else if (input.data != output.data) {
     std::memcpy(output.data, input.data, input.bytes());
   }
@@ -120,8 +141,10 @@ void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView 
 
   // 3. Inside the node again.
   if (call.node != nullptr) {
-    nodeAllgather(*call.node, call.nodeSequence + 1, above.userTag, output, op, call.deadline,
-                  call.nodeParams);
+    nodePhase(call, [&](transport::Clock::time_point deadline) {
+      nodeAllgather(*call.node, call.nodeSequence + 1, above.userTag, output, op, deadline,
+                    call.nodeParams);
+    });
   }
 }
 
