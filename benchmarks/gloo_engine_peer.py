@@ -17,7 +17,7 @@ and a step launches every bucket's all_reduce asynchronously, then waits for all
 (all gradients are ready at once here, as in engine_bench). Time as engine_bench's: per step
 the maximum over ranks after a barrier, median over -n steps after -w warmup steps. Rank 0
 prints a table and writes "MODEL SECONDS" lines to --out for engine_bench --gloo.
-Use Debian's /usr/bin/python3, which has python3-torch (.ci/install-deps --bench).
+Use Debian's /usr/bin/python3, which has python3-torch (.ci/install-deps installs it).
 """
 import argparse
 import json
