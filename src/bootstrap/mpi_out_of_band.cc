@@ -13,14 +13,17 @@
 // Rounds are numbered, so a late message of an old round never matches a new one. Polling
 // sleeps between probes, so ranks waiting on a late peer yield their core.
 //
-// MPI is initialised here only if the program has not done it, and finalised only if it
-// was initialised here and the job ended cleanly: MPI_Finalize waits for every process,
-// so after abandon() (a failed job) it is skipped and the process can exit at once.
+// MPI is initialised here only if the program has not done it, and then finalised at the
+// process's exit (not when this channel goes), so that a program may shut skyring down
+// and init it again, as Horovod's users do: MPI cannot be initialised twice. The exit
+// skips MPI_Finalize once any job of the process was abandoned (failed): it waits for
+// every process, and the failed ones may never come.
 #include <mpi.h>
 
 #include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstdlib>
 #include <cstring>
 #include <list>
 #include <memory>
@@ -67,6 +70,26 @@ std::string rankList(const std::vector<int>& ranks) {
   return os.str();
 }
 
+// Whether this process initialised MPI and whether a job was abandoned since: read at exit.
+struct MpiOwnership {
+  std::mutex mu;
+  bool finalizeAtExit = false;
+  bool abandoned = false;
+};
+
+MpiOwnership& ownership() {
+  static MpiOwnership o;
+  return o;
+}
+
+void finalizeAtExit() {
+  MpiOwnership& o = ownership();
+  std::lock_guard lock(o.mu);
+  int finalized = 0;
+  MPI_Finalized(&finalized);
+  if (o.finalizeAtExit && !o.abandoned && !finalized) MPI_Finalize();
+}
+
 class MpiOutOfBand final : public OutOfBand {
  public:
   MpiOutOfBand(std::chrono::milliseconds timeout, int launchRank) : timeout_(timeout) {
@@ -74,7 +97,10 @@ class MpiOutOfBand final : public OutOfBand {
     MPI_Initialized(&initialized);
     if (!initialized) {
       SKYRING_MPI_CHECK(initWithin(timeout, launchRank), launchRank);
-      ownsMpi_ = true;
+      ownership();  // constructed before the handler is registered, so it outlives it
+      std::lock_guard lock(ownership().mu);
+      ownership().finalizeAtExit = true;
+      std::atexit(finalizeAtExit);
     }
     SKYRING_MPI_CHECK(MPI_Comm_dup(MPI_COMM_WORLD, &comm_), -1);
     // Errors come back as codes (translated above) instead of aborting the job.
@@ -101,9 +127,12 @@ class MpiOutOfBand final : public OutOfBand {
       MPI_Cancel(&r);
       MPI_Request_free(&r);
     }
-    if (abandoned_) return;  // MPI_Finalize would wait for ranks that may never come
+    if (abandoned_) {
+      std::lock_guard lock(ownership().mu);
+      ownership().abandoned = true;  // MPI_Finalize would wait for ranks that never come
+      return;
+    }
     MPI_Comm_free(&comm_);
-    if (ownsMpi_) MPI_Finalize();
   }
 
   int rank() const noexcept override { return rank_; }
@@ -300,7 +329,6 @@ class MpiOutOfBand final : public OutOfBand {
   int rank_ = 0;
   int size_ = 1;
   int round_ = 0;
-  bool ownsMpi_ = false;
   bool abandoned_ = false;
   bool othersReading_ = false;
   std::vector<MPI_Request> pending_;

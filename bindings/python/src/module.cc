@@ -392,6 +392,27 @@ PYBIND11_MODULE(_core, m) {
   m.def("process_set_rank", [](int id) { return id == 0 ? rank() : setOf(id).rank(); });
   m.def("process_set_size", [](int id) { return id == 0 ? size() : setOf(id).size(); });
   m.def("process_set_included", [](int id) { return id == 0 || setOf(id).included(); });
+  m.def(
+      "stats",
+      [] {
+        const Runtime& rt = runtime();
+        const transport::TrafficStats st = rt.stats();
+        py::dict out;
+        for (auto c : {topology::LinkClass::intraNode, topology::LinkClass::intraCloud,
+                       topology::LinkClass::crossCloud}) {
+          const auto i = topology::index(c);
+          py::dict d;
+          d["bytes"] = st.bytes[i];
+          d["messages"] = st.messages[i];
+          d["egress_dollars"] =
+              static_cast<double>(st.bytes[i]) / 1e9 * rt.topology().costs()[c].egressDollarsPerGB;
+          out[py::str(std::string(topology::linkClassName(c)))] = d;
+        }
+        out["egress_dollars"] = st.egressDollars;
+        return out;
+      },
+      "Bytes and messages this rank sent per link class, and their egress price "
+      "(Runtime::stats; shared memory inside a node is not a link and is not counted).");
   m.def("start_timeline", &startTimeline, py::arg("path"));
   m.def("stop_timeline", &stopTimeline);
   m.attr("__version__") = SKYRING_VERSION;
