@@ -98,6 +98,8 @@ def alive(pid):
 #   signal R S   - rank R kills itself with signal S after 0.3 s; the others sleep 60 s
 #   sleep T      - every rank sleeps T s (catching SIGINT to record it)
 #   stubborn     - ranks other than 0 ignore SIGTERM and sleep; rank 0 exits with 4
+#   cascade R N  - rank R exits with 3 once all N ranks started; the others exit with 1
+#                  as soon as they see it gone (as skyring's survivors raise, naming it)
 RANK_PROGRAM = textwrap.dedent(
     """
     import json, os, signal, sys, time
@@ -135,6 +137,24 @@ RANK_PROGRAM = textwrap.dedent(
         except KeyboardInterrupt:
             open(os.path.join(out_dir, f"sigint.{rank}"), "w").close()
             sys.exit(1)
+    elif action == "cascade":
+        victim, n = int(sys.argv[3]), int(sys.argv[4])
+        wait_for_all(n)
+        if rank == victim:
+            time.sleep(0.3)
+            sys.exit(3)
+        with open(os.path.join(out_dir, f"rank.{victim}.json")) as f:
+            pid = json.load(f)["pid"]
+        deadline = time.time() + 30
+        while time.time() < deadline:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                        break
+            except OSError:
+                break
+            time.sleep(0.05)
+        sys.exit(1)
     elif action == "stubborn":
         if rank == 0:
             wait_for_all(int(sys.argv[3]))
@@ -368,6 +388,16 @@ def test_failed_rank_ends_the_job_with_its_code(launcher, rank_prog):
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_the_first_rank_to_fail_is_named_not_the_survivors_it_took_down(launcher, rank_prog):
+    args = ["--launcher", launcher, "-np", "3"] + rank_prog("cascade", 1, 3)
+    code, _, err, _ = launch(args)
+    assert code == 3, err
+    assert "skyringrun: rank 1 exited with code 3\n" in err
+    assert err.count("skyringrun: rank") == 1
+    assert_all_gone(rank_prog.seen())
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
 def test_rank_killed_by_a_signal(launcher, rank_prog):
     args = ["--launcher", launcher, "-np", "3"] + rank_prog("signal", 1, 9, 3)
     code, _, err, elapsed = launch(args)
@@ -420,6 +450,13 @@ def test_prefix_output_local(rank_prog):
 
 
 @pytest.mark.skipif(not HAVE_OPEN_MPI, reason="no Open MPI mpirun")
+def test_prefix_output_under_mpirun_is_open_mpis_tag(rank_prog):
+    code, out, err, _ = launch(["--launcher", "mpi", "--prefix-output", "-np", "2"] + rank_prog())
+    assert code == 0, err
+    assert ",0]<stdout>:" in out and ",1]<stdout>:" in out
+
+
+@pytest.mark.skipif(not HAVE_OPEN_MPI, reason="no Open MPI mpirun")
 def test_verbose_prints_the_mpirun_command(rank_prog):
     env = dict(os.environ, SKYRING_TEST_VALUE="1")
     code, _, err, _ = launch(["--verbose", "--clouds", "a:1,b:1"] + rank_prog(), env=env)
@@ -427,6 +464,11 @@ def test_verbose_prints_the_mpirun_command(rank_prog):
     line = next(l for l in err.splitlines() if l.startswith("skyringrun: ") and "mpirun" in l)
     assert "--allow-run-as-root" in line or os.geteuid() != 0
     assert line.count("-x SKYRING_TEST_VALUE") == 2 and " : " in line
+
+
+def test_bad_extra_variable_name(capsys):
+    assert run.main(["-np", "1", "-x", "1BAD=2", "prog"]) == 2
+    assert "-x '1BAD=2': expected NAME or NAME=VALUE" in capsys.readouterr().err
 
 
 def test_missing_program_is_reported(tmp_path):
