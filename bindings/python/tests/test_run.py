@@ -295,6 +295,12 @@ def test_mpirun_command_oversubscribes_beyond_slots_and_cores():
     assert cmd[cmd.index("-np") :] == ["-np", "3", "--hostfile", "hf", "p"]
 
 
+def test_mpirun_command_refuses_a_colon_argument():
+    o = options.parse_args(["-np", "2", "prog", ":", "other"])
+    with pytest.raises(options.UsageError, match="argument ':'"):
+        mpi.build_command(o, {})
+
+
 def test_failure_scanner_reads_open_mpi_reports():
     scan = mpi.FailureScanner()
     for line in ["x", "  Process name: [[9416,1],2]", "  Exit code:    3", "  Exit code: 4"]:

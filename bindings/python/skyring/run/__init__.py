@@ -36,6 +36,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         opts = parse_args(args)
     except UsageError as e:
         return _usage_error(str(e))
+    except KeyboardInterrupt:  # before the ranks started (after, signals are forwarded)
+        return 130
     if opts.help:
         print(USAGE, end="")
         return 0
@@ -53,3 +55,5 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return MpiJob(opts, environ, mpirun).run()
     except UsageError as e:
         return _usage_error(str(e))
+    except KeyboardInterrupt:  # before the ranks started (after, signals are forwarded)
+        return 130

@@ -12,6 +12,7 @@ polled; everything else runs on the main thread.
 import queue
 import secrets
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -138,7 +139,7 @@ class LocalJob:
             self._stop(live, sig)
             self._kill_at = time.monotonic() + self._opts.kill_grace
         else:  # a second Ctrl-C: no more patience
-            self._stop(live, 9)
+            self._stop(live, signal.SIGKILL)
 
     def _start(self, rank: int, env: Dict[str, str]) -> None:
         pipe = subprocess.PIPE if self._opts.prefix_output else None
@@ -149,7 +150,7 @@ class LocalJob:
             stdout=pipe,
             stderr=pipe,
             start_new_session=True,
-            preexec_fn=die_with_parent(9),
+            preexec_fn=die_with_parent(signal.SIGKILL),
         )
         self._procs.append(proc)
         if self._opts.verbose:
@@ -192,7 +193,7 @@ class LocalJob:
                 except OSError as e:
                     self._say(f"skyringrun: cannot start {opts.command[0]}: {e.strerror}")
                     failure = (rank, 127 if isinstance(e, FileNotFoundError) else 126)
-                    self._stop(set(range(rank)), 15)
+                    self._stop(set(range(rank)), signal.SIGTERM)
                     self._kill_at = time.monotonic() + opts.kill_grace
                     break
             self._watch()
@@ -202,7 +203,7 @@ class LocalJob:
                     rank, code = self._exits.get(timeout=0.1)
                 except queue.Empty:
                     if self._kill_at is not None and time.monotonic() >= self._kill_at:
-                        self._stop(remaining, 9)
+                        self._stop(remaining, signal.SIGKILL)
                         self._kill_at = None
                     continue
                 remaining.discard(rank)
@@ -211,7 +212,7 @@ class LocalJob:
                     line, _ = describe_exit(rank, code)
                     self._say(line)
                     # The failed rank's group too: whatever it started dies with the job.
-                    self._stop(remaining | {rank}, 15)
+                    self._stop(remaining | {rank}, signal.SIGTERM)
                     self._kill_at = time.monotonic() + opts.kill_grace
         for copier in self._copiers:
             copier.join(timeout=2.0)  # a grandchild may hold the pipe open; do not wait for it

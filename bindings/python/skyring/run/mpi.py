@@ -20,12 +20,13 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import time
 from typing import List, Mapping, Optional, TextIO, Tuple
 
-from .options import LaunchOptions
+from .options import LaunchOptions, UsageError
 from .procs import ChunkCopier, SignalForwarder, describe_exit, die_with_parent, signal_kill
 
 
@@ -70,6 +71,11 @@ def build_command(
     cores: int = 1,
 ) -> List[str]:
     """mpirun's argument vector for this launch (pure, for tests and --verbose)."""
+    if ":" in opts.command:
+        raise UsageError(
+            "the command has an argument ':', which mpirun reads as the end of an app "
+            "context: quote it differently, or use --no-mpi"
+        )
     cmd = [mpirun, "--bind-to", "none"]
     if as_root:
         cmd.append("--allow-run-as-root")
@@ -179,11 +185,13 @@ class MpiJob:
                     self._cmd,
                     stderr=subprocess.PIPE,
                     start_new_session=True,
-                    preexec_fn=die_with_parent(15),
+                    preexec_fn=die_with_parent(signal.SIGTERM),
                 )
             except OSError as e:
                 self._say(f"skyringrun: cannot start {self._cmd[0]}: {e.strerror}")
                 return 127
+            if self._signal is not None:  # arrived while mpirun was starting
+                self._proc.send_signal(self._signal)
             copier = ChunkCopier(self._proc.stderr, sys.stderr.buffer, scanner)
             copier.start()
             while True:
@@ -193,7 +201,7 @@ class MpiJob:
                 except subprocess.TimeoutExpired:
                     if self._kill_at is not None and time.monotonic() >= self._kill_at:
                         # mpirun did not end in time: a last resort (ranks it left behind stay).
-                        signal_kill(self._proc.pid, 9)
+                        signal_kill(self._proc.pid, signal.SIGKILL)
                         self._kill_at = None
         copier.join(timeout=5.0)
         code = self._proc.returncode
