@@ -448,6 +448,24 @@ def test_ctrl_c_reaches_the_ranks(launcher, rank_prog):
     assert_all_gone(rank_prog.seen())
 
 
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_no_rank_outlives_a_launcher_killed_by_sigkill(launcher, rank_prog):
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _BOOT, "--launcher", launcher, "-np", "2"] + rank_prog("sleep", 60),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while len(rank_prog.seen()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+    assert len(rank_prog.seen()) == 2
+    assert_all_gone(rank_prog.seen(), within=15.0)
+
+
 def test_prefix_output_local(rank_prog):
     code, out, err, _ = launch(["--no-mpi", "--prefix-output", "-np", "2"] + rank_prog())
     assert code == 0, err
