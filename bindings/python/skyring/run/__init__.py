@@ -7,8 +7,8 @@ with torchrun-style variables; passes every SKYRING_* variable to every rank; en
 when a rank fails, exiting with that rank's code. Options: skyringrun --help, and
 docs/python.md, "Launching: skyringrun".
 
-main() is the console script's entry point; it needs nothing but the standard library (not
-skyring._core), so a launch costs no import of the engine.
+main() is the console script's entry point. The launcher uses only the standard library:
+the ranks need skyring._core, the launcher does not (its tests run without it).
 """
 
 import os
@@ -36,8 +36,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         opts = parse_args(args)
     except UsageError as e:
         return _usage_error(str(e))
-    except KeyboardInterrupt:  # before the ranks started (after, signals are forwarded)
-        return 130
     if opts.help:
         print(USAGE, end="")
         return 0
