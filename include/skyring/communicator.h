@@ -110,6 +110,8 @@ class Communicator {
   int size() const noexcept { return size_; }
   const Config& config() const noexcept { return config_; }
   const Logger& logger() const noexcept { return logger_; }
+  // Where the group's ranks are; null when it was made without a topology.
+  const topology::Topology* topology() const noexcept { return topology_.get(); }
 
   // output = op over ranks of input. input and output have the same count and dtype and
   // may be the same buffer (in place).

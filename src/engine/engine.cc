@@ -435,8 +435,9 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   if (auto slots = steps.repeated();
       slots && comm.config().engineReplay && replayFailures < kMaxReplayFailures) {
     {
-      replayPlan = engine::planReplay(*slots, cache, comm.config().fusionThreshold,
-                                      [&](const engine::Descriptor& d) { return codecOf(d, -1); });
+      replayPlan = engine::planReplay(
+          *slots, cache, comm.config().fusionThreshold,
+          [&](const engine::Descriptor& d) { return codecOf(d, -1); }, inPlaceBytes);
       replayNames.clear();
       for (std::uint32_t s : *slots)
         replayNames.insert(cache.at(s).name);

@@ -68,7 +68,11 @@ struct Part {
 inline constexpr int kMaxReplayFailures = 8;
 
 struct Engine::Impl {
-  Impl(Communicator& c, EngineOptions o) : comm(c), options(o), announcements(c.size()) {}
+  Impl(Communicator& c, EngineOptions o)
+      : comm(c), options(o), announcements(c.size()), inPlaceBytes(inPlaceBytesOf(c)) {}
+  // engine::inPlaceBytes for this communicator's slowest link (by its topology's cost
+  // model; without a topology, the configured intra-cloud link).
+  static std::size_t inPlaceBytesOf(const Communicator& c);
 
   // members: a grouped allreduce's tensors (then tensor is an empty one of their dtype).
   Handle submit(std::string name, Tensor tensor, AllreduceSpec spec, engine::Collective collective,
@@ -98,6 +102,10 @@ struct Engine::Impl {
   void execute(const std::vector<std::uint32_t>& readySlots);
   // replay_step.cc (engine/replay.h). Runs one replayed step, batch by batch; on a batch
   // some rank did not have, drops its result and leaves replay (replayPlan empty).
+  // A batch of one tensor of at least inPlaceBytes: the flag first, then (when every rank
+  // had it) the tensor in place; mine is this rank's tensor (null when it lacks it).
+  bool runReplayedInPlace(const engine::ReplayBatch& batch, engine::Pending* mine,
+                          engine::Clock::time_point begin);
   void replayStep();
   // Waits until this rank has every tensor of batch (true), or will not have it soon: a
   // name outside the plan, a shutdown or join, a caller waiting on a handle, no submission
@@ -158,6 +166,7 @@ struct Engine::Impl {
   engine::ResponseCache cache;
   engine::Announcements announcements;
   std::vector<std::byte> fusion;
+  const std::size_t inPlaceBytes;  // tensors this large run alone, in place (fusion.h)
   engine::Timeline timeline;
   // Replay (engine/replay.h): the steps recorded while negotiating, and the plan while
   // replaying (empty: negotiating).

@@ -9,6 +9,16 @@
 
 namespace skyring {
 
+std::size_t Engine::Impl::inPlaceBytesOf(const Communicator& c) {
+  const Config& config = c.config();
+  const topology::Topology* t = c.topology();
+  const Config::LinkParameters& slowest = t == nullptr      ? config.intraCloudLink
+                                          : t->clouds() > 1 ? config.crossCloudLink
+                                          : t->nodes() > 1  ? config.intraCloudLink
+                                                            : config.intraNodeLink;
+  return engine::inPlaceBytes(slowest.latencyMs / 1e3, c.size());
+}
+
 using engine::Clock;
 using engine::Part;
 using engine::Pending;
@@ -59,7 +69,7 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
     }
   }
   const CollectiveOptions o = collectiveOptions(false);
-  for (const auto& batch : engine::planFusion(plan, comm.config().fusionThreshold)) {
+  for (const auto& batch : engine::planFusion(plan, comm.config().fusionThreshold, inPlaceBytes)) {
     std::vector<Part> members;
     for (std::size_t i : batch)
       members.push_back(parts[i]);

@@ -1,11 +1,25 @@
 #include "engine/fusion.h"
 
+#include <algorithm>
 #include <type_traits>
 
 namespace skyring::engine {
 
+std::size_t inPlaceBytes(double slowestLatencySeconds, int ranks) {
+  // Conservative figures for a loaded host: memcpy at 4 GB/s, and 100 us of engine work and
+  // wake-ups per collective.
+  constexpr double kCopyBytesPerSecond = 4e9;
+  constexpr double kPerCollectiveSeconds = 100e-6;
+  constexpr std::size_t kFloor = std::size_t{1} << 20;
+  const double collective =
+      2.0 * std::max(ranks - 1, 0) * slowestLatencySeconds + kPerCollectiveSeconds;
+  const double bytes = collective * kCopyBytesPerSecond / 2;  // two copies pay for it
+  if (bytes >= 1e18) return SIZE_MAX;
+  return std::max(kFloor, static_cast<std::size_t>(bytes));
+}
+
 std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& items,
-                                                 std::size_t threshold) {
+                                                 std::size_t threshold, std::size_t inPlaceBytes) {
   struct Open {
     int group;
     DType dtype;
@@ -19,7 +33,7 @@ std::vector<std::vector<std::size_t>> planFusion(const std::vector<FusionItem>& 
   for (std::size_t i = 0; i < items.size(); ++i) {
     const FusionItem& it = items[i];
     if (it.bytes == 0) continue;
-    if (it.bytes > threshold) {
+    if (it.bytes > threshold || (it.codec.empty() && it.bytes >= inPlaceBytes)) {
       batches.push_back({i});
       continue;
     }

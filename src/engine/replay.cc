@@ -117,7 +117,8 @@ std::size_t descriptorBytes(const Descriptor& d) {
 
 std::vector<ReplayBatch> planReplay(const std::vector<std::uint32_t>& slots,
                                     const ResponseCache& cache, std::size_t threshold,
-                                    const std::function<std::string(const Descriptor&)>& codecOf) {
+                                    const std::function<std::string(const Descriptor&)>& codecOf,
+                                    std::size_t inPlaceBytes) {
   std::vector<ReplayBatch> batches;
   std::vector<std::uint32_t> run;  // tensors with data since the last zero-element one
   auto flush = [&] {
@@ -126,7 +127,7 @@ std::vector<ReplayBatch> planReplay(const std::vector<std::uint32_t>& slots,
       const Descriptor& d = cache.at(s);
       items.push_back({d.dtype, d.op, descriptorBytes(d), -1, codecOf ? codecOf(d) : ""});
     }
-    for (const auto& batch : planFusion(items, threshold)) {
+    for (const auto& batch : planFusion(items, threshold, inPlaceBytes)) {
       ReplayBatch b;
       for (std::size_t i : batch)
         b.slots.push_back(run[i]);

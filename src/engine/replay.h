@@ -65,10 +65,11 @@ class StepRecorder {
 // flag-only batch of its own where it ran (so a barrier completes as soon as every rank
 // has reached it, never after tensors submitted later). codecOf, when given, is the codec a
 // slot's tensor is compressed with (empty: none; FusionItem::codec), so that compressed
-// tensors fuse as they do when negotiated.
+// tensors fuse as they do when negotiated; inPlaceBytes as planFusion's.
 std::vector<ReplayBatch> planReplay(
     const std::vector<std::uint32_t>& slots, const ResponseCache& cache, std::size_t threshold,
-    const std::function<std::string(const Descriptor&)>& codecOf = nullptr);
+    const std::function<std::string(const Descriptor&)>& codecOf = nullptr,
+    std::size_t inPlaceBytes = SIZE_MAX);
 
 // Whether a batch of dtype and op over n ranks can carry the flag as one more element whose
 // reduction is exact for any number of ranks that have the batch (sum and avg need n

@@ -108,6 +108,11 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
   // place, from the tensor into the fusion buffer, which saves copying it in; its flag then
   // cannot ride in the data, so it runs beside it.
   const bool alone = head != nullptr && batch.slots.size() == 1 && codec.empty();
+  // One large enough to run alone when negotiated (fusion.h, inPlaceBytes: where one more
+  // collective costs less than copying it) runs in place with no copy at all: its flag goes
+  // first, and the data only when every rank had it.
+  if (alone && batch.empty.empty() && bytes >= inPlaceBytes)
+    return runReplayedInPlace(batch, mine ? owners.front() : nullptr, begin);
   const bool inBand = head == nullptr || (codec.empty() && !alone && !options.replayFlagBeside &&
                                           engine::flagInBand(head->dtype, head->op, n));
   const std::size_t extra = head != nullptr && inBand ? dtypeSize(head->dtype) : 0;
@@ -214,6 +219,32 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
     done(*p);
   for (std::uint32_t s : batch.empty)
     done(pending.at(cache.at(s).name));
+  return true;
+}
+
+bool Engine::Impl::runReplayedInPlace(const engine::ReplayBatch& batch, Pending* mine,
+                                      Clock::time_point begin) {
+  const CollectiveOptions o = collectiveOptions(false);
+  std::uint8_t flag = mine != nullptr ? 1 : 0;
+  comm.allreduce(BufferView{&flag, 1, DType::u8, MemoryKind::host}, ReduceOp::min, o);
+  const engine::Descriptor& d = cache.at(batch.slots.front());
+  if (flag == 1) {
+    const BufferView b = mine->tensor.buffer;
+    engine::scaleInPlace(b, mine->spec.prescale);
+    comm.allreduce(b, d.op, o);
+    engine::scaleInPlace(b, mine->spec.postscale);
+  }
+  const auto end = Clock::now();
+  if (timeline.active()) {
+    countTraffic();
+    timeline.span({}, flag == 1 ? "replayed batch (in place)" : "replayed batch (dropped)",
+                  "replay", begin, end,
+                  "\"tensors\":1,\"bytes\":" + std::to_string(engine::descriptorBytes(d)));
+  }
+  if (flag == 0) return false;
+  timeline.span(d.name, "allreduce (replayed)", "collective", begin, end);
+  finish(*mine, nullptr);
+  pending.erase(d.name);
   return true;
 }
 

@@ -123,6 +123,30 @@ TEST(Fusion, CompressedFuseOnlyWithTheirCodec) {
   EXPECT_EQ(planFusion(items, 100), expected);
 }
 
+// Uncompressed tensors of at least inPlaceBytes run alone (in place); compressed ones fuse.
+TEST(Fusion, LargeUncompressedTensorsRunAlone) {
+  const std::vector<FusionItem> items = {
+      {DType::f32, ReduceOp::sum, 40},
+      {DType::f32, ReduceOp::sum, 60},
+      {DType::f32, ReduceOp::sum, 40},
+      {DType::f32, ReduceOp::sum, 60, -1, "int8"},
+      {DType::f32, ReduceOp::sum, 60, -1, "int8"},
+  };
+  const std::vector<std::vector<std::size_t>> expected = {{1}, {0, 2}, {3, 4}};
+  EXPECT_EQ(planFusion(items, 1000, 60), expected);
+  EXPECT_EQ(planFusion(items, 1000).size(), 2u);  // by default: fused by kind only
+}
+
+// The in-place size follows the cost model: 1 MiB inside a node, more on slower links,
+// beyond any fusion threshold across clouds (30 ms), and at least 1 MiB alone.
+TEST(Fusion, InPlaceBytesFollowTheSlowestLink) {
+  EXPECT_EQ(inPlaceBytes(1e-6, 4), std::size_t{1} << 20);
+  EXPECT_EQ(inPlaceBytes(0, 1), std::size_t{1} << 20);
+  EXPECT_GT(inPlaceBytes(1e-3, 4), std::size_t{10} << 20);
+  EXPECT_GT(inPlaceBytes(30e-3, 4), std::size_t{64} << 20);
+  EXPECT_LT(inPlaceBytes(30e-3, 4), inPlaceBytes(30e-3, 8));
+}
+
 // A descriptor's codec travels in announcements and tells two calls apart.
 TEST(Negotiation, CompressionIsPartOfTheDescriptor) {
   Descriptor a{"g", DType::f32, ReduceOp::avg, {4, 4}};

@@ -295,6 +295,44 @@ TEST(Replay, SingleTensorBatchesWithAndWithoutScales) {
   });
 }
 
+// Tensors of at least inPlaceBytes (1 MiB without a topology) run alone and, replayed, in
+// place with the flag first: no copy. A step with a new name drops such a batch (the
+// tensors untouched, as the flag went first) and every result stays exact.
+TEST(Replay, LargeTensorsReplayInPlace) {
+  const int n = 3;
+  TraceDir dir;
+  Config c = LocalWorld::defaultConfig();
+  c.timeline = dir.pattern();
+  LocalWorld world(n, c);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    const float me = static_cast<float>(comm.rank() + 1);
+    constexpr std::size_t kBig = 300000;  // 1.2 MB of f32
+    for (int s = 0; s < 7; ++s) {
+      std::vector<float> a(kBig, me), b(kBig, me), metric(4, 1.0f);
+      Handle hm;
+      if (s == 4) hm = engine.allreduceAsync("metric", Tensor::of(metric));  // a new name
+      AllreduceSpec scaled;
+      scaled.prescale = 0.5;
+      scaled.postscale = 4;
+      auto ha = engine.allreduceAsync("a", Tensor::of(a));
+      auto hb = engine.allreduceAsync("b", Tensor::of(b), scaled);
+      finish(ha);
+      finish(hb);
+      if (hm.valid()) {
+        finish(hm);
+        ASSERT_EQ(metric, std::vector<float>(4, 3.0f)) << "step " << s;
+      }
+      ASSERT_EQ(a, std::vector<float>(kBig, 6.0f)) << "step " << s;
+      ASSERT_EQ(b, std::vector<float>(kBig, 12.0f)) << "step " << s;
+    }
+    engine.stopTimeline();
+    const std::string trace = dir.of(comm.rank());
+    EXPECT_GT(occurrences(trace, "\"replayed batch (in place)\""), 0u);
+    EXPECT_GE(occurrences(trace, "(dropped)"), 1u);
+  });
+}
+
 // A step that differs from the steady ones on every rank (a new name, then a changed shape)
 // drops one replayed batch, runs through negotiation, and every result stays exact; the
 // steady steps after it are replayed again.
