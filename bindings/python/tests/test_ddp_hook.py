@@ -165,8 +165,8 @@ def check_compressed_training():
     assert 0 < int8_bytes < 0.5 * exact_bytes, (int8_bytes, exact_bytes)
     assert losses[-1] < losses[0], losses
     for other in gathered(got):
-        assert torch.allclose(other, got, rtol=0, atol=1e-2)
-    assert torch.allclose(got, exact, rtol=0, atol=5e-2), (got - exact).abs().max().item()
+        assert torch.allclose(other, got, rtol=0, atol=1e-4)
+    assert torch.allclose(got, exact, rtol=0, atol=5e-3), (got - exact).abs().max().item()
 
 
 def test_int8_across_clouds_still_trains():
@@ -212,7 +212,7 @@ def test_failed_allreduce_fails_the_future():
 
     t = torch.ones(4 + c.rank())  # each rank a different shape: every rank fails
     fut = ddp_comm_hook(DDPHookState(name="ddp.test.mismatch"), Bucket(t))
-    with pytest.raises(c.TransportError, match="differently"):
+    with pytest.raises(RuntimeError, match="TransportError.*differently"):
         wait_future(fut)
     # The engine goes on.
     ok = torch.ones(2)
@@ -224,8 +224,9 @@ def test_ddp_raises_the_hooks_error():
     model = DDP(make_model(torch.float32))
     model.register_comm_hook(DDPHookState(compression="nonsense:7"), ddp_comm_hook)
     x, y = batch(0, dist.get_rank(), torch.float32)
-    with pytest.raises(Exception, match="nonsense"):
+    with pytest.raises(RuntimeError, match="InvalidArgument.*nonsense") as e:
         torch.nn.functional.mse_loss(model(x), y).backward()
+    assert "Unable to cast" not in str(e.value)
 
 
 def test_unsupported_dtype_fails_the_future():
@@ -236,7 +237,7 @@ def test_unsupported_dtype_fails_the_future():
         def index(self):
             return 0
 
-    with pytest.raises(c.InvalidArgument, match="int32"):
+    with pytest.raises(RuntimeError, match="InvalidArgument.*int32"):
         wait_future(ddp_comm_hook(None, Bucket()))
 
 

@@ -21,8 +21,9 @@ releases the GIL) and completes the futures, so neither DDP's thread nor the eng
 blocks on Python.
 Failure: a failed submission (skyring not initialised, a dtype skyring does not carry, a
 bad compression spec) or a failed collective (a peer gone, shapes that differ between
-ranks, a timeout) completes the future with skyring's error (skyring.Error and its
-subclasses), so DDP raises it from backward() instead of hanging.
+ranks, a timeout) fails the future with a RuntimeError that quotes skyring's error (its
+class and message, which names the rank, peer and op), so DDP raises it from backward()
+instead of hanging.
 """
 
 import datetime
@@ -115,7 +116,7 @@ class _Waiter:
                 finish()
             except BaseException as e:  # noqa: B902 - the future carries whatever failed
                 try:
-                    fail(e)
+                    fail(e if isinstance(e, Exception) else RuntimeError(repr(e)))
                 except BaseException:  # the future was completed already: nothing to tell
                     pass
             del handle, finish, fail  # drop the tensors before blocking on the next
@@ -131,7 +132,8 @@ def ddp_comm_hook(state: Optional[DDPHookState],
 
     Register it with model.register_comm_hook(state, ddp_comm_hook), state a DDPHookState
     or None (compression "default", every rank). Returns a future that completes with
-    the bucket's tensor averaged in place, or fails with skyring's error.
+    the bucket's tensor averaged in place, or fails with a RuntimeError that quotes
+    skyring's error (its class name and message: rank, peer, op).
     """
     if state is None:
         state = _DEFAULT_STATE
@@ -142,6 +144,10 @@ def ddp_comm_hook(state: Optional[DDPHookState],
     on_cuda = buf.device.type == "cuda"
     # A future that completes with a CUDA tensor must know its device (torch checks).
     fut: torch.futures.Future = torch.futures.Future(devices=[buf.device] if on_cuda else None)
+    # DDP reads the returned future's value in C++, where an error set with set_exception
+    # is only a value that does not cast to a tensor; re-raised by a callback, it fails
+    # the chained future, and DDP raises it (a RuntimeError quoting skyring's error).
+    result = fut.then(_value)
     try:
         dtype = _DTYPES.get(buf.dtype)
         if dtype is None:
@@ -159,7 +165,7 @@ def ddp_comm_hook(state: Optional[DDPHookState],
                                        process_set=state.process_set)
     except Exception as e:
         fut.set_exception(e)
-        return fut
+        return result
 
     def finish() -> None:
         if work is not buf:
@@ -167,7 +173,11 @@ def ddp_comm_hook(state: Optional[DDPHookState],
         fut.set_result(buf)
 
     _waiter.submit(handle, finish, fut.set_exception)
-    return fut
+    return result
+
+
+def _value(fut: torch.futures.Future) -> torch.Tensor:
+    return fut.wait()  # raises the error set with set_exception
 
 
 def _rendezvous_host() -> str:
