@@ -124,7 +124,7 @@ def test_hook_trains_like_gloo(dtype):
     tol = 1e-5 if dtype == torch.float32 else 1e-12
     assert torch.allclose(got, want, rtol=0, atol=tol), (got - want).abs().max().item()
     for other in gathered(got):
-        assert torch.allclose(other, got, rtol=0, atol=tol)
+        assert torch.equal(other, got)  # the replicas stay identical
     assert losses == pytest.approx(want_losses, abs=1e-4)
 
 
@@ -165,7 +165,7 @@ def check_compressed_training():
     assert 0 < int8_bytes < 0.5 * exact_bytes, (int8_bytes, exact_bytes)
     assert losses[-1] < losses[0], losses
     for other in gathered(got):
-        assert torch.allclose(other, got, rtol=0, atol=1e-4)
+        assert torch.equal(other, got)  # every rank decodes the same bytes (compression.md)
     assert torch.allclose(got, exact, rtol=0, atol=5e-3), (got - exact).abs().max().item()
 
 
