@@ -100,6 +100,22 @@ def wait_future(fut, limit_s=60):
     return fut.wait()  # raises the future's error
 
 
+class FakeBucket:
+    """What the hook reads of a dist.GradBucket, for calling the hook directly."""
+
+    def __init__(self, t, index=0):
+        self.t, self.i = t, index
+
+    def buffer(self):
+        return self.t
+
+    def index(self):
+        return self.i
+
+    def is_last(self):
+        return True
+
+
 def test_state_checks_its_options():
     s = DDPHookState()
     assert (s.compression, s.process_set, s.name) == ("default", 0, "ddp")
@@ -197,27 +213,30 @@ def test_failed_allreduce_fails_the_future():
     if c.size() < 2:
         pytest.skip("needs ranks that disagree")
 
-    class Bucket:  # what the hook reads of a dist.GradBucket
-        def __init__(self, t):
-            self.t = t
-
-        def buffer(self):
-            return self.t
-
-        def index(self):
-            return 0
-
-        def is_last(self):
-            return True
-
     t = torch.ones(4 + c.rank())  # each rank a different shape: every rank fails
-    fut = ddp_comm_hook(DDPHookState(name="ddp.test.mismatch"), Bucket(t))
+    fut = ddp_comm_hook(DDPHookState(name="ddp.test.mismatch"), FakeBucket(t))
     with pytest.raises(RuntimeError, match="TransportError.*differently"):
         wait_future(fut)
     # The engine goes on.
     ok = torch.ones(2)
-    wait_future(ddp_comm_hook(DDPHookState(name="ddp.test.after"), Bucket(ok)))
+    wait_future(ddp_comm_hook(DDPHookState(name="ddp.test.after"), FakeBucket(ok)))
     assert torch.equal(ok, torch.ones(2))
+
+
+def test_process_set_averages_over_its_ranks():
+    n = c.size()
+    members = sorted({0, n - 1})
+    ps = c.add_process_set(members)
+    try:
+        if c.process_set_included(ps):
+            t = torch.full((5,), float(c.rank()))
+            state = DDPHookState(compression="none", process_set=ps, name="ddp.test.set")
+            got = wait_future(ddp_comm_hook(state, FakeBucket(t, index=2)))
+            assert got is t  # in place
+            assert torch.equal(t, torch.full((5,), sum(members) / len(members)))
+        c.barrier()
+    finally:
+        c.remove_process_set(ps)
 
 
 def test_ddp_raises_the_hooks_error():
@@ -230,15 +249,8 @@ def test_ddp_raises_the_hooks_error():
 
 
 def test_unsupported_dtype_fails_the_future():
-    class Bucket:
-        def buffer(self):
-            return torch.zeros(3, dtype=torch.int32)
-
-        def index(self):
-            return 0
-
     with pytest.raises(RuntimeError, match="InvalidArgument.*int32"):
-        wait_future(ddp_comm_hook(None, Bucket()))
+        wait_future(ddp_comm_hook(None, FakeBucket(torch.zeros(3, dtype=torch.int32))))
 
 
 def _compressed_child() -> int:
