@@ -149,7 +149,7 @@ def _broadcast_async(tensor, output, root_rank, name, process_set):
 def broadcast_async(tensor, root_rank, name=None, process_set=global_process_set):
     """Starts broadcasting root_rank's tensor (a global rank, also with a process set) into a
     new tensor; the input is not modified. Returns a handle."""
-    output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+    output = _p.new_output(tensor, "broadcast")
     return _broadcast_async(tensor, output, root_rank, name, process_set)
 
 
@@ -225,7 +225,8 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
         [(_core.alltoall_async, (name, ptr, shape, dtype, split_list, ps), {})], (tensor, work))
 
     def finish():
-        received = torch.tensor(list(core.received_splits), dtype=splits_dtype)
+        received = _p.output_meta(core, "received_splits", "received_splits")
+        received = torch.tensor(list(received), dtype=splits_dtype)
         return _p.output_tensor(core, tensor.dtype, byte_view), received
 
     return _p.register([core], (tensor, work), finish)

@@ -140,6 +140,13 @@ def describe(tensor, what: str, movement: bool):
     return tensor.data_ptr(), shape + [tensor.element_size()], "u8", True
 
 
+def new_output(tensor, what: str):
+    """A contiguous tensor like tensor (for an out-of-place result), once tensor passed the
+    checks."""
+    check_tensor(tensor, what)
+    return torch.empty_like(tensor, memory_format=torch.contiguous_format)
+
+
 def contiguous(tensor):
     return tensor if tensor.is_contiguous() else tensor.contiguous()
 
@@ -147,7 +154,8 @@ def contiguous(tensor):
 def output_tensor(core_handle, dtype, byte_view):
     """The result a core handle allocated (allgather, reducescatter, alltoall) as a tensor
     that shares its memory."""
-    shape = list(core_handle.output_shape)
+    buffer = core_handle.output()
+    shape = list(output_meta(core_handle, "output_shape", "shape"))
     if byte_view:
         shape = shape[:-1]
     count = 1
@@ -155,7 +163,15 @@ def output_tensor(core_handle, dtype, byte_view):
         count *= d
     if count == 0:
         return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(core_handle.output(), dtype=dtype, count=count).view(shape)
+    return torch.frombuffer(buffer, dtype=dtype, count=count).view(shape)
+
+
+def output_meta(core_handle, handle_attr, buffer_attr):
+    """A fact about a result (its shape, alltoall's received splits), from the handle or
+    from its output buffer, wherever this build of the core keeps it."""
+    if hasattr(core_handle, handle_attr):
+        return getattr(core_handle, handle_attr)
+    return getattr(core_handle.output(), buffer_attr)
 
 
 def set_id(process_set) -> int:
@@ -171,12 +187,6 @@ def poll(handle) -> bool:
     return all(core.poll() for core in pending.cores)
 
 
-def _wait(core):
-    # Short waits so that Ctrl-C reaches Python while a collective runs.
-    while not core.wait(0.5):
-        pass
-
-
 def synchronize(handle):
     """Waits for a handle and returns its result (None for an unknown handle, as Horovod)."""
     with _lock:
@@ -188,7 +198,7 @@ def synchronize(handle):
     error = None
     for core in pending.cores:
         try:
-            _wait(core)
+            core.wait()  # the GIL is released; Ctrl-C still gets through
         except _core.Error as e:
             error = error or e
     with _lock:

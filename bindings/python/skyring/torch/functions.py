@@ -119,9 +119,11 @@ def _dumps(obj):
 
 
 def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set):
-    """Pickles obj on root_rank and returns it on every process of the set."""
+    """Pickles obj on root_rank and returns it on every process of the set. The default name
+    is "broadcast_object" (Horovod's is the type's name, which hangs when ranks pass objects
+    of different types, such as None on the receivers)."""
     if name is None:
-        name = type(obj).__name__
+        name = "broadcast_object"
     if rank() == root_rank:
         t = _dumps(obj)
         sz = torch.IntTensor([t.shape[0]])
@@ -137,9 +139,11 @@ def broadcast_object(obj, root_rank=0, name=None, process_set=global_process_set
 
 
 def allgather_object(obj, name=None, process_set=global_process_set):
-    """Pickles obj on every process and returns the list of all of them, in rank order."""
+    """Pickles obj on every process and returns the list of all of them, in rank order.
+    The default name is "allgather_object" (Horovod's, the type's name, would differ
+    between ranks that pass different types)."""
     if name is None:
-        name = type(obj).__name__
+        name = "allgather_object"
     t = _dumps(obj)
     sizes = allgather(torch.IntTensor([t.shape[0]]), name=name + ".sz",
                       process_set=process_set).tolist()

@@ -80,7 +80,7 @@ def allreduce_async(tensor, average=None, name=None, op=None, prescale_factor=1.
     returns the result. op defaults to Average. `compression` (skyring's) takes a wire codec
     such as Compression.int8, applied on the cross-cloud hop."""
     op = handle_average_backwards_compatibility(op, average)
-    output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+    output = _p.new_output(tensor, "allreduce")
     return _allreduce_async(tensor, output, name, op, prescale_factor, postscale_factor,
                             process_set, wire_spec(compression))
 
@@ -113,7 +113,7 @@ class HorovodAllreduce(torch.autograd.Function):
         ctx.postscale_factor = postscale_factor
         ctx.process_set = process_set
         op = handle_average_backwards_compatibility(op, average)
-        output = torch.empty_like(tensor, memory_format=torch.contiguous_format)
+        output = _p.new_output(tensor, "allreduce")
         return synchronize(_allreduce_async(tensor, output, name, op, prescale_factor,
                                             postscale_factor, process_set, spec))
 
@@ -190,7 +190,7 @@ def grouped_allreduce_async(tensors, average=None, name=None, op=None, prescale_
     """Starts an allreduce of a list of tensors (one dtype) as one unit; returns a handle
     whose result is a tuple of tensors."""
     op = handle_average_backwards_compatibility(op, average)
-    outputs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
+    outputs = [_p.new_output(t, "grouped_allreduce") for t in tensors]
     return _grouped_allreduce_async(tensors, outputs, name, op, prescale_factor,
                                     postscale_factor, process_set, wire_spec(compression))
 
@@ -223,7 +223,7 @@ class HorovodGroupedAllreduce(torch.autograd.Function):
         ctx.postscale_factor = postscale_factor
         ctx.process_set = process_set
         op = handle_average_backwards_compatibility(op, average)
-        outputs = [torch.empty_like(t, memory_format=torch.contiguous_format) for t in tensors]
+        outputs = [_p.new_output(t, "grouped_allreduce") for t in tensors]
         return synchronize(_grouped_allreduce_async(tensors, outputs, name, op, prescale_factor,
                                                     postscale_factor, process_set, spec))
 
