@@ -63,7 +63,8 @@ def broadcast_optimizer_state(optimizer, root_rank, model=None, process_set=glob
                     if isinstance(optimizer, torch.optim.SparseAdam) or \
                             (isinstance(optimizer, torch.optim.SGD) and id(p) in sparse_params):
                         p.grad = p.grad.to_sparse()
-        if isinstance(optimizer, _DistributedOptimizer):
+        # The DistributedOptimizer class is made per wrapped class, with this module name.
+        if optimizer.__module__ == _DistributedOptimizer.__module__:
             super(optimizer.__class__, optimizer).step()
         else:
             optimizer.step()
