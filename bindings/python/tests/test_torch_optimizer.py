@@ -110,8 +110,12 @@ def test_optimizer_options_sum_predivide_groups_fp16():
         opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.25),
                                        named_parameters=model.named_parameters(), **kwargs)
         x, y = global_batch(1)
+        # The local gradients, from a twin without hooks: the optimizer's allreduces start
+        # during backward and change the gradients in place.
+        twin = make_model()
+        F.mse_loss(twin(shard(x)), shard(y), reduction="sum").backward()
+        local = [p.grad for p in twin.parameters()]
         F.mse_loss(model(shard(x)), shard(y), reduction="sum").backward()
-        local = [p.grad.clone() for p in model.parameters()]
         opt.synchronize()
         summed = [hvd.allreduce(g, op=hvd.Sum) for g in local]
         scale = 1 if kwargs.get("op") == hvd.Sum else n
