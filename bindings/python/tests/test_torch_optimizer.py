@@ -220,3 +220,20 @@ def test_compression_objects():
         out = hvd.allreduce(x, op=hvd.Sum, compression=codec)
         assert torch.allclose(out, torch.full([300], hvd.size() * (hvd.size() + 1) / 2.0),
                               rtol=2e-2)
+
+
+def test_zero_grad_set_to_none_and_parameters_unused_on_some_ranks():
+    torch.manual_seed(11)
+    model = torch.nn.ModuleDict({"a": torch.nn.Linear(3, 3), "b": torch.nn.Linear(3, 3)})
+    hvd.broadcast_parameters(model.state_dict(), root_rank=0)
+    opt = hvd.DistributedOptimizer(torch.optim.SGD(model.parameters(), lr=0.1),
+                                   named_parameters=model.named_parameters())
+    for step in range(3):
+        opt.zero_grad(set_to_none=True)
+        x = torch.full([2, 3], float(step + 1))
+        out = model["a"](x)
+        if hvd.rank() % 2 == 1:  # "b" gets no gradient here: zeros are sent for it
+            out = model["b"](out)
+        out.sum().backward()
+        opt.step()
+        assert_same_on_every_rank(params_of(model))

@@ -330,12 +330,13 @@ class _DistributedOptimizer(torch.optim.Optimizer):
         self._synchronized = False
         return super(self.__class__, self).step(closure)
 
-    def zero_grad(self):
+    def zero_grad(self, *args, **kwargs):
+        # Arguments pass through: torch 2.x callers give set_to_none=.
         if self._handles:
             raise AssertionError("optimizer.zero_grad() was called after loss.backward() "
                                  "but before optimizer.step() or optimizer.synchronize(). "
                                  "This is prohibited as it can cause a race condition.")
-        return super(self.__class__, self).zero_grad()
+        return super(self.__class__, self).zero_grad(*args, **kwargs)
 
 
 def DistributedOptimizer(optimizer, named_parameters=None,
