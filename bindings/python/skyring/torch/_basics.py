@@ -55,7 +55,8 @@ def handle_average_backwards_compatibility(op, average):
     """Horovod's rule for the deprecated `average=` argument beside `op=`."""
     if op is not None:
         if average is not None:
-            raise ValueError("The op parameter supersedes average. Please provide only one of them.")
+            raise ValueError("The op parameter supersedes average. "
+                             "Please provide only one of them.")
         return op
     if average is not None:
         warnings.warn("Parameter `average` has been replaced with `op` and will be removed in v1.0",

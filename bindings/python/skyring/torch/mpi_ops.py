@@ -267,8 +267,9 @@ def sparse_allreduce_async(tensor, name, op, process_set=global_process_set):
     return handle
 
 
+from skyring.torch import _gather_ops  # noqa: E402  (it imports from this module)
 from skyring.torch._gather_ops import *  # noqa: E402,F401,F403  (the rest of the API)
-from skyring.torch._gather_ops import allgather, allgather_async  # noqa: E402,F401
+from skyring.torch._gather_ops import allgather_async  # noqa: E402
 
 
 def join(device=-1) -> int:
@@ -282,3 +283,17 @@ def barrier(process_set=global_process_set):
     """Returns once every rank of the set has called barrier."""
     ps = _p.set_id(process_set)
     _p.submit(_core.barrier, ps)
+
+
+__all__ = [
+    "Adasum", "Average", "HorovodInternalError", "Max", "Min", "Product", "ProcessSet", "Sum",
+    "add_process_set", "allreduce", "allreduce_", "allreduce_async", "allreduce_async_",
+    "barrier", "ccl_built", "cross_rank", "cross_size", "cuda_built", "ddl_built",
+    "global_process_set", "gloo_built", "gloo_enabled", "grouped_allreduce",
+    "grouped_allreduce_", "grouped_allreduce_async", "grouped_allreduce_async_",
+    "handle_average_backwards_compatibility", "init", "is_homogeneous", "is_initialized",
+    "join", "local_rank", "local_size", "mpi_built", "mpi_enabled", "mpi_threads_supported",
+    "nccl_built", "poll", "rank", "remove_process_set", "rocm_built", "shutdown", "size",
+    "sparse_allreduce_async", "start_timeline", "stop_timeline", "synchronize",
+    "HorovodAllreduce", "HorovodGroupedAllreduce",
+] + _gather_ops.__all__

@@ -190,7 +190,7 @@ class _DistributedOptimizer(torch.optim.Optimizer):
 
         if self.op == Average:
             # Split average operation across pre/postscale factors
-            # C++ backend will apply additional 1 / size() factor to postscale_factor for op == Average.
+            # The engine divides by size() for op == Average, after the prescale.
             prescale_factor = 1.0 / self.gradient_predivide_factor
             postscale_factor = self.gradient_predivide_factor
         else:
@@ -286,10 +286,10 @@ class _DistributedOptimizer(torch.optim.Optimizer):
                 if p.grad.is_sparse:
                     aggregated = self._compression.decompress(output, ctx)
                     if not aggregated.is_sparse:
-                        # When sparse_as_dense=True we need to convert the grad back to sparse before update
+                        # sparse_as_dense: back to sparse before the update
                         aggregated = aggregated.to_sparse()
 
-                    # Sparse grads do not support set_ for some reason, so we do this as an equivalent
+                    # Sparse grads do not support set_, so this is the equivalent
                     p.grad.zero_().add_(aggregated)
                 else:
                     p.grad.set_(self._compression.decompress(output, ctx))
@@ -402,7 +402,8 @@ def DistributedOptimizer(optimizer, named_parameters=None,
                 inner list will be assigned to the same group, while parameter that does
                 not appear in any list will form a group itself.
                 Defaults as None, which is no explicit groups.
-        sparse_as_dense: If set True, convert all sparse gradients to dense and perform allreduce, then
+        sparse_as_dense: If set True, convert all sparse gradients to dense and perform
+                         allreduce, then
                          convert back to sparse before applying the update.
       process_set: Gradients will only be reduced over Horovod processes belonging
                    to this process set. Defaults to the global process set.
