@@ -376,3 +376,26 @@ def test_many_unnamed_calls_agree_across_ranks():
         x = ranked([5] * dim, dtype, hvd.rank())
         assert close(hvd.allreduce(x, op=hvd.Sum), expected_reduce(hvd.Sum, [5] * dim, dtype),
                      dtype)
+
+
+def test_init_registers_process_sets_and_grouped_async_forms():
+    n, r = hvd.size(), hvd.rank()
+    if n == 1:
+        pytest.skip("a set other than the world needs two ranks")
+    first = hvd.ProcessSet(range(n - 1))  # every rank but the last
+    hvd.init(process_sets=[first])  # already initialized: registers the set only
+    assert first.process_set_id not in (None, 0)
+    hvd.init(process_sets=[first])  # the same object again: nothing to do
+    if first.included():
+        xs = [ranked([2 * (n - 1), 2], torch.int32, r), ranked([n - 1], torch.float32, r)]
+        got = hvd.synchronize(hvd.grouped_reducescatter_async(xs, op=hvd.Sum, process_set=first))
+        want = [sum(ranked(x.shape, x.dtype, q) for q in first.ranks) for x in xs]
+        rows = [x.shape[0] // (n - 1) for x in xs]
+        me = first.rank()
+        assert all(torch.equal(g, w[me * k:(me + 1) * k]) for g, w, k in zip(got, want, rows))
+        got = hvd.synchronize(hvd.grouped_allgather_async(xs, process_set=first))
+        assert all(torch.equal(g, torch.cat([ranked(x.shape, x.dtype, q) for q in first.ranks]))
+                   for g, x in zip(got, xs))
+    else:
+        assert first.rank() == -1
+    assert hvd.remove_process_set(first)
