@@ -144,6 +144,11 @@ def test_noncontiguous_inputs_in_and_out_of_place():
     assert torch.equal(hvd.allreduce(x, op=hvd.Sum), want)
     hvd.allreduce_(x, op=hvd.Sum)
     assert torch.equal(x, want) and torch.equal(base, want.t())
+    # A leaf that requires grad: the copy back is no autograd in-place op.
+    w = torch.nn.Parameter(torch.ones(4, 3).t())
+    hvd.allreduce_(w, op=hvd.Sum)
+    hvd.broadcast_(w, 0)
+    assert torch.equal(w.detach(), torch.full((3, 4), float(hvd.size())))
 
 
 def test_async_handles_poll_and_synchronize():

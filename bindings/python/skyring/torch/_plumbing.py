@@ -205,4 +205,7 @@ def synchronize(handle):
         _handles.pop(handle, None)
     if error is not None:
         raise translate(error) from error
-    return pending.finish()
+    # Copies back into the caller's tensor (a non-contiguous in-place call) are not part of
+    # any graph: Horovod's C++ writes them too.
+    with torch.no_grad():
+        return pending.finish()
