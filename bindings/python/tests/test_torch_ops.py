@@ -228,6 +228,10 @@ def test_alltoall_with_and_without_splits(dtype):
     assert torch.equal(out, torch.cat([torch.full([2], 10 * q + r).to(dtype) for q in range(n)]))
     out, received = hvd.synchronize(hvd.alltoall_async(even))
     assert received.tolist() == [2] * n
+    # Splits as a list, adding up to fewer rows than there are: the rest is not sent.
+    extra = torch.cat([x, torch.zeros([3, 2], dtype=dtype)])
+    out, received = hvd.alltoall(extra, splits=[q + 1 for q in range(n)])
+    assert torch.equal(out, want) and received.tolist() == [r + 1] * n
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
@@ -266,6 +270,10 @@ def test_gradients_of_differentiable_collectives():
     z = ranked([2 * n], torch.float64, r).requires_grad_()
     hvd.alltoall(z).sum().backward()
     assert torch.equal(z.grad, torch.ones_like(z))
+    z.grad = None
+    out, _ = hvd.alltoall(z, splits=[1] * n)  # the last n rows stay home
+    out.sum().backward()
+    assert torch.equal(z.grad, torch.tensor([1.0] * n + [0.0] * n, dtype=torch.float64))
     ws = [ranked([3], torch.float64, r).requires_grad_() for _ in range(2)]
     sum(o.sum() for o in hvd.grouped_allreduce(ws, op=hvd.Sum)).backward()
     assert all(torch.equal(w.grad, torch.full_like(w, n)) for w in ws)

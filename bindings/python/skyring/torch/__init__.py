@@ -2,7 +2,7 @@
 
     import skyring.torch as hvd      # instead of: import horovod.torch as hvd
 
-Every name of horovod.torch is here with its signature and semantics; docs/python.md maps
+Every name of horovod.torch is here with its signature and semantics; docs/torch.md maps
 each to what skyring does and says where it differs (host tensors only for now, no Adasum,
 no elastic mode, skyring's codecs on the cross-cloud hop).
 """

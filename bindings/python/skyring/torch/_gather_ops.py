@@ -8,6 +8,8 @@ alltoall and reducescatter share memory with the buffers the engine allocated. G
 allgather and reducescatter submit one call per tensor (named `<name>.<i>`) under one handle.
 """
 
+import numbers
+
 import torch
 
 from skyring import _core
@@ -67,7 +69,7 @@ class HorovodAllgather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_reduced = allreduce(grad_output, average=True, process_set=ctx.process_set)
+        grad_reduced = allreduce(grad_output, op=Average, process_set=ctx.process_set)
         dim = allgather(torch.IntTensor([ctx.dim]), process_set=ctx.process_set)
         r = ctx.process_set.rank()
         offset = int(torch.sum(dim.narrow(0, 0, r)).item()) if r != 0 else 0
@@ -105,7 +107,7 @@ class HorovodGroupedAllgather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, *grad_output):
-        grad_reduced = grouped_allreduce(list(grad_output), average=True,
+        grad_reduced = grouped_allreduce(list(grad_output), op=Average,
                                          process_set=ctx.process_set)
         dims = grouped_allgather([torch.IntTensor([d]) for d in ctx.dims],
                                  process_set=ctx.process_set)
@@ -174,7 +176,7 @@ class HorovodBroadcast(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        grad_reduced = allreduce(grad_output, average=True, process_set=ctx.process_set)
+        grad_reduced = allreduce(grad_output, op=Average, process_set=ctx.process_set)
         if rank() != ctx.root_rank:
             grad_reduced *= 0
         return grad_reduced, None, None, None
@@ -194,18 +196,21 @@ def _split_list(splits, rows, n):
                              f"divisible by the number of processes ({n})")
         return []
     if isinstance(splits, torch.Tensor):
-        if splits.dtype not in (torch.int32, torch.int64):
-            raise ValueError(f"alltoall: splits must hold 32-bit integers, got {splits.dtype}")
+        if splits.dtype.is_floating_point or splits.dtype.is_complex or \
+                splits.dtype == torch.bool:
+            raise ValueError(f"alltoall: splits must hold integers (int32), got {splits.dtype}")
         values = splits.cpu().reshape(-1).tolist()
     else:
         values = list(splits)
-        if any(not isinstance(v, int) for v in values):
+        if any(not isinstance(v, numbers.Integral) for v in values):
             raise ValueError(f"alltoall: splits must be integers, got {values}")
+        values = [int(v) for v in values]
     if len(values) != n:
         raise ValueError(f"alltoall: splits has {len(values)} entries for {n} processes")
-    if any(v < 0 for v in values) or sum(values) != rows:
-        raise ValueError(f"alltoall: splits {values} must be non-negative and add up to the "
-                         f"first dimension of the tensor ({rows})")
+    # Horovod sends the first sum(splits) rows and refuses only more than there are.
+    if any(v < 0 for v in values) or sum(values) > rows:
+        raise ValueError(f"alltoall: splits {values} must be non-negative and add up to at "
+                         f"most the first dimension of the tensor ({rows})")
     return values
 
 
@@ -218,6 +223,8 @@ def alltoall_async(tensor, splits=None, name=None, process_set=global_process_se
     split_list = _split_list(splits, tensor.shape[0], process_set.size())
     splits_dtype = splits.dtype if isinstance(splits, torch.Tensor) else torch.int32
     work = _p.contiguous(tensor)
+    if split_list and sum(split_list) < tensor.shape[0]:
+        work = work[:sum(split_list)]
     ptr, shape, dtype, byte_view = _p.describe(work, "alltoall", movement=True)
     if name is None:
         name = _p.auto_name("alltoall", ps)
@@ -240,6 +247,7 @@ class HorovodAlltoall(torch.autograd.Function):
         output, received_splits = synchronize(alltoall_async(tensor, splits, name, process_set))
         ctx.process_set = process_set
         ctx.recvsplits = received_splits
+        ctx.rows = tensor.shape[0]
         if splits is None:
             return output
         ctx.mark_non_differentiable(received_splits)
@@ -249,6 +257,10 @@ class HorovodAlltoall(torch.autograd.Function):
     def backward(ctx, grad_output, *dead_gradients):
         grad_wrt_tensor, _ = synchronize(alltoall_async(grad_output.contiguous(), ctx.recvsplits,
                                                         process_set=ctx.process_set))
+        if grad_wrt_tensor.shape[0] < ctx.rows:  # rows past sum(splits) were not sent
+            pad = grad_wrt_tensor.new_zeros([ctx.rows - grad_wrt_tensor.shape[0]] +
+                                            list(grad_wrt_tensor.shape[1:]))
+            grad_wrt_tensor = torch.cat([grad_wrt_tensor, pad])
         return grad_wrt_tensor, None, None, None
 
 
