@@ -412,3 +412,15 @@ def test_init_registers_process_sets_and_grouped_async_forms():
     else:
         assert first.rank() == -1
     assert hvd.remove_process_set(first)
+
+
+def test_scalars_travel_as_scalars():
+    x = torch.tensor(float(hvd.rank() + 1))
+    out = hvd.allreduce(x, op=hvd.Sum, name="scalar.metric")
+    assert out.shape == () and out.item() == hvd.size() * (hvd.size() + 1) / 2
+    assert hvd.broadcast(torch.tensor(hvd.rank()), 0).item() == 0
+
+
+def test_elastic_is_refused_with_a_message():
+    with pytest.raises(NotImplementedError, match="elastic"):
+        hvd.elastic.run(lambda state: None)

@@ -7,6 +7,7 @@ each to what skyring does and says where it differs (host tensors only for now, 
 no elastic mode, skyring's codecs on the cross-cloud hop).
 """
 
+from skyring.torch import elastic  # noqa: F401  (refuses, with a message)
 from skyring.torch.compression import Compression
 from skyring.torch.functions import (allgather_object, broadcast_object,
                                      broadcast_optimizer_state, broadcast_parameters)
