@@ -6,13 +6,10 @@ local ranks, one of which exits in the middle of training), so it does not distu
 mpirun job this file may run in: there only world rank 0 starts it, the others skip.
 """
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
+from torch_jobs import outer_rank, run_job
 
 RANK_SCRIPT = textwrap.dedent("""
     import os, sys
@@ -38,34 +35,12 @@ RANK_SCRIPT = textwrap.dedent("""
 """)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.skipif(int(os.environ.get("OMPI_COMM_WORLD_RANK", "0")) != 0,
-                    reason="one rank of the outer job starts the job under test")
+@pytest.mark.skipif(outer_rank() != 0, reason="one rank of the outer job starts the job under test")
 def test_a_dead_rank_fails_every_survivor_naming_it(tmp_path):
     script = tmp_path / "rank.py"
     script.write_text(RANK_SCRIPT)
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("OMPI_", "PMIX_", "PMI_", "SKYRING_"))}
-    env.update(WORLD_SIZE="3", LOCAL_WORLD_SIZE="3", MASTER_ADDR="127.0.0.1",
-               MASTER_PORT=str(free_port()), SKYRING_TIMEOUT_MS="5000",
-               SKYRING_INIT_TIMEOUT_MS="30000", SKYRING_JOB_ID=f"failures-{os.getpid()}")
-    ranks = [subprocess.Popen([sys.executable, str(script)], env=dict(env, RANK=str(r),
-                                                                      LOCAL_RANK=str(r)),
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for r in range(3)]
-    outputs = []
-    try:
-        for p in ranks:
-            outputs.append(p.communicate(timeout=120)[0])
-    finally:
-        for p in ranks:
-            p.kill()
-    codes = [p.returncode for p in ranks]
-    assert codes == [0, 0, 7], "\n".join(outputs)
+    results = run_job(script, 3, SKYRING_TIMEOUT_MS="5000")
+    outputs = [out for _, out in results]
+    assert [code for code, _ in results] == [0, 0, 7], "\n".join(outputs)
     for r in (0, 1):
         assert f"survivor {r} raised" in outputs[r], outputs[r]
