@@ -180,11 +180,12 @@ def test_broadcast_parameters_and_optimizer_state():
     hvd.broadcast_optimizer_state(fresh, root_rank=0)
 
 
-def test_sync_batch_norm_matches_batch_norm_on_the_whole_batch():
+@pytest.mark.parametrize("shape", [(BATCH, 3), (BATCH, 3, 5), (BATCH, 3, 2, 2)], ids=str)
+def test_sync_batch_norm_matches_batch_norm_on_the_whole_batch(shape):
     torch.manual_seed(3)
-    x = torch.randn(BATCH, 3, 5, dtype=torch.float64)
+    x = torch.randn(*shape, dtype=torch.float64)
     sync = hvd.SyncBatchNorm(3).double()
-    ref = torch.nn.BatchNorm1d(3).double()
+    ref = (torch.nn.BatchNorm2d if len(shape) == 4 else torch.nn.BatchNorm1d)(3).double()
     with torch.no_grad():
         for m in (sync, ref):
             m.weight.copy_(torch.tensor([1.0, 2.0, -0.5]))
