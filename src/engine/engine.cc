@@ -363,10 +363,12 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
     pending.clear();
   }
 
-  // A joined rank announces, as zeros, the allreduces others announced before it joined.
+  // A joined rank announces, as zeros, the allreduces others announced before it joined
+  // (and the other collectives as placeholders, so that they fail on the others' ranks
+  // instead of waiting for it: refuseWhileJoined).
   if (joinedHere) {
     for (const auto& d : announcements.missing(comm.rank())) {
-      if (joinable(d) && pending.count(d.name) == 0) addGhost(d, std::nullopt);
+      if (pending.count(d.name) == 0) addGhost(d, std::nullopt);
     }
   }
   // Step 1: what this rank has, as the cycle's vector.
@@ -377,11 +379,11 @@ void Engine::Impl::cycle(bool first, bool& idle, bool& stop) {
   std::vector<std::uint8_t> vec(base + cache.size(), 0);
   for (std::size_t r = 0; r < n; ++r)
     vec[kHeaderBytes + r] = joinedHere && r == static_cast<std::size_t>(comm.rank()) ? 0 : 1;
-  // A joined rank is ready for every cached allreduce (with zeros): a slot runs once every
-  // rank that has not joined has it ready.
+  // A joined rank is ready for every cached slot (allreduces with zeros; the others only to
+  // be refused): a slot is ready once every rank that has not joined has it.
   if (joinedHere) {
     for (std::uint32_t s = 0; s < cache.size(); ++s)
-      vec[base + s] = joinable(cache.at(s)) ? 1 : 0;
+      vec[base + s] = 1;
   }
   for (auto& [name, p] : pending) {
     // An allgather is announced every time (the verdict carries every rank's first
@@ -478,9 +480,10 @@ void Engine::Impl::negotiate(const std::vector<std::byte>& mine) {
   for (int r = 0; r < comm.size(); ++r) {
     const auto list =
         engine::parseDescriptors(everyone[static_cast<std::size_t>(r)], r, comm.rank());
-    // A joined rank announces the others' new allreduces too (next cycle), as zeros.
+    // A joined rank announces the others' new names too (next cycle): allreduces as zeros,
+    // the other collectives as placeholders.
     for (const auto& d : list) {
-      if (joinedHere && r != comm.rank() && joinable(d) && pending.count(d.name) == 0) {
+      if (joinedHere && r != comm.rank() && pending.count(d.name) == 0) {
         addGhost(d, std::nullopt);
       }
     }

@@ -116,7 +116,13 @@ struct Engine::Impl {
   bool runReplayed(const engine::ReplayBatch& batch, bool mine);
   // join.cc. Whether slot is an allreduce a joined rank takes part in (with zeros).
   bool joinable(const engine::Descriptor& d) const;
-  // A pending allreduce of zeros under d (with slot, when cached), for a joined rank.
+  // execute.cc. A slot of a collective join() does not stand in for (joinable is false),
+  // ready while some rank has joined: fails this rank's tensor of name (InvalidArgument
+  // naming the joined ranks), or drops it when it is a joined rank's placeholder (name null:
+  // nothing here), and returns true; false when no rank has joined (it runs as usual).
+  bool refuseWhileJoined(std::uint32_t slot, const std::string* name);
+  // A pending allreduce of zeros under d (with slot, when cached), for a joined rank; for
+  // the other collectives a placeholder without data (refuseWhileJoined drops it).
   engine::Pending& addGhost(const engine::Descriptor& d, std::optional<std::uint32_t> slot);
   // After a cycle's allreduce: reads which ranks have joined (notJoined: one byte per rank,
   // 0 when joined); once every rank has, completes join() and drops the ghosts. Returns

@@ -23,6 +23,34 @@ using engine::Clock;
 using engine::Part;
 using engine::Pending;
 
+bool Engine::Impl::refuseWhileJoined(std::uint32_t slot, const std::string* name) {
+  std::string joined;
+  for (std::size_t r = 0; r < joinedBefore.size(); ++r) {
+    if (joinedBefore[r] != 0) joined += (joined.empty() ? "" : ", ") + std::to_string(r);
+  }
+  if (joined.empty()) return false;
+  if (name == nullptr) return true;  // a joined rank: nothing of this name is here
+  auto it = pending.find(*name);
+  if (it->second.ghost) {
+    pending.erase(it);
+    return true;
+  }
+  const engine::Descriptor& d = cache.at(slot);
+  const char* what = d.collective == engine::Collective::broadcast       ? "broadcast"
+                     : d.collective == engine::Collective::allgather     ? "allgather"
+                     : d.collective == engine::Collective::reducescatter ? "reducescatter"
+                                                                         : "alltoall";
+  finish(it->second,
+         std::make_exception_ptr(InvalidArgument(
+             "'" + d.name + "' (" + what + ") cannot run while rank" +
+                 (joined.find(',') == std::string::npos ? " " : "s ") + joined +
+                 " joined: join() stands in only for allreduces and grouped allreduces, as "
+                 "Horovod's; call this collective before join() on every rank",
+             context("engine join"))));
+  pending.erase(it);
+  return true;
+}
+
 void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
   std::map<std::uint32_t, std::string> bySlot;
   for (auto& [name, p] : pending) {
@@ -34,6 +62,10 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
   std::vector<engine::FusionItem> plan;
   for (std::uint32_t slot : readySlots) {
     auto it = bySlot.find(slot);
+    if (!joinable(cache.at(slot)) &&
+        refuseWhileJoined(slot, it == bySlot.end() ? nullptr : &it->second)) {
+      continue;
+    }
     if (it == bySlot.end() && joinedHere && joinable(cache.at(slot)) &&
         pending.count(cache.at(slot).name) == 0) {
       // This rank has joined: it takes part with zeros (unless another thread of this rank

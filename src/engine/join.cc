@@ -14,6 +14,16 @@ bool Engine::Impl::joinable(const engine::Descriptor& d) const {
 }
 
 Pending& Engine::Impl::addGhost(const engine::Descriptor& d, std::optional<std::uint32_t> slot) {
+  if (!joinable(d)) {
+    Pending p;
+    p.descriptor = d;
+    p.state = std::make_shared<Handle::State>();
+    p.submittedAt = engine::Clock::now();
+    p.slot = slot;
+    p.ghost = true;
+    p.tensor = Tensor{BufferView{nullptr, 0, d.dtype, MemoryKind::host}, {0}, nullptr};
+    return pending.insert_or_assign(d.name, std::move(p)).first->second;
+  }
   // Element counts: the shape's product, or per member of a group ([count, per member its
   // number of dimensions and its dimensions]).
   std::vector<std::size_t> counts;

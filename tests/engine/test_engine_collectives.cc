@@ -244,6 +244,49 @@ TEST_P(EngineOps, JoinWithUnevenBatches) {
   });
 }
 
+// As Horovod's test_horovod_join_allgather / _broadcast: while a rank has joined, the
+// others' allgathers, broadcasts, reducescatters and alltoalls fail at once (join() stands
+// in only for allreduces), new names and cached ones alike; the engine goes on, and the
+// join completes with the last rank to join. Each rank joins first in turn.
+TEST_P(EngineOps, OtherCollectivesFailWhileARankHasJoined) {
+  const int n = GetParam();
+  if (n == 1) GTEST_SKIP() << "needs a second rank";
+  LocalWorld world(n);
+  world.run([&](Communicator& comm) {
+    Engine engine(comm);
+    const int me = comm.rank();
+    for (int first = 0; first < n; ++first) {
+      if (me == first) {
+        const int last = engine.join();
+        EXPECT_NE(last, first) << "round " << first;
+        continue;
+      }
+      std::vector<float> t(17 * 17, 1.0f);
+      std::vector<float> out(17 * 17 * static_cast<std::size_t>(n));
+      auto gathered = [&](std::int64_t r) {
+        return Tensor{
+            view(std::span(out)).slice(0, static_cast<std::size_t>(r) * 17), {r, 17}, nullptr};
+      };
+      for (const std::string name : {"gather", "gather"}) {  // new, then cached
+        Handle h =
+            engine.allgatherAsync(name, Tensor{view(std::span(t)), {17, 17}, nullptr}, gathered);
+        EXPECT_THROW(h.wait(), InvalidArgument) << "rank " << me << " round " << first;
+      }
+      Handle b = engine.broadcastAsync("bcast", Tensor::of(t), (first + 1) % n);
+      try {
+        b.wait();
+        ADD_FAILURE() << "broadcast ran while rank " << first << " had joined";
+      } catch (const InvalidArgument& e) {
+        EXPECT_NE(std::string(e.what()).find("joined"), std::string::npos) << e.what();
+      }
+      EXPECT_NE(engine.join(), -1);
+    }
+    std::vector<float> x(3, 1.0f);
+    finish(engine.allreduceAsync("after", Tensor::of(x)));
+    EXPECT_EQ(x, std::vector<float>(3, static_cast<float>(n)));
+  });
+}
+
 INSTANTIATE_TEST_SUITE_P(Ranks, EngineOps, ::testing::Values(1, 2, 3, 5));
 
 // A group whose members differ on one rank fails on every rank, naming the ranks.
