@@ -3,7 +3,7 @@
 Horovod keeps these in horovod.common (basics.py, process_sets.py, exceptions.py); here they
 sit over skyring._core, which owns the runtime. Names, signatures and exceptions follow
 Horovod so that `import skyring.torch as hvd` runs Horovod programs unchanged; where skyring
-differs it says so in the docstring (and docs/torch.md).
+differs it says so in the docstring (and docs/python.md).
 
 Threads: init/shutdown and process-set changes are collective and belong to the main thread;
 the queries may be called from any thread.

@@ -3,7 +3,7 @@
 
 Semantics follow Horovod: calls are keyed by name (name=None: a name counted per operation
 and process set); an `_async` call returns an int handle for poll()/synchronize(); the input
-of an out-of-place call is not modified. Differences (docs/torch.md): host tensors only;
+of an out-of-place call is not modified. Differences (docs/python.md): host tensors only;
 Adasum is refused; integer tensors are scaled (prescale/postscale) here in float64, as
 Horovod does, because the engine scales floating-point tensors only.
 """
