@@ -252,6 +252,45 @@ TEST(Engine, TimelineShowsLevelsAndCodec) {
   std::filesystem::remove_all(dir);
 }
 
+// A large allreduce across clouds with no WAN latency in the cost model is pipelined: the
+// cloud's reduce-scatter and allgather run on the call's helper threads, whose spans go to
+// lanes of their own ("collective helper 1" and "2") while the cross-cloud stage stays on
+// the engine's lane 0.
+TEST(Engine, TimelineGivesPipelineHelpersLanes) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("skyring-helpers-" +
+                    std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  std::filesystem::create_directories(dir);
+  Config c = LocalWorld::defaultConfig();
+  c.timeline = (dir / "trace-{rank}.json").string();
+  const Config costs = Config::fromMap({{"SKYRING_LINK_CROSS_CLOUD_LATENCY_MS", "0"}});
+  std::vector<topology::RankRecord> records;
+  for (const char* w : {"A0", "A1", "B0", "B1"})
+    records.push_back({std::string("n") + w, std::string(1, w[0]), ""});
+  testing::runCloudRanks(
+      std::make_shared<const topology::Topology>(std::move(records), topology::CostModel(costs)), c,
+      [&](Communicator& comm) {
+        Engine engine(comm);
+        std::vector<float> x((std::size_t{8} << 20) / sizeof(float), 1.0f);  // 2 slices
+        finish(engine.allreduceAsync("big", Tensor::of(x)));
+        EXPECT_EQ(x.front(), 4.0f);
+        EXPECT_EQ(x.back(), 4.0f);
+        engine.stopTimeline();
+        const std::string trace =
+            readFile(dir / ("trace-" + std::to_string(comm.rank()) + ".json"));
+        ASSERT_EQ(trace.substr(trace.size() - 3), "\n]\n") << trace;
+        for (const char* helper : {"collective helper 1", "collective helper 2"})
+          EXPECT_NE(trace.find(std::string("\"args\":{\"name\":\"") + helper + "\"}"),
+                    std::string::npos)
+              << helper << " missing from " << trace;
+        const auto at = trace.find("\"name\":\"cloud reduce-scatter\"");
+        ASSERT_NE(at, std::string::npos) << trace;
+        EXPECT_EQ(trace.substr(at, trace.find('}', at) - at).find("\"tid\":0,"), std::string::npos)
+            << trace;
+      });
+  std::filesystem::remove_all(dir);
+}
+
 // A timeline that cannot be written is a warning, not a failed engine.
 TEST(Engine, UnwritableTimelineOnlyWarns) {
   Config c = LocalWorld::defaultConfig();
