@@ -232,7 +232,9 @@ bool Engine::Impl::runReplayedInPlace(const engine::ReplayBatch& batch, Pending*
   if (flag == 1) {
     const BufferView b = mine->tensor.buffer;
     engine::scaleInPlace(b, mine->spec.prescale);
-    comm.allreduce(b, d.op, o);
+    CollectiveOptions data = o;
+    if (timeline.active()) data.observer = &timeline;  // its levels
+    comm.allreduce(b, d.op, data);
     engine::scaleInPlace(b, mine->spec.postscale);
   }
   const auto end = Clock::now();
