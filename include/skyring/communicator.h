@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "skyring/buffer_view.h"
+#include "skyring/collective_observer.h"
 #include "skyring/config.h"
 #include "skyring/reduce_op.h"
 #include "skyring/topology.h"
@@ -81,6 +82,10 @@ struct CollectiveOptions {
   // PowerSGD compresses each as its own matrix (TensorSegment::shape). Borrowed for the
   // call.
   std::span<const TensorSegment> segments;
+  // allreduce only. Told each phase of the call (its levels, its codec's encode and decode;
+  // skyring/collective_observer.h says which and from which threads); null: none, at the
+  // cost of one check per phase. Borrowed for the call.
+  CollectiveObserver* observer = nullptr;
 };
 
 // What the job's gradients use: CollectiveOptions::compression (and the engine's

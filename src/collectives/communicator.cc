@@ -267,6 +267,7 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
           options.timeout.count() > 0 ? options.timeout : config_.timeout};
       SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ", input.count,
                   " x ", dtypeName(input.dtype), " ", reduceOpName(op), " via the node level");
+      call.observer = options.observer;
       std::lock_guard lock(nodeLevelMutex_);
       const std::uint64_t seq = nodeSequence_ + 1;
       if (nodeLevel_) nodeSequence_ += 2;
@@ -296,6 +297,7 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
           options.tag,
           sequence,
           options.timeout.count() > 0 ? options.timeout : config_.timeout};
+      call.observer = options.observer;
       collectives::TensorCompressionState pieces;  // a fused buffer's, for this call only
       collectives::SegmentLayout layout;
       if (input.dtype == DType::f32 && (op == ReduceOp::sum || op == ReduceOp::avg)) {
@@ -317,6 +319,8 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
     }
     if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
       runOnNode("allreduce", [&](std::uint64_t seq) {
+        const collectives::PhaseSpan phase({options.observer, "node", 0}, "node allreduce",
+                                           input.bytes());
         collectives::nodeAllreduce(
             *node_, seq, input, output, op, deadline(options),
             {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes},

@@ -37,6 +37,7 @@
 #include <cstring>
 #include <span>
 
+#include "collectives/phases.h"
 #include "collectives/ring.h"
 #include "compression/powersgd.h"
 #include "compression/reduce.h"
@@ -110,12 +111,26 @@ void powerSgdPiece(Exchange& ex, float* piece, std::size_t len, std::size_t divi
   std::vector<float> q(shape.qSize());
   const bool ef = codec.errorFeedback();
   const std::span<float> data(piece, len);
-  compression::powerSgdComputeP(data, ef, shape, st, p);
+  // The factors P and Q are the encoding.
+  const std::size_t factors = (p.size() + q.size()) * sizeof(float);
+  {
+    PhaseSpan encode(ex.phases(), "encode", codec);
+    encode.add(len * sizeof(float), p.size() * sizeof(float));
+    compression::powerSgdComputeP(data, ef, shape, st, p);
+  }
   ringAllreduce(ex, view(std::span(p)), view(std::span(p)), ReduceOp::sum, params);
-  compression::powerSgdComputeQ(shape, st, p, q);
+  {
+    PhaseSpan encode(ex.phases(), "encode", codec);
+    encode.add(len * sizeof(float), q.size() * sizeof(float));
+    compression::powerSgdComputeQ(shape, st, p, q);
+  }
   ringAllreduce(ex, view(std::span(q)), view(std::span(q)), ReduceOp::sum, params);
   compression::divideBy(DType::f32, q.data(), q.size(), static_cast<std::size_t>(ex.size()));
-  compression::powerSgdDecompress(ef, shape, st, p, q, data);
+  {
+    PhaseSpan decode(ex.phases(), "decode", codec);
+    decode.add(len * sizeof(float), factors);
+    compression::powerSgdDecompress(ef, shape, st, p, q, data);
+  }
   // The mean over the group, scaled to its sum (and divided once more for avg).
   const auto groupSize = static_cast<float>(ex.size());
   for (float& v : data)
@@ -249,17 +264,21 @@ void compressedReduceScatter(Exchange& ex, float* piece, std::size_t len, const 
   std::vector<std::vector<std::byte>> got(static_cast<std::size_t>(groupSize));
   std::vector<Outgoing> out;
   std::vector<Incoming> in;
-  for (int j = 0; j < groupSize; ++j) {
-    if (j == me) continue;
-    const auto ju = static_cast<std::size_t>(j);
-    if (blocks.size(j) > 0) {
-      sent[ju].resize(codec.maxEncodedBytes(blocks.size(j)));
-      sent[ju].resize(codec.encode(at(j), state.toOwner[ju], sent[ju]));
-      out.push_back({j, sent[ju]});
-    }
-    if (mine > 0) {
-      got[ju].resize(codec.maxEncodedBytes(mine));
-      in.push_back({j, &got[ju]});
+  {
+    PhaseSpan encode(ex.phases(), "encode", codec);
+    for (int j = 0; j < groupSize; ++j) {
+      if (j == me) continue;
+      const auto ju = static_cast<std::size_t>(j);
+      if (blocks.size(j) > 0) {
+        sent[ju].resize(codec.maxEncodedBytes(blocks.size(j)));
+        sent[ju].resize(codec.encode(at(j), state.toOwner[ju], sent[ju]));
+        out.push_back({j, sent[ju]});
+        encode.add(blocks.size(j) * sizeof(float), sent[ju].size());
+      }
+      if (mine > 0) {
+        got[ju].resize(codec.maxEncodedBytes(mine));
+        in.push_back({j, &got[ju]});
+      }
     }
   }
   swapEncoded(ex, 0, variableSize, out, in);
@@ -267,10 +286,12 @@ void compressedReduceScatter(Exchange& ex, float* piece, std::size_t len, const 
   // 2. The sum of this rank's block, in group order, in place of its own contribution.
   std::vector<float> sum(mine);
   std::vector<float> decoded(mine);
+  PhaseSpan decode(ex.phases(), "decode", codec);  // the blocks' sum included
   for (int h = 0; h < groupSize && mine > 0; ++h) {
     const float* term = at(me).data();
     if (h != me) {
       codec.decode(got[static_cast<std::size_t>(h)], decoded);
+      decode.add(mine * sizeof(float), got[static_cast<std::size_t>(h)].size());
       term = decoded.data();
     }
     if (h == 0) {
@@ -363,18 +384,28 @@ void compressedAllgather(Exchange& ex, float* buffer,
   const std::size_t prefix = prefixOf(myPieces);
   std::vector<std::byte> mine(maxBytes(myPieces));
   std::size_t used = 0;
-  for (const auto& p : myPieces) {
-    if (p.len == 0) continue;
-    const std::size_t size = codec.encode(std::span<const float>(buffer + p.offset, p.len),
-                                          *p.state, std::span(mine).subspan(used + prefix));
-    if (prefix > 0) {
-      const std::uint64_t n = size;
-      std::memcpy(mine.data() + used, &n, prefix);
+  std::size_t myBytes = 0;  // full precision
+  {
+    PhaseSpan encode(ex.phases(), "encode", codec);
+    for (const auto& p : myPieces) {
+      if (p.len == 0) continue;
+      const std::size_t size = codec.encode(std::span<const float>(buffer + p.offset, p.len),
+                                            *p.state, std::span(mine).subspan(used + prefix));
+      if (prefix > 0) {
+        const std::uint64_t n = size;
+        std::memcpy(mine.data() + used, &n, prefix);
+      }
+      used += prefix + size;
+      myBytes += p.len * sizeof(float);
     }
-    used += prefix + size;
+    encode.add(myBytes, used);
   }
   mine.resize(used);
-  decodeAll(mine, myPieces, me);  // the owner keeps what the others get
+  {
+    PhaseSpan decode(ex.phases(), "decode", codec);
+    decode.add(myBytes, used);
+    decodeAll(mine, myPieces, me);  // the owner keeps what the others get
+  }
 
   std::vector<std::vector<std::byte>> got(static_cast<std::size_t>(groupSize));
   std::vector<Outgoing> out;
@@ -387,8 +418,15 @@ void compressedAllgather(Exchange& ex, float* buffer,
     if (!got[ju].empty()) in.push_back({j, &got[ju]});
   }
   swapEncoded(ex, step, variableSize, out, in);
-  for (const auto& r : in)
+  PhaseSpan decode(ex.phases(), "decode", codec);
+  for (const auto& r : in) {
     decodeAll(*r.bytes, owned[static_cast<std::size_t>(r.peer)], r.peer);
+    if (!decode.recording()) continue;
+    std::size_t len = 0;
+    for (const auto& p : owned[static_cast<std::size_t>(r.peer)])
+      len += p.len;
+    decode.add(len * sizeof(float), r.bytes->size());
+  }
 }
 
 }  // namespace skyring::collectives

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "collectives/compression_cache.h"
+#include "collectives/phases.h"
 #include "compression/powersgd.h"
 #include "compression/reduce.h"
 
@@ -131,6 +132,10 @@ bool Communicator::powerSgdSegments(BufferView input, BufferView output, ReduceO
   plain.segments = {};
   std::vector<float> p(pSize);
   const double beta = codec->momentum();
+  // Every level is compressed at once: the phases are the world's.
+  const collectives::PhaseRecorder world{options.observer, "world", 0};
+  std::optional<collectives::PhaseSpan> encodeP(std::in_place, world, "encode", *codec);
+  encodeP->add(output.bytes(), pSize * sizeof(float));
   for (const Matrix& m : matrices) {
     const std::span<float> in(data + m.segment->offset, m.segment->count);
     if (m.compressed && beta > 0) {
@@ -144,17 +149,24 @@ bool Communicator::powerSgdSegments(BufferView input, BufferView output, ReduceO
       std::copy(in.begin(), in.end(), p.begin() + static_cast<std::ptrdiff_t>(m.at));
     }
   }
+  encodeP.reset();
   allreduce(view(std::span(p)), ReduceOp::sum, plain);
   std::vector<float> q(qSize);
-  for (const Matrix& m : matrices) {
-    if (!m.compressed) continue;
-    compression::powerSgdComputeQ(m.shape, m.state->powerSgd,
-                                  std::span(p).subspan(m.at, m.shape.pSize()),
-                                  std::span(q).subspan(m.qAt, m.shape.qSize()));
+  {
+    collectives::PhaseSpan encodeQ(world, "encode", *codec);
+    encodeQ.add(output.bytes(), qSize * sizeof(float));
+    for (const Matrix& m : matrices) {
+      if (!m.compressed) continue;
+      compression::powerSgdComputeQ(m.shape, m.state->powerSgd,
+                                    std::span(p).subspan(m.at, m.shape.pSize()),
+                                    std::span(q).subspan(m.qAt, m.shape.qSize()));
+    }
   }
   if (qSize > 0) allreduce(view(std::span(q)), ReduceOp::sum, plain);
   const auto n = static_cast<std::size_t>(size_);
   compression::divideBy(DType::f32, q.data(), q.size(), n);
+  collectives::PhaseSpan decode(world, "decode", *codec);
+  decode.add(output.bytes(), (pSize + qSize) * sizeof(float));
   for (const Matrix& m : matrices) {
     const std::span<float> out(data + m.segment->offset, m.segment->count);
     if (m.compressed) {

@@ -16,6 +16,7 @@
 #include <string>
 #include <vector>
 
+#include "collectives/phases.h"
 #include "collectives/tags.h"
 #include "skyring/buffer_view.h"
 #include "skyring/error.h"
@@ -51,6 +52,9 @@ class Exchange {
   // Every exchange of one call must use the same diagnosis group.
   void diagnoseOver(transport::Transport& group) noexcept { diagnosis_ = &group; }
   const CallSignature& signature() const noexcept { return signature_; }
+  // Where the phases of this exchange's level go (phases.h); none by default.
+  void recordPhases(const PhaseRecorder& recorder) noexcept { phases_ = recorder; }
+  const PhaseRecorder& phases() const noexcept { return phases_; }
   ErrorContext context(int peer = -1) const;
 
   std::unique_ptr<transport::Request> send(int peer, std::uint32_t step,
@@ -85,6 +89,7 @@ class Exchange {
   std::chrono::milliseconds timeout_;
   int rank_;
   int size_;
+  PhaseRecorder phases_;
 };
 
 }  // namespace skyring::collectives

@@ -57,6 +57,8 @@ struct HierarchicalCall {
   // list; empty: all of them. The node level (node_level.h) runs one call per piece
   // among the owners of that piece, one per node. avg still divides by topology.size().
   std::vector<int> members = {};
+  // CollectiveOptions::observer: told each level's phase and each encode and decode.
+  CollectiveObserver* observer = nullptr;
 };
 
 // output = op over every rank of input, bit for bit what ringAllreduce gives on exactly

@@ -55,6 +55,7 @@
 #include <cstring>
 #include <exception>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -69,9 +70,13 @@ namespace {
 using topology::Level;
 using transport::SubgroupTransport;
 
-Exchange exchangeOver(transport::Transport& t, const HierarchicalCall& call) {
+// An exchange of one level whose phases go to the call's observer as level's, from
+// `thread` (CollectivePhase::thread).
+Exchange exchangeOver(transport::Transport& t, const HierarchicalCall& call, std::string_view level,
+                      int thread = 0) {
   Exchange ex(t, call.logger, call.signature, call.userTag, call.sequence, call.timeout);
   ex.diagnoseOver(*call.world);  // a stall anywhere is diagnosed by the whole group
+  ex.recordPhases({call.observer, level, thread});
   return ex;
 }
 
@@ -150,6 +155,9 @@ std::vector<std::size_t> piecesCuts(const Plan& plan, std::size_t count) {
 void reduceScatterInCloud(const Plan& plan, Exchange& ex, BufferView in, BufferView out,
                           std::size_t base) {
   const HierarchicalCall& call = plan.call;
+  // A cloud of one rank (the node level's pieces, one owner per node) has no such phase.
+  const PhaseSpan phase(ex.size() > 1 ? ex.phases() : PhaseRecorder{}, "cloud reduce-scatter",
+                        in.bytes());
   if (call.codec == nullptr || !call.compressCloud) {
     ringReduceScatterInPlace(ex, in, out, plan.combine, plan.params);
     return;
@@ -181,6 +189,9 @@ void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
   const int pos = plan.pos();
   const std::size_t segBegin = cloudPart.offset(pos);
   const std::size_t segEnd = segBegin + cloudPart.size(pos);
+  // Every piece of this rank's segment: this thread's (stage 1 is the caller's).
+  const PhaseSpan phase(PhaseRecorder{call.observer, "cross-cloud", 0}, "cross-cloud allreduce",
+                        (segEnd - segBegin) * dtypeSize(slice.dtype));
   for (std::size_t j = 0; j + 1 < cuts.size(); ++j) {
     const std::size_t lo = cuts[j];
     if (lo < segBegin || lo >= segEnd) continue;  // pieces never straddle a segment edge
@@ -193,7 +204,7 @@ void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
     const auto id = kFirstShardGroupId + static_cast<std::uint32_t>(j % kShardGroupIds);
     SubgroupTransport shardGroup(call.world, std::move(owners), SubgroupTransport::Scope::level(id),
                                  "cross-cloud level");
-    Exchange shardEx = exchangeOver(shardGroup, call);
+    Exchange shardEx = exchangeOver(shardGroup, call, "cross-cloud");
     const BufferView piece = slice.slice(lo, len);
     const std::size_t divisor =
         plan.op == ReduceOp::avg ? static_cast<std::size_t>(call.topology.size()) : 1;
@@ -230,6 +241,8 @@ void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
 // bytes even where clouds cut the buffer differently.
 void allgatherInCloud(const Plan& plan, Exchange& ex, BufferView slice, std::size_t base) {
   const HierarchicalCall& call = plan.call;
+  const PhaseSpan phase(ex.size() > 1 ? ex.phases() : PhaseRecorder{}, "cloud allgather",
+                        slice.bytes());
   if (call.codec == nullptr || !call.compressCloud) {
     ringAllgather(ex, slice, plan.params, 0);
     return;
@@ -330,7 +343,8 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
                             SubgroupTransport::Scope::level(kCloudGroupId),
                             clouds == 1 ? "" : "cloud level (reduce-scatter)");
   if (clouds == 1) {  // no level above the cloud: the cloud's ring allreduce is all there is
-    Exchange ex = exchangeOver(rsGroup, call);
+    Exchange ex = exchangeOver(rsGroup, call, "cloud");
+    const PhaseSpan phase(ex.phases(), "cloud allreduce", input.bytes());
     if (call.codec != nullptr && call.compressCloud) {
       if (input.data != output.data) std::memcpy(output.data, input.data, input.bytes());
       const std::size_t divisor = op == ReduceOp::avg ? static_cast<std::size_t>(topo.size()) : 1;
@@ -355,11 +369,11 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
   SubgroupTransport agGroup(call.world, plan.myRing(),
                             SubgroupTransport::Scope::level(kCloudAllgatherGroupId),
                             "cloud level (allgather)");
-  Exchange rsEx = exchangeOver(rsGroup, call);
-  Exchange agEx = exchangeOver(agGroup, call);
-
   // Every rank computes the same slicing (from the topology's cost model and the count).
   const int slices = sliceCount(plan, input.bytes());
+  // Pipelined, the cloud's two stages run on helper threads 1 and 2 of the call.
+  Exchange rsEx = exchangeOver(rsGroup, call, "cloud", slices > 1 ? 1 : 0);
+  Exchange agEx = exchangeOver(agGroup, call, "cloud", slices > 1 ? 2 : 0);
   const Partition sliced{count, slices};
   if (slices == 1) {
     reduceScatterInCloud(plan, rsEx, input, output, 0);

@@ -48,6 +48,9 @@ void pieceRing(const HierarchicalCall& above, std::vector<int> owners, std::uint
                                      "node level (ring of local rank shards)");
   Exchange ex(group, above.logger, above.signature, above.userTag, above.sequence, above.timeout);
   ex.diagnoseOver(*above.world);
+  // Between nodes of one cloud: the cloud level's network.
+  ex.recordPhases({above.observer, "cloud", 0});
+  const PhaseSpan phase(ex.phases(), "cloud allreduce", piece.bytes());
   const Partition sub{piece.count, group.size()};
   const int g = group.rank();
   if (group.size() > 1) ringReduceScatterInPlace(ex, piece, piece, combine, params);
@@ -98,8 +101,10 @@ void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView 
   const Partition mine{count, static_cast<int>(mates.size())};
   const int local = topo.indexInGroup(Level::node, me);
 
+  const PhaseRecorder nodeLevel{above.observer, "node", 0};
   // 1. Inside the node.
   if (call.node != nullptr) {
+    const PhaseSpan phase(nodeLevel, "node reduce-scatter", input.bytes());
     nodePhase(call, [&](transport::Clock::time_point deadline) {
       nodeReduceScatter(*call.node, call.nodeSequence, above.userTag, input, output, combine,
                         deadline, call.nodeParams, *call.scratch);
@@ -141,6 +146,7 @@ void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView 
 
   // 3. Inside the node again.
   if (call.node != nullptr) {
+    const PhaseSpan phase(nodeLevel, "node allgather", output.bytes());
     nodePhase(call, [&](transport::Clock::time_point deadline) {
       nodeAllgather(*call.node, call.nodeSequence + 1, above.userTag, output, op, deadline,
                     call.nodeParams);

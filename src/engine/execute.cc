@@ -143,24 +143,26 @@ void Engine::Impl::runBatch(const std::vector<Part>& batch, const CollectiveOpti
   // The collective over one buffer (pre/post scales are 1 for broadcasts), on the
   // timeline: once on the engine's lane, and on the lane of every tensor it carries.
   // A compressed batch: one compressed allreduce in which every tensor is a segment with
-  // its own codec state (by name) and shape (docs/engine.md, "Compression").
+  // its own codec state (by name) and shape (docs/engine.md, "Compression"). While the
+  // timeline runs, it is told the allreduce's phases (levels, encode and decode).
   std::vector<TensorSegment> segments;
-  CollectiveOptions compressed = o;
+  CollectiveOptions data = o;
   if (!batch.front().codec.empty()) {
     std::size_t offset = 0;
     for (const Part& part : batch) {
       segments.push_back({part.name, offset, part.buffer.count, part.shape});
       offset += part.buffer.count;
     }
-    compressed.compression = batch.front().codec;
-    compressed.segments = segments;
+    data.compression = batch.front().codec;
+    data.segments = segments;
   }
+  if (timeline.active()) data.observer = &timeline;
   auto run = [&](BufferView b) {
     const auto begin = Clock::now();
     if (broadcast) {
       comm.broadcast(b, head.root, o);
     } else {
-      comm.allreduce(b, head.op, segments.empty() ? o : compressed);
+      comm.allreduce(b, head.op, data);
     }
     if (!timeline.active()) return;
     countTraffic();

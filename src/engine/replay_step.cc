@@ -155,6 +155,7 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
       // compressed allreduce whose segments keep each tensor's codec state, as runBatch.
       std::vector<TensorSegment> segments;
       CollectiveOptions data = o;
+      if (timeline.active()) data.observer = &timeline;  // its levels, encode and decode
       if (!codec.empty()) {
         std::size_t at = 0;
         for (std::uint32_t s : batch.slots) {
@@ -231,7 +232,9 @@ bool Engine::Impl::runReplayedInPlace(const engine::ReplayBatch& batch, Pending*
   if (flag == 1) {
     const BufferView b = mine->tensor.buffer;
     engine::scaleInPlace(b, mine->spec.prescale);
-    comm.allreduce(b, d.op, o);
+    CollectiveOptions data = o;
+    if (timeline.active()) data.observer = &timeline;  // its levels
+    comm.allreduce(b, d.op, data);
     engine::scaleInPlace(b, mine->spec.postscale);
   }
   const auto end = Clock::now();

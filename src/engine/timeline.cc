@@ -39,6 +39,8 @@ void Timeline::start(const std::string& path, int rank) {
   rank_ = rank;
   origin_ = Clock::now();
   lanes_.clear();
+  helperLanes_.clear();
+  nextLane_ = 1;
   empty_ = true;
   out_ << "[\n";
   write("{\"name\":\"process_name\",\"ph\":\"M\",\"pid\":" + std::to_string(rank) +
@@ -60,10 +62,22 @@ std::uint32_t Timeline::laneOf(std::string_view tensor) {
   if (tensor.empty()) return 0;
   auto it = lanes_.find(tensor);
   if (it != lanes_.end()) return it->second;
-  const auto lane = static_cast<std::uint32_t>(lanes_.size() + 1);
+  const std::uint32_t lane = nextLane_++;
   lanes_.emplace(std::string(tensor), lane);
   write("{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":" + std::to_string(rank_) +
         ",\"tid\":" + std::to_string(lane) + ",\"args\":{\"name\":\"" + escaped(tensor) + "\"}}");
+  return lane;
+}
+
+std::uint32_t Timeline::helperLane(int thread) {
+  if (thread <= 0) return 0;  // the engine thread's phases nest in its collective's span
+  auto it = helperLanes_.find(thread);
+  if (it != helperLanes_.end()) return it->second;
+  const std::uint32_t lane = nextLane_++;
+  helperLanes_.emplace(thread, lane);
+  write("{\"name\":\"thread_name\",\"ph\":\"M\",\"pid\":" + std::to_string(rank_) +
+        ",\"tid\":" + std::to_string(lane) + ",\"args\":{\"name\":\"collective helper " +
+        std::to_string(thread) + "\"}}");
   return lane;
 }
 
@@ -82,11 +96,17 @@ void Timeline::span(std::string_view tensor, std::string_view name, std::string_
   if (!active()) return;
   std::lock_guard lock(mutex_);
   if (!out_.is_open()) return;
+  spanOn(laneOf(tensor), name, category, begin, end, args);
+}
+
+void Timeline::spanOn(std::uint32_t lane, std::string_view name, std::string_view category,
+                      Clock::time_point begin, Clock::time_point end, std::string_view args) {
   using std::chrono::duration_cast;
   using std::chrono::microseconds;
+  // Both ends rounded alike, so that a span inside another stays inside it (viewers nest
+  // spans of one lane by their times).
   const auto ts = duration_cast<microseconds>(begin - origin_).count();
-  const auto dur = duration_cast<microseconds>(end - begin).count();
-  const std::uint32_t lane = laneOf(tensor);
+  const auto dur = duration_cast<microseconds>(end - origin_).count() - ts;
   std::string e = "{\"name\":\"" + escaped(name) + "\",\"cat\":\"" + escaped(category) +
                   "\",\"ph\":\"X\",\"pid\":" + std::to_string(rank_) +
                   ",\"tid\":" + std::to_string(lane) + ",\"ts\":" + std::to_string(ts) +
@@ -102,6 +122,24 @@ void Timeline::counter(std::string_view name, Clock::time_point at, std::string_
   const auto ts = std::chrono::duration_cast<std::chrono::microseconds>(at - origin_).count();
   write("{\"name\":\"" + escaped(name) + "\",\"ph\":\"C\",\"pid\":" + std::to_string(rank_) +
         ",\"ts\":" + std::to_string(ts) + ",\"args\":{" + std::string(args) + "}}");
+}
+
+void Timeline::phase(const CollectivePhase& phase) noexcept {
+  if (!active()) return;
+  try {
+    const bool codec = phase.name == "encode" || phase.name == "decode";
+    std::string args =
+        "\"level\":\"" + escaped(phase.level) + "\",\"bytes\":" + std::to_string(phase.bytes);
+    if (codec) {
+      args += ",\"codec\":\"" + escaped(phase.codec) +
+              "\",\"encoded\":" + std::to_string(phase.encoded);
+    }
+    std::lock_guard lock(mutex_);
+    if (!out_.is_open()) return;
+    spanOn(helperLane(phase.thread), phase.name, codec ? "codec" : "level", phase.begin, phase.end,
+           args);
+  } catch (...) {  // NOLINT(bugprone-empty-catch): out of memory; the trace loses the event
+  }
 }
 
 }  // namespace skyring::engine

@@ -7,6 +7,7 @@
 #include <mutex>
 #include <numeric>
 #include <thread>
+#include <tuple>
 
 #include "collectives/hierarchical.h"
 #include "common/allreduce_checks.h"
@@ -411,6 +412,63 @@ TEST(HierarchicalFailures, KilledRankIsNamedByItsJobRank) {
     EXPECT_NE(what.find("[rank " + std::to_string(r) + ","), std::string::npos)
         << "rank " << r << ": " << what;
   }
+}
+
+// CollectiveOptions::observer: a pipelined call reports the cloud's stages from its helper
+// threads (1 reduces, 2 gathers) and the WAN's from the caller, each slice's; a codec at
+// both levels adds encode and decode at both, with the codec's name and encoded bytes
+// under its full precision ones. Phases arrive from three threads at once (TSan watches).
+TEST(HierarchicalPipelined, ObserverSeesEveryLevelAndCodec) {
+  struct Recorder final : CollectiveObserver {
+    std::mutex mutex;
+    std::vector<std::tuple<std::string, std::string, std::string, int, std::size_t, std::size_t>>
+        phases;  // name, level, codec, thread, bytes, encoded
+    void phase(const CollectivePhase& p) noexcept override {
+      std::lock_guard lock(mutex);
+      EXPECT_LE(p.begin, p.end);
+      phases.emplace_back(p.name, p.level, p.codec, p.thread, p.bytes, p.encoded);
+    }
+    std::size_t count(const std::string& name, const std::string& level, int thread) {
+      std::lock_guard lock(mutex);
+      return static_cast<std::size_t>(std::count_if(phases.begin(), phases.end(), [&](auto& e) {
+        return std::get<0>(e) == name && std::get<1>(e) == level && std::get<3>(e) == thread;
+      }));
+    }
+  };
+  Config costs = Config::fromMap({{"SKYRING_LINK_CROSS_CLOUD_LATENCY_MS", "0"}});
+  const std::size_t count = (std::size_t{8} << 20) / 4;  // 2 slices of kMinSliceBytes
+  std::vector<topology::RankRecord> records;
+  for (const char* w : kLayouts[0].where)
+    records.push_back({std::string("n") + w, std::string(1, w[0]), ""});
+  auto topo = std::make_shared<const Topology>(std::move(records), topology::CostModel(costs));
+  runRanks(topo, testConfig(AllreduceAlgorithm::hierarchical), [&](Communicator& comm) {
+    Recorder plain;
+    std::vector<float> grad(count, 1.0f);
+    CollectiveOptions options;
+    options.observer = &plain;
+    comm.allreduce(view(std::span(grad)), ReduceOp::sum, options);
+    EXPECT_EQ(plain.count("cloud reduce-scatter", "cloud", 1), 2u);
+    EXPECT_EQ(plain.count("cross-cloud allreduce", "cross-cloud", 0), 2u);
+    EXPECT_EQ(plain.count("cloud allgather", "cloud", 2), 2u);
+    EXPECT_EQ(plain.phases.size(), 6u);
+
+    Recorder coded;
+    options.observer = &coded;
+    options.compression = "int8";
+    options.compressionLevels = CompressionLevels{true, true};
+    comm.allreduce(view(std::span(grad)), ReduceOp::sum, options);
+    for (const char* what : {"encode", "decode"}) {
+      EXPECT_GE(coded.count(what, "cloud", 1), 2u) << what;  // the reduce-scatter's
+      EXPECT_GE(coded.count(what, "cloud", 2), 2u) << what;  // the allgather's
+      EXPECT_GE(coded.count(what, "cross-cloud", 0), 2u) << what;
+    }
+    for (const auto& [name, level, codec, thread, bytes, encoded] : coded.phases) {
+      if (name != "encode" && name != "decode") continue;
+      EXPECT_EQ(codec.rfind("int8", 0), 0u) << name << ": " << codec;  // the full spec
+      EXPECT_GT(bytes, 0u) << name << " at " << level;
+      EXPECT_LT(encoded, bytes) << name << " at " << level;
+    }
+  });
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include <string>
 #include <vector>
 
+#include "common/cloud_world.h"
 #include "common/local_world.h"
 #include "engine/engine_test_util.h"
 #include "skyring/engine.h"
@@ -196,6 +197,97 @@ TEST(Engine, TimelineCountsBytesPerLinkClass) {
               std::string::npos)
         << trace;
   });
+  std::filesystem::remove_all(dir);
+}
+
+// Two clouds of one node each (2 + 2 ranks), the engine on the communicator's primary tag:
+// an uncompressed tensor takes the node level (shared memory inside the node, the
+// cross-cloud level between the nodes), one that asks for int8 the hierarchical levels
+// with the codec across clouds. Each level's phase and each encode and decode is a span
+// nested in the batch's allreduce on the engine's lane, with its level and bytes (and the
+// codec's full spec, "int8:block=256", and its encoded bytes).
+TEST(Engine, TimelineShowsLevelsAndCodec) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("skyring-levels-" +
+                    std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  std::filesystem::create_directories(dir);
+  Config c = LocalWorld::defaultConfig();
+  c.timeline = (dir / "trace-{rank}.json").string();
+  testing::runCloudRanks(
+      testing::topologyOf({"A1", "A1", "B1", "B1"}), c,
+      [&](Communicator& comm) {
+        EngineOptions options;
+        options.tag = 0;  // the primary tag: the node level applies
+        Engine engine(comm, options);
+        std::vector<float> plain(4096, 1.0f);
+        std::vector<float> grad(4096, 0.5f);
+        AllreduceSpec int8;
+        int8.compression = "int8";
+        auto hp = engine.allreduceAsync("plain", Tensor::of(plain));
+        auto hg = engine.allreduceAsync("grad", Tensor::of(grad), int8);
+        finish(hp);
+        finish(hg);
+        EXPECT_EQ(plain, std::vector<float>(4096, 4.0f));
+        engine.stopTimeline();
+        const std::string trace =
+            readFile(dir / ("trace-" + std::to_string(comm.rank()) + ".json"));
+        ASSERT_EQ(trace.substr(trace.size() - 3), "\n]\n") << trace;
+        for (const char* want :
+             {"\"name\":\"node reduce-scatter\",\"cat\":\"level\"",
+              "\"name\":\"node allgather\",\"cat\":\"level\"",
+              "\"name\":\"cloud reduce-scatter\",\"cat\":\"level\"",
+              "\"name\":\"cross-cloud allreduce\",\"cat\":\"level\"",
+              "\"name\":\"cloud allgather\",\"cat\":\"level\"", "\"level\":\"node\",\"bytes\":",
+              "\"level\":\"cross-cloud\",\"bytes\":", "\"name\":\"encode\",\"cat\":\"codec\"",
+              "\"name\":\"decode\",\"cat\":\"codec\"", "\"codec\":\"int8"}) {
+          EXPECT_NE(trace.find(want), std::string::npos) << want << " missing from " << trace;
+        }
+        // Phases on the engine thread nest in its collective, on lane 0.
+        const auto at = trace.find("\"name\":\"cross-cloud allreduce\"");
+        ASSERT_NE(at, std::string::npos);
+        EXPECT_NE(trace.substr(at, trace.find('}', at) - at).find("\"tid\":0,"), std::string::npos)
+            << trace;
+      },
+      nullptr, std::size_t{1} << 16);
+  std::filesystem::remove_all(dir);
+}
+
+// A large allreduce across clouds with no WAN latency in the cost model is pipelined: the
+// cloud's reduce-scatter and allgather run on the call's helper threads, whose spans go to
+// lanes of their own ("collective helper 1" and "2") while the cross-cloud stage stays on
+// the engine's lane 0.
+TEST(Engine, TimelineGivesPipelineHelpersLanes) {
+  const auto dir = std::filesystem::temp_directory_path() /
+                   ("skyring-helpers-" +
+                    std::to_string(std::chrono::steady_clock::now().time_since_epoch().count()));
+  std::filesystem::create_directories(dir);
+  Config c = LocalWorld::defaultConfig();
+  c.timeline = (dir / "trace-{rank}.json").string();
+  const Config costs = Config::fromMap({{"SKYRING_LINK_CROSS_CLOUD_LATENCY_MS", "0"}});
+  std::vector<topology::RankRecord> records;
+  for (const char* w : {"A0", "A1", "B0", "B1"})
+    records.push_back({std::string("n") + w, std::string(1, w[0]), ""});
+  testing::runCloudRanks(
+      std::make_shared<const topology::Topology>(std::move(records), topology::CostModel(costs)), c,
+      [&](Communicator& comm) {
+        Engine engine(comm);
+        std::vector<float> x((std::size_t{8} << 20) / sizeof(float), 1.0f);  // 2 slices
+        finish(engine.allreduceAsync("big", Tensor::of(x)));
+        EXPECT_EQ(x.front(), 4.0f);
+        EXPECT_EQ(x.back(), 4.0f);
+        engine.stopTimeline();
+        const std::string trace =
+            readFile(dir / ("trace-" + std::to_string(comm.rank()) + ".json"));
+        ASSERT_EQ(trace.substr(trace.size() - 3), "\n]\n") << trace;
+        for (const char* helper : {"collective helper 1", "collective helper 2"})
+          EXPECT_NE(trace.find(std::string("\"args\":{\"name\":\"") + helper + "\"}"),
+                    std::string::npos)
+              << helper << " missing from " << trace;
+        const auto at = trace.find("\"name\":\"cloud reduce-scatter\"");
+        ASSERT_NE(at, std::string::npos) << trace;
+        EXPECT_EQ(trace.substr(at, trace.find('}', at) - at).find("\"tid\":0,"), std::string::npos)
+            << trace;
+      });
   std::filesystem::remove_all(dir);
 }
 

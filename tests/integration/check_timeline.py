@@ -3,9 +3,11 @@
 every rank's trace parses as JSON (a Chrome trace: a list of events) and holds what
 docs/engine.md says it does: per tensor lanes named after the tensors, negotiation spans,
 fused copies, collectives, replayed batches once the steps repeat, and "bytes sent"
-counter events per link class.
+counter events per link class. With CLOUDS, the ranks are split evenly into two clouds with
+SKYRING_COMPRESSION=int8, and each trace must also hold the allreduce's levels (cloud and
+cross-cloud spans) and the codec's encode and decode spans.
 
-    check_timeline.py MPIEXEC ENGINE_MAIN RANKS
+    check_timeline.py MPIEXEC ENGINE_MAIN RANKS [CLOUDS]
 """
 import json
 import os
@@ -16,12 +18,22 @@ import tempfile
 
 def main():
     mpiexec, program, ranks = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    clouds = len(sys.argv) > 4 and sys.argv[4] == "CLOUDS"
     with tempfile.TemporaryDirectory(prefix="skyring-timeline-") as d:
         pattern = os.path.join(d, "trace-{rank}.json")
-        run = subprocess.run(
-            [mpiexec, "--oversubscribe", "-np", str(ranks), "-x",
-             "SKYRING_TIMELINE=" + pattern, program],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=240)
+        if clouds:
+            command = [mpiexec, "--oversubscribe"]
+            for i, cloud in enumerate(["aws", "gcp"]):
+                if i:
+                    command.append(":")
+                command += ["-np", str(ranks // 2), "-x", "SKYRING_TIMELINE=" + pattern,
+                            "-x", "SKYRING_CLOUD=" + cloud, "-x", "SKYRING_COMPRESSION=int8",
+                            program]
+        else:
+            command = [mpiexec, "--oversubscribe", "-np", str(ranks), "-x",
+                       "SKYRING_TIMELINE=" + pattern, program]
+        run = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             text=True, timeout=240)
         if run.returncode != 0:
             print(run.stdout)
             sys.exit("engine_main failed with exit code %d" % run.returncode)
@@ -49,6 +61,21 @@ def main():
                 "complete events have durations": all(
                     e.get("dur", -1) >= 0 for e in events if e.get("ph") == "X"),
             }
+            if clouds:
+                spans = [e for e in events if e.get("ph") == "X"]
+                levels = {(e["name"], e["args"]["level"]) for e in spans
+                          if e.get("cat") == "level"}
+                codec = [e for e in spans if e.get("cat") == "codec"]
+                want.update({
+                    "cloud level spans": ("cloud reduce-scatter", "cloud") in levels
+                                         and ("cloud allgather", "cloud") in levels,
+                    "cross-cloud level spans": ("cross-cloud allreduce", "cross-cloud")
+                                               in levels,
+                    "int8 encode and decode spans": {e["name"] for e in codec}
+                                                    == {"encode", "decode"} and all(
+                        e["args"]["codec"].startswith("int8") and e["args"]["encoded"] > 0
+                        for e in codec),
+                })
             missing = [k for k, ok in want.items() if not ok]
             if missing:
                 sys.exit("%s: missing %s" % (path, ", ".join(missing)))
