@@ -11,10 +11,9 @@ the test accuracy per epoch, and at the end the bytes every rank sent per link c
 their egress price (the job's totals). Exits 1 if the final accuracy is below
 --min-accuracy.
 
-Written as a Horovod program is: replace `import skyring.torch as hvd` with
-`import horovod.torch as hvd` and it runs under horovodrun (without the traffic report,
-which is skyring's). The data (1797 8x8 images) ships with Debian's python3-sklearn;
-nothing is downloaded.
+Written as a Horovod program is; only the codecs beyond none/fp16 (Compression.int8 and
+the like) and the traffic report (skyring._core.stats) are skyring's own. The data (1797
+8x8 images) ships with Debian's python3-sklearn; nothing is downloaded.
 """
 
 import argparse
