@@ -28,6 +28,9 @@ Then the Python overhead of skyring.torch: --tiny tensors of 4 floats submitted 
 synchronized through hvd.allreduce_async_/hvd.synchronize, against the same through
 skyring._core.allreduce_async/Handle.wait directly (same engine, no torch layer); the
 difference per tensor is what skyring.torch's Python adds (issue 13: at most 20 us).
+Wall time on a loaded machine also counts the time other processes hold the cores, so
+the CPU time of the calling thread (time.thread_time, over submission and
+synchronization) is printed beside it: the same difference without the waits.
 
 Gloo's rendezvous uses a port rank 0 picks (broadcast through skyring); 127.0.0.1 unless
 --gloo-addr. Use Debian's /usr/bin/python3 (torch 1.13) with skyring importable
@@ -225,26 +228,32 @@ def bench_model(torch, dist, hvd, core, name, params, args):
 
 
 def bench_overhead(torch, dist, hvd, core, args):
-    """(hvd us/tensor, core us/tensor, hvd submit us/tensor, core submit us/tensor)."""
+    """us per tensor, each {"hvd": .., "core": ..}: the step (slowest rank), this rank's
+    submission loop, and the CPU time of this rank's calling thread over submission and
+    synchronization (time.thread_time: what the Python layer costs, blind to waits and to
+    other processes taking the cores)."""
     flat = torch.zeros(args.tiny * 4, dtype=torch.float32)
     tiny = [flat[4 * i:4 * i + 4] for i in range(args.tiny)]
     submit = {"hvd": [], "core": []}
+    cpu = {"hvd": [], "core": []}
 
     def via_hvd():
-        start = time.perf_counter()
+        cpu0, start = time.thread_time(), time.perf_counter()
         handles = [hvd.allreduce_async_(t, name=f"tiny.hvd.{i}", op=hvd.Sum)
                    for i, t in enumerate(tiny)]
         submit["hvd"].append(time.perf_counter() - start)
         for h in handles:
             hvd.synchronize(h)
+        cpu["hvd"].append(time.thread_time() - cpu0)
 
     def via_core():
-        start = time.perf_counter()
+        cpu0, start = time.thread_time(), time.perf_counter()
         handles = [core.allreduce_async(f"tiny.core.{i}", t.data_ptr(), [4], "f32", "sum")
                    for i, t in enumerate(tiny)]
         submit["core"].append(time.perf_counter() - start)
         for h in handles:
             h.wait()
+        cpu["core"].append(time.thread_time() - cpu0)
 
     times = {"hvd": [], "core": []}
     for step in range(args.w + args.n):
@@ -255,7 +264,8 @@ def bench_overhead(torch, dist, hvd, core, args):
                 times[m].append(secs)
     per = {m: statistics.median(t) / args.tiny * 1e6 for m, t in times.items()}
     sub = {m: statistics.median(t[args.w:]) / args.tiny * 1e6 for m, t in submit.items()}
-    return per["hvd"], per["core"], sub["hvd"], sub["core"]
+    used = {m: statistics.median(t[args.w:]) / args.tiny * 1e6 for m, t in cpu.items()}
+    return per, sub, used
 
 
 def free_port():
@@ -310,15 +320,17 @@ def main():
                   f"{ms['ddp'] / ms['skyring']:.2f} | {ms['per-tensor']:.1f} | "
                   f"{ms['per-tensor'] / ms['skyring']:.2f} | {r['wrong']} |", flush=True)
     if args.tiny:
-        h, c, hs, cs = bench_overhead(torch, dist, hvd, _core, args)
+        per, sub, used = bench_overhead(torch, dist, hvd, _core, args)
         if rank == 0:
             print(f"\n# Python overhead: {args.tiny} tensors of 4 f32 per step, submitted then "
-                  f"synchronized; us per tensor (median step, slowest rank; submit: rank 0's "
-                  f"submission loop alone)")
-            print("| skyring.torch | skyring._core | overhead (torch − core) "
-                  "| submit, torch | submit, core |")
-            print("|---:|---:|---:|---:|---:|")
-            print(f"| {h:.2f} | {c:.2f} | {h - c:.2f} | {hs:.2f} | {cs:.2f} |", flush=True)
+                  f"synchronized; us per tensor, medians: step (slowest rank), rank 0's "
+                  f"submission loop, rank 0's calling thread's CPU time")
+            print("| step, torch | step, _core | step, torch − _core | submit, torch "
+                  "| submit, _core | CPU, torch | CPU, _core | CPU, torch − _core |")
+            print("|---:|---:|---:|---:|---:|---:|---:|---:|")
+            print(f"| {per['hvd']:.2f} | {per['core']:.2f} | {per['hvd'] - per['core']:.2f} "
+                  f"| {sub['hvd']:.2f} | {sub['core']:.2f} | {used['hvd']:.2f} "
+                  f"| {used['core']:.2f} | {used['hvd'] - used['core']:.2f} |", flush=True)
     dist.destroy_process_group()
     hvd.shutdown()
     return 0
