@@ -191,10 +191,13 @@ def init(comm=None, process_sets=None):
             raise NotImplementedError("skyring does not take an MPI communicator in hvd.init()")
     if not _core.is_initialized():
         _core.init()
+    # Also when skyring was started below this layer (skyring._core.init(), as the DDP hook's
+    # init_process_group does): the world's ranks are read from the core either way.
+    if global_process_set.ranks != list(range(_core.size())):
         global_process_set.ranks = list(range(_core.size()))
-        if not _atexit_registered:
-            atexit.register(shutdown)
-            _atexit_registered = True
+    if not _atexit_registered:
+        atexit.register(shutdown)
+        _atexit_registered = True
     if process_sets is None or isinstance(process_sets, str):
         return
     for index, ps in enumerate(process_sets):
