@@ -1,6 +1,7 @@
 #include "skyring/runtime.h"
 
 #include <unistd.h>
+#include <cstdint>
 
 #include <algorithm>
 #include <climits>
