@@ -411,6 +411,25 @@ void TcpStoreClient::leave(int culprit, std::string_view reason) noexcept {
   }
 }
 
+bool TcpStoreClient::awaitServerClose(Clock::time_point deadline) noexcept {
+  std::unique_lock lock(mu_);
+  if (busy_ || fd_ < 0) return fd_ < 0;
+  std::byte scratch[256];
+  for (;;) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd_, POLLIN, 0};
+    const int rc = ::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left.count(), 100)));
+    if (rc < 0 && errno != EINTR) return false;
+    if (rc <= 0) continue;
+    const ssize_t n = ::recv(fd_, scratch, sizeof scratch, 0);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
+      closeConnection();
+      return true;
+    }
+  }
+}
+
 // allgather: every rank stores its bytes under prefix + rank, then reads everyone's. The
 // server parks each get until the key appears, so a late rank costs no polling.
 std::vector<std::vector<std::byte>> allgather(TcpStoreClient& client, const std::string& prefix,
