@@ -6,6 +6,7 @@
 // boundary where they appear; no other exception type leaves a skyring call.
 #pragma once
 
+#include <cstdint>
 #include <sstream>
 #include <stdexcept>
 #include <string>

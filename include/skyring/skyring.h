@@ -12,6 +12,7 @@
 // throw InvalidArgument before init() or after shutdown().
 #pragma once
 
+#include <cstdint>
 #include <string>
 #include <vector>
 

@@ -19,6 +19,7 @@
 // skips MPI_Finalize once any job of the process was abandoned (failed): it waits for
 // every process, and the failed ones may never come.
 #include <mpi.h>
+#include <cstdint>
 
 #include <algorithm>
 #include <chrono>

@@ -33,6 +33,11 @@ class OutOfBand {
   // reading (they reach the same verdict and leave too): the channel stays up for them a
   // little while (at most a second or two), so they see the verdict and not a closed channel.
   virtual void abandon(bool othersReading = false) noexcept { (void)othersReading; }
+  // Every rank has said goodbye some other way (the runtime's barrier over the transport)
+  // and this process may init() again at once: abandon(), and where the channel is served
+  // by another rank, also wait (bounded) until that server is gone, so that a new join
+  // cannot reach the old one (the TCP store would refuse it as a second claim on the rank).
+  virtual void leaveAfterGoodbye() noexcept { abandon(); }
 };
 
 // Picks the channel from config.launch: MPI under mpirun, the TCP store under

@@ -5,6 +5,7 @@
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <sys/random.h>
+#include <cstdint>
 
 #include <cerrno>
 #include <cstring>

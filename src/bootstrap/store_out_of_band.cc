@@ -19,6 +19,10 @@ constexpr std::chrono::milliseconds kPortProbeWait{2000};
 constexpr std::chrono::milliseconds kSealMargin{300};
 // How long rank 0 keeps the store for ranks still reading when it leaves without a goodbye.
 constexpr std::chrono::milliseconds kLingerBound{1500};
+// How long a rank that leaves after the goodbye waits for rank 0's store to close: rank 0
+// stops it once its transport is down, which takes milliseconds; a dead rank 0's
+// connection closes at once.
+constexpr std::chrono::milliseconds kStoreCloseWait{10000};
 
 // Rank 0 could not listen on MASTER_PORT. If a store of this job's identity holds it,
 // this is a second launch (or a repeated RANK=0): claiming rank 0 there makes that
@@ -109,6 +113,16 @@ class StoreOutOfBand final : public OutOfBand {
   void abandon(bool othersReading) noexcept override {
     abandoned_ = true;
     othersReading_ = othersReading_ || othersReading;  // a later plain abandon keeps it
+  }
+
+  // Rank 0 stops its store (closing every connection) right after its own goodbye: the
+  // others wait for that before they return from shutdown, so that a re-init does not
+  // join the old store, which still holds their claims and would fail the join.
+  void leaveAfterGoodbye() noexcept override {
+    abandon(false);
+    if (!server_ && client_) {
+      client_->awaitServerClose(std::chrono::steady_clock::now() + kStoreCloseWait);
+    }
   }
 
  private:

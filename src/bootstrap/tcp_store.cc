@@ -5,6 +5,7 @@
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <cstdint>
 
 #include <algorithm>
 #include <cerrno>
@@ -407,6 +408,25 @@ void TcpStoreClient::leave(int culprit, std::string_view reason) noexcept {
     if (!said.empty()) std::memcpy(value.data() + 4, said.data(), said.size());
     request(Op::leave, "", value, Clock::now() + kLeaveWait, "tcp store leave");
   } catch (...) {  // NOLINT(bugprone-empty-catch): best effort; the close tells the store too
+  }
+}
+
+bool TcpStoreClient::awaitServerClose(Clock::time_point deadline) noexcept {
+  std::unique_lock lock(mu_);
+  if (busy_ || fd_ < 0) return fd_ < 0;
+  std::byte scratch[256];
+  for (;;) {
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    if (left.count() <= 0) return false;
+    pollfd p{fd_, POLLIN, 0};
+    const int rc = ::poll(&p, 1, static_cast<int>(std::min<std::int64_t>(left.count(), 100)));
+    if (rc < 0 && errno != EINTR) return false;
+    if (rc <= 0) continue;
+    const ssize_t n = ::recv(fd_, scratch, sizeof scratch, 0);
+    if (n == 0 || (n < 0 && errno != EINTR && errno != EAGAIN && errno != EWOULDBLOCK)) {
+      closeConnection();
+      return true;
+    }
   }
 }
 

@@ -221,6 +221,12 @@ class TcpStoreClient {
   // key at once with `reason`, naming `culprit` (-1: none), instead of letting them wait
   // for this rank. Best effort, bounded by a second; the connection is closed after.
   void leave(int culprit, std::string_view reason) noexcept;
+  // After the last exchange (the ranks' goodbye): waits until the server closes this
+  // connection, i.e. until rank 0's store has stopped serving, or until the deadline.
+  // A process that init()s again at once must not join the old store, which still holds
+  // this rank's claim (the join would fail as a duplicate claim). Returns whether the
+  // server closed it in time.
+  bool awaitServerClose(std::chrono::steady_clock::time_point deadline) noexcept;
 
   int rank() const noexcept { return rank_; }
   int worldSize() const noexcept { return worldSize_; }

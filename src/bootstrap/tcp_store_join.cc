@@ -1,6 +1,7 @@
 // The TCP store server's rules for the job (see tcp_store.h): who is admitted, what a
 // duplicate claim does to the join, who may replace a key, and how a rank that is gone
 // ends everyone's waits. The loop and its I/O are in tcp_store_server.cc.
+#include <cstdint>
 #include <cstring>
 
 #include "bootstrap/tcp_store_server_loop.h"

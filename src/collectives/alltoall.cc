@@ -1,6 +1,7 @@
 // Pairwise-exchange alltoall (pairwise.h). Every block is received straight into its place
 // in output; all of a step's messages are posted before waiting on them, and steps run one
 // after the other so a rank has at most one send and one receive in flight.
+#include <cstdint>
 #include <cstring>
 
 #include "collectives/algorithms.h"

@@ -1,4 +1,5 @@
 // Pipelined chain broadcast and the dissemination barrier.
+#include <cstdint>
 #include <vector>
 
 #include "collectives/algorithms.h"

@@ -1,5 +1,6 @@
 #include "skyring/communicator.h"
 
+#include <cstdint>
 #include <cstring>
 #include <string>
 #include <tuple>

@@ -34,6 +34,7 @@
 #include "collectives/compressed_allreduce.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <span>
 

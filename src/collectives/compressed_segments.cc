@@ -19,6 +19,7 @@
 // SegmentCodecState::powerSgd; the first Q comes from a seed derived from the name, so
 // every rank starts alike.
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <utility>

@@ -6,6 +6,7 @@
 // states stay valid while others are added.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <memory>
 #include <mutex>

@@ -1,6 +1,7 @@
 #include "collectives/exchange.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <optional>
 #include <set>

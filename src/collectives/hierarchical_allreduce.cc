@@ -52,6 +52,7 @@
 // representable inputs the bytes equal the flat ring's.
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cstring>
 #include <exception>
 #include <string>

@@ -13,6 +13,7 @@
 #include "collectives/node_level.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 
 #include "collectives/ring.h"

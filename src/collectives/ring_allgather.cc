@@ -1,6 +1,7 @@
 // Ring allgather: n-1 steps; at step s a rank forwards the segment it received at step
 // s-1. Chunks are received straight into their final place, so there is no copy and no
 // scratch; all of a step's chunks are posted at once.
+#include <cstdint>
 #include <cstring>
 #include <vector>
 

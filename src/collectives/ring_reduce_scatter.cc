@@ -9,6 +9,7 @@
 //
 // Out of place costs no copy: every reduction reads input and writes output, and
 // sends read whichever buffer holds the segment's latest value.
+#include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>

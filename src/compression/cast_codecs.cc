@@ -7,6 +7,7 @@
 // on a CPU with F16C uses vcvtps2ph/vcvtph2ps instead, which round the same way; NaN
 // inputs are canonicalised first so that they too give the portable path's bits.
 #include <algorithm>
+#include <cstdint>
 
 #if defined(__x86_64__)
 #include <immintrin.h>

@@ -1,6 +1,7 @@
 // The codec-independent half of every Compressor: the wire header, size and state checks,
 // and the step counter. Codecs only fill in their payload.
 #include <algorithm>
+#include <cstdint>
 
 #include "compression/codecs.h"
 

@@ -9,6 +9,7 @@
 // payload bits of NaNs in the residual: checked on 2.2e9 seeded elements (all modes,
 // blocks 1 to 2^20, denormals, infinities, NaNs, counters near 2^32) before and after.
 #include <algorithm>
+#include <cstdint>
 #include <optional>
 
 #include "compression/codec_ops.h"

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "compression/codec_ops.h"
 #include "skyring/error.h"

@@ -2,6 +2,8 @@
 // them. Payload: P (rows x rank f32, row-major), then Q (cols x rank f32); the header's
 // param is the rank used, rows and cols follow from the count (powersgd.h).
 #include "compression/codecs.h"
+
+#include <cstdint>
 #include "compression/powersgd.h"
 
 namespace skyring::compression {

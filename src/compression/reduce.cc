@@ -1,5 +1,7 @@
 #include "compression/reduce.h"
 
+#include <cstdint>
+
 #include "compression/reduce_ops.h"
 
 namespace skyring::compression {

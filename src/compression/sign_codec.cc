@@ -3,6 +3,7 @@
 // decoding gives +-scale. Payload: ceil(n / B) f32 scales, then ceil(n / 8) bytes of sign
 // bits, element i in bit i % 8 of byte i / 8. Ratio ~ 32 / (1 + 32 / B): 31x for B = 1024.
 #include <algorithm>
+#include <cstdint>
 
 #include "compression/codec_ops.h"
 #include "compression/codecs.h"

@@ -4,6 +4,8 @@
 // buffer (CollectiveOptions::segments).
 #include "engine/engine_impl.h"
 
+#include <cstdint>
+
 namespace skyring {
 
 std::string Engine::Impl::resolveCompression(const AllreduceSpec& spec, const engine::Descriptor& d,

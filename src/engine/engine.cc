@@ -26,6 +26,7 @@
 // waits in that collective at most kIdleTick longer than it would have.
 #include <algorithm>
 #include <condition_variable>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <mutex>

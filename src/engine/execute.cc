@@ -1,6 +1,7 @@
 // Running the tensors a cycle found ready everywhere (engine_impl.h): allreduces (grouped
 // ones member by member) and broadcasts fused into batches, allgathers and reducescatters
 // alone. Called on the engine thread, in the order every rank agreed on.
+#include <cstdint>
 #include <cstring>
 
 #include "engine/engine_impl.h"

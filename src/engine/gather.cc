@@ -1,6 +1,7 @@
 #include "engine/gather.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <numeric>
 

@@ -1,5 +1,6 @@
 // join(): a rank out of data keeps taking part in the others' allreduces with zeros until
 // every rank has joined (engine_impl.h, docs/engine.md). Engine thread only.
+#include <cstdint>
 #include <numeric>
 
 #include "engine/engine_impl.h"

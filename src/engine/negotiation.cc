@@ -3,6 +3,7 @@
 #include "engine/wire.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <sstream>
 

@@ -1,6 +1,7 @@
 // Running a replayed step (engine/replay.h): per batch, wait until this rank has it, then
 // run its data through the fusion buffer beside the one-byte flag, and keep the result only
 // when every rank had the batch. Called on the engine thread.
+#include <cstdint>
 #include <cstring>
 #include <future>
 

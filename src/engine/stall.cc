@@ -1,6 +1,7 @@
 #include "engine/stall.h"
 
 #include <algorithm>
+#include <cstdint>
 #include <map>
 #include <sstream>
 

@@ -1,5 +1,6 @@
 #include "engine/timeline.h"
 
+#include <cstdint>
 #include <cstdio>
 
 #include "skyring/error.h"

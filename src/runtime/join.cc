@@ -1,6 +1,7 @@
 #include "runtime/join.h"
 
 #include <array>
+#include <cstdint>
 #include <cstring>
 #include <map>
 #include <sstream>

@@ -2,6 +2,7 @@
 // mutable global of the library, as DESIGN.md allows for the default runtime of a process;
 // everything else is owned by that Runtime.
 #include <algorithm>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 

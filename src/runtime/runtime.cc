@@ -1,6 +1,7 @@
 #include "skyring/runtime.h"
 
 #include <unistd.h>
+#include <cstdint>
 
 #include <algorithm>
 #include <climits>
@@ -77,8 +78,12 @@ Runtime::~Runtime() {
   // Every rank has passed the goodbye (or the job failed): nobody needs the bootstrap
   // channel any more, so it need not wait for the others either. Under MPI a clean exit
   // still finalises MPI.
-  if (parts_->oob && (!clean || config_.launch.launcher != LaunchEnvironment::Launcher::mpi)) {
+  // A clean leave without MPI also waits until rank 0's store is gone, so that an init()
+  // right after this shutdown joins a new store, not the old one.
+  if (parts_->oob && !clean) {
     parts_->oob->abandon();
+  } else if (parts_->oob && config_.launch.launcher != LaunchEnvironment::Launcher::mpi) {
+    parts_->oob->leaveAfterGoodbye();
   }
   parts_->oob.reset();
 }

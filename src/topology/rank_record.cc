@@ -2,6 +2,7 @@
 #include "skyring/rank_record.h"
 
 #include <array>
+#include <cstdint>
 #include <cstring>
 
 #include "skyring/error.h"

@@ -1,6 +1,7 @@
 #include "transport/subgroup_transport.h"
 
 #include <algorithm>
+#include <cstdint>
 
 #include "transport/tag_layout.h"
 

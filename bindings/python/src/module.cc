@@ -17,6 +17,7 @@
 // ValueError too.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <cstdint>
 
 #include <chrono>
 #include <cstddef>
