@@ -76,11 +76,12 @@ class Core {
   // Progresses until done() or the deadline; returns done(). done() may throw.
   template <typename Done>
   bool waitLocked(std::unique_lock<std::mutex>& lock, Clock::time_point deadline, Done done) {
+    const auto since = Clock::now();
     for (;;) {
       progressLocked();
       if (done()) return true;
       if (Clock::now() >= deadline) return false;
-      idleLocked(lock, deadline);
+      idleLocked(lock, deadline, since);
     }
   }
 
@@ -118,7 +119,10 @@ class Core {
   [[noreturn]] void raise(const Failure& failure, int peer) const;
   void initUcx(const AllgatherFn& oob);
   void handshake();
-  void idleLocked(std::unique_lock<std::mutex>& lock, Clock::time_point deadline);
+  // Spins briefly, then sleeps on the worker's event fd for a slice that grows with the
+  // time waited since `since` (ucx_ops.cc: kSleepSlice).
+  void idleLocked(std::unique_lock<std::mutex>& lock, Clock::time_point deadline,
+                  Clock::time_point since);
   std::unique_ptr<Op> postControlSendLocked(int peer, ControlKind kind,
                                             std::span<const std::byte> payload);
   void postControlRecvLocked(ControlRecv& recv, ControlKind kind);
