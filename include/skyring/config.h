@@ -100,6 +100,12 @@ struct Config {
   // Where the engine writes its Chrome trace (SKYRING_TIMELINE): rank 0 writes this path,
   // or every rank when it contains "{rank}" (replaced by the rank). Empty: no trace.
   std::string timeline;
+  // Live metrics (docs/observability.md): each rank serves /metrics on metricsPort plus its
+  // local rank (SKYRING_METRICS_PORT; -1: off; 0: a port the system picks, logged), bound
+  // to metricsAddress (SKYRING_METRICS_ADDR, a numeric IPv4 or IPv6 address). Per rank:
+  // they need not agree.
+  int metricsPort = -1;
+  std::string metricsAddress = "127.0.0.1";
 
   // Where this rank runs (docs/topology.md): read by topology::localRecord.
   std::string node;               // SKYRING_NODE; empty: the hostname

@@ -45,6 +45,9 @@
 namespace skyring {
 
 class Communicator;
+namespace metrics {
+class Registry;
+}
 
 // An owned view of a tensor: where it is, its shape, and something that keeps the memory
 // alive until the engine is done with it (a DLPack capsule, an at::Tensor, a vector).
@@ -103,6 +106,10 @@ struct EngineOptions {
   // How long the first cycle waits for the other ranks' engines to start; zero: the
   // communicator's Config::initTimeout.
   std::chrono::milliseconds startTimeout{0};
+  // Where the engine records its live metrics (skyring/metrics.h, docs/observability.md:
+  // queue depth, stalls, failed handles, fusion fill, collective and phase latencies,
+  // codec bytes); null: none. The Runtime passes its own, which /metrics serves.
+  std::shared_ptr<metrics::Registry> metrics;
 };
 
 struct AllreduceSpec {

@@ -18,6 +18,10 @@
 // and fails on every rank, naming the variable and the ranks, when a setting that must be
 // the same everywhere differs (docs/configuration.md).
 //
+// With SKYRING_METRICS_PORT set, init() also starts this rank's /metrics endpoint on
+// that port plus the local rank (docs/observability.md); a port it cannot bind is a
+// warning naming it, and the job goes on. The destructor stops it first.
+//
 // Thread-safety: see Communicator. Destroying the Runtime says goodbye to the other ranks
 // (a barrier bounded by the start-up timeout; skipped after a failure, and a rank that
 // died meanwhile is only warned about) and shuts the transport down.
@@ -31,6 +35,7 @@
 #include "skyring/config.h"
 #include "skyring/engine.h"
 #include "skyring/metering_transport.h"
+#include "skyring/metrics.h"
 #include "skyring/process_set.h"
 
 namespace skyring {
@@ -57,6 +62,13 @@ class Runtime {
   // transport; the node channel's shared memory is not a link and is not counted.
   transport::TrafficStats stats() const;
   const Config& config() const noexcept { return config_; }
+  // The live metrics of this rank (docs/observability.md): what /metrics serves when
+  // SKYRING_METRICS_PORT is set. Recorded whether or not it is served; a program may add
+  // series of its own (its loss, its step time). Any thread.
+  metrics::Registry& metrics() noexcept { return *metrics_; }
+  // The port /metrics listens on; 0 when not served (no SKYRING_METRICS_PORT, or the port
+  // could not be bound).
+  int metricsPort() const noexcept;
   // The background engine (skyring/engine.h), started by the first call. It runs over a
   // communicator of its own on world()'s ranks, in a context of its own (its tags never meet
   // world()'s, so world() keeps every user tag but 4094, below), with a shared-memory node
@@ -85,6 +97,8 @@ class Runtime {
   // The steps of init(): join, check settings, gather topology, connect, build the world.
   void start();
   void logSummary() const;
+  // Registers the runtime's series and starts /metrics when SKYRING_METRICS_PORT is set.
+  void startMetrics();
 
   Config config_;
   int rank_ = 0;
@@ -93,6 +107,7 @@ class Runtime {
   int localSize_ = 1;
   std::unique_ptr<Parts> parts_;
   std::shared_ptr<const topology::Topology> topology_;
+  std::shared_ptr<metrics::Registry> metrics_;
   std::unique_ptr<Communicator> world_;
   std::unique_ptr<ProcessSetTable> processSets_;  // after world_, which it borrows
   std::once_flag engineOnce_;

@@ -1,6 +1,9 @@
 // The one place where SKYRING_* environment variables are read.
 #include "skyring/config.h"
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <charconv>
 #include <cstdint>
@@ -230,6 +233,23 @@ const std::vector<ParameterSpec>& specs() {
         "File the engine writes a Chrome trace to: rank 0, or every rank when the path "
         "contains {rank}."},
        [](Config& c, const std::string& v) { c.timeline = v; }},
+      {{"SKYRING_METRICS_PORT", "(off)",
+        "Serve Prometheus metrics at /metrics: each rank on this port plus its local rank "
+        "(0: a free port each, logged)."},
+       [](Config& c, const std::string& v) {
+         c.metricsPort = static_cast<int>(parseInteger("SKYRING_METRICS_PORT", v, 0, 65535));
+       }},
+      {{"SKYRING_METRICS_ADDR", "127.0.0.1",
+        "Numeric IPv4 or IPv6 address the metrics port binds to (0.0.0.0: every interface)."},
+       [](Config& c, const std::string& v) {
+         unsigned char addr[sizeof(in6_addr)];
+         if (::inet_pton(AF_INET, v.c_str(), addr) != 1 &&
+             ::inet_pton(AF_INET6, v.c_str(), addr) != 1) {
+           SKYRING_THROW(InvalidArgument, {}, "SKYRING_METRICS_ADDR='", v,
+                         "': expected a numeric IPv4 or IPv6 address (127.0.0.1, 0.0.0.0, ::1)");
+         }
+         c.metricsAddress = v;
+       }},
       {{"SKYRING_NODE", "(hostname)",
         "Name of this rank's node; ranks with equal node and cloud share a node."},
        [](Config& c, const std::string& v) { c.node = v; }},

@@ -281,6 +281,7 @@ Handle Engine::Impl::submit(std::string name, Tensor tensor, AllreduceSpec spec,
   }
   SKYRING_CHECK_ARG(names.insert(name).second, ctx, "'", name,
                     "' is already pending on this rank (wait for its handle first)");
+  metrics.queueDepth(names.size());
   submitted.push_back(std::move(p));
   lastSubmission = Clock::now();
   wake.notify_all();
@@ -533,6 +534,7 @@ void Engine::Impl::inspectStalls(Clock::time_point now) {
   const auto stalls =
       engine::findStalls(reports, static_cast<std::uint64_t>(c.stallWarning.count()));
   if (stalls.empty()) return;
+  metrics.stalls(stalls.size());
   // Every rank has the same reports, so every rank reaches the same verdict here.
   if (c.stallShutdown.count() > 0 &&
       stalls.front().ageMs >= static_cast<std::uint64_t>(c.stallShutdown.count())) {
@@ -560,13 +562,16 @@ void Engine::Impl::finish(Pending& p, std::exception_ptr error) {
   {
     std::lock_guard lock(mutex);
     names.erase(p.descriptor.name);
+    metrics.queueDepth(names.size());
   }
+  if (error && !p.ghost) metrics.failedHandle();
   p.tensor.keepAlive.reset();
   p.state->complete(std::move(error));
 }
 
 void Engine::Impl::failAll(const std::exception_ptr& error) {
   std::vector<Pending> late;
+  metrics.engineFailed();
   {
     std::lock_guard lock(mutex);
     failure = error;

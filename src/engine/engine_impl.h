@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "engine/engine_metrics.h"
 #include "engine/handle_state.h"
 #include "engine/negotiation.h"
 #include "engine/replay.h"
@@ -70,7 +71,11 @@ inline constexpr int kMaxReplayFailures = 8;
 
 struct Engine::Impl {
   Impl(Communicator& c, EngineOptions o)
-      : comm(c), options(o), announcements(c.size()), inPlaceBytes(inPlaceBytesOf(c)) {}
+      : comm(c),
+        options(o),
+        announcements(c.size()),
+        inPlaceBytes(inPlaceBytesOf(c)),
+        metrics(options.metrics, c.config().fusionThreshold) {}
   // engine::inPlaceBytes for this communicator's slowest link (by its topology's cost
   // model; without a topology, the configured intra-cloud link).
   static std::size_t inPlaceBytesOf(const Communicator& c);
@@ -184,6 +189,7 @@ struct Engine::Impl {
   engine::Clock::time_point lastSubmission = engine::Clock::now();  // guarded by mutex
   // Codecs by canonical spec, for the size rule (chooseCodec).
   std::map<std::string, std::unique_ptr<compression::Compressor>> codecs;
+  engine::EngineMetrics metrics;  // after options, whose registry it keeps
 };
 
 }  // namespace skyring

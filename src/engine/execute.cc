@@ -116,6 +116,7 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
   }
   for (Pending* p : alone) {
     const auto begin = Clock::now();
+    engine::CallMeter meter(metrics, nullptr);
     const engine::Collective c = p->descriptor.collective;
     std::exception_ptr error;
     const char* what = "allgather";
@@ -129,6 +130,7 @@ void Engine::Impl::execute(const std::vector<std::uint32_t>& readySlots) {
       error = runAlltoall(*p, o);
       what = "alltoall";
     }
+    if (!error) meter.done(what);
     timeline.span(p->descriptor.name, what, "collective", begin, Clock::now());
     countTraffic();
     const std::string name = p->descriptor.name;
@@ -157,14 +159,17 @@ void Engine::Impl::runBatch(const std::vector<Part>& batch, const CollectiveOpti
     data.compression = batch.front().codec;
     data.segments = segments;
   }
-  if (timeline.active()) data.observer = &timeline;
   auto run = [&](BufferView b) {
+    metrics.batch(b.bytes());
+    engine::CallMeter meter(metrics, timeline.active() ? &timeline : nullptr);
+    data.observer = meter.observer();
     const auto begin = Clock::now();
     if (broadcast) {
       comm.broadcast(b, head.root, o);
     } else {
       comm.allreduce(b, head.op, data);
     }
+    meter.done(what);
     if (!timeline.active()) return;
     countTraffic();
     const auto end = Clock::now();

@@ -156,7 +156,8 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
       // compressed allreduce whose segments keep each tensor's codec state, as runBatch.
       std::vector<TensorSegment> segments;
       CollectiveOptions data = o;
-      if (timeline.active()) data.observer = &timeline;  // its levels, encode and decode
+      engine::CallMeter meter(metrics, timeline.active() ? &timeline : nullptr);
+      data.observer = meter.observer();  // its levels, encode and decode
       if (!codec.empty()) {
         std::size_t at = 0;
         for (std::uint32_t s : batch.slots) {
@@ -173,7 +174,9 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
       }
       const BufferView out{fusion.data(), (bytes + extra) / dtypeSize(head->dtype), head->dtype,
                            MemoryKind::host};
+      metrics.batch(bytes);
       comm.allreduce(fromTensor ? owners.front()->tensor.buffer : out, out, head->op, data);
+      meter.done("allreduce");
       if (inBand) {
         flag = engine::readFlag(fusion.data() + bytes, head->dtype, head->op, n) ? 1 : 0;
       }
@@ -234,8 +237,11 @@ bool Engine::Impl::runReplayedInPlace(const engine::ReplayBatch& batch, Pending*
     const BufferView b = mine->tensor.buffer;
     engine::scaleInPlace(b, mine->spec.prescale);
     CollectiveOptions data = o;
-    if (timeline.active()) data.observer = &timeline;  // its levels
+    engine::CallMeter meter(metrics, timeline.active() ? &timeline : nullptr);
+    data.observer = meter.observer();  // its levels
+    metrics.batch(b.bytes());
     comm.allreduce(b, d.op, data);
+    meter.done("allreduce");
     engine::scaleInPlace(b, mine->spec.postscale);
   }
   const auto end = Clock::now();

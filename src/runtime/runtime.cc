@@ -4,6 +4,7 @@
 #include <cstdint>
 
 #include <algorithm>
+#include <array>
 #include <climits>
 #include <cstring>
 #include <sstream>
@@ -11,6 +12,7 @@
 
 #include "bootstrap/out_of_band.h"
 #include "runtime/join.h"
+#include "runtime/metrics_server.h"
 #include "runtime/process_sets.h"
 #include "skyring/inprocess_transport.h"
 #include "skyring/metering_transport.h"
@@ -28,8 +30,9 @@ struct Runtime::Parts {
   std::unique_ptr<transport::InProcessWorld> alone;  // the world of one
   std::shared_ptr<transport::Transport> transport;
   std::shared_ptr<transport::NodeChannel> node;
-  std::shared_ptr<transport::NodeChannel> engineNode;   // the engine's own (Runtime::engine)
-  std::shared_ptr<transport::MeteringTransport> meter;  // wraps transport
+  std::shared_ptr<transport::NodeChannel> engineNode;     // the engine's own (Runtime::engine)
+  std::shared_ptr<transport::MeteringTransport> meter;    // wraps transport
+  std::unique_ptr<runtime::MetricsServer> metricsServer;  // null: not served
 };
 
 namespace {
@@ -52,6 +55,8 @@ Runtime::Runtime(Config config) : config_(std::move(config)), parts_(std::make_u
 // naming it, not a hang. After a failure there is no goodbye at all (the group is
 // aborted and every rank already knows), so the process can exit at once.
 Runtime::~Runtime() {
+  // No scrape reads the runtime's parts while they go away.
+  parts_->metricsServer.reset();
   // The engines' collectives run on the world's transport: they stop (collectively) before
   // the goodbye, the process sets' first.
   processSets_.reset();
@@ -199,6 +204,79 @@ void Runtime::start() {
   world_ = std::make_unique<Communicator>(parts.transport, config_, node, topology_);
   processSets_ = std::make_unique<ProcessSetTable>(*world_, parts.transport, topology_);
   logSummary();
+  startMetrics();
+}
+
+void Runtime::startMetrics() {
+  std::vector<std::pair<std::string, std::string>> labels{{"rank", std::to_string(rank_)}};
+  if (!config_.jobId().empty()) labels.emplace_back("job_id", config_.jobId());
+  metrics_ = std::make_shared<metrics::Registry>(std::move(labels));
+  metrics::Registry& r = *metrics_;
+  const auto& here = topology_->record(rank_);
+  r.gauge("skyring_rank_info", "1, labelled with where this rank runs and the library version.",
+          {"cloud", "node", "local_rank", "version"})
+      .with({here.cloud, here.node, std::to_string(localRank_), SKYRING_VERSION})
+      .set(1);
+  // The transport's counts (every byte sent: world(), the engine, process sets), copied
+  // at each scrape; shared memory inside a node is not a link and is not counted.
+  auto& bytes = r.counter("skyring_bytes_sent_total",
+                          "Bytes this rank sent over the transport, by link class.", {"link"});
+  auto& messages =
+      r.counter("skyring_messages_sent_total",
+                "Messages this rank sent over the transport, by link class.", {"link"});
+  std::array<std::pair<metrics::Counter*, metrics::Counter*>, topology::kLinkClassCount> byClass{};
+  for (auto c : {topology::LinkClass::intraNode, topology::LinkClass::intraCloud,
+                 topology::LinkClass::crossCloud}) {
+    std::string name(topology::linkClassName(c));
+    std::replace(name.begin(), name.end(), '-', '_');
+    byClass[topology::index(c)] = {&bytes.with({name}), &messages.with({name})};
+  }
+  metrics::Counter& dollars =
+      r.counter("skyring_egress_dollars_total",
+                "Egress this rank's sends cost by the cost model (SKYRING_LINK_*_DOLLARS_PER_GB), "
+                "in US dollars.")
+          .with({});
+  // A weak reference: the registry (which the engine shares) must not keep the transport.
+  r.onCollect([weak = std::weak_ptr(parts_->meter), byClass, &dollars] {
+    const auto meter = weak.lock();
+    if (!meter) return;
+    const auto stats = meter->stats();
+    for (std::size_t c = 0; c < byClass.size(); ++c) {
+      if (byClass[c].first == nullptr) continue;
+      byClass[c].first->advanceTo(static_cast<double>(stats.bytes[c]));
+      byClass[c].second->advanceTo(static_cast<double>(stats.messages[c]));
+    }
+    dollars.advanceTo(stats.egressDollars);
+  });
+
+  if (config_.metricsPort < 0) return;
+  const Logger log(config_.logLevel, rank_);
+  runtime::MetricsServerOptions options;
+  options.address = config_.metricsAddress;
+  // Ranks of one node share its addresses: each takes the port after its local rank's
+  // predecessor (0 stays 0: each its own free port).
+  options.port = config_.metricsPort == 0 ? 0 : config_.metricsPort + localRank_;
+  const std::string where = options.address + ":" + std::to_string(options.port);
+  if (options.port > 65535) {
+    SKYRING_LOG(log, warn, "metrics: SKYRING_METRICS_PORT=", config_.metricsPort,
+                " plus local rank ", localRank_, " is past 65535; not serving /metrics");
+    return;
+  }
+  try {
+    parts_->metricsServer = std::make_unique<runtime::MetricsServer>(metrics_, options, log);
+    SKYRING_LOG(log, info, "metrics: serving http://", options.address, ":",
+                parts_->metricsServer->port(),
+                "/metrics (SKYRING_METRICS_PORT=", config_.metricsPort, " plus local rank ",
+                localRank_, ")");
+  } catch (const Error& e) {
+    // Metrics are a diagnostic: a port taken by another process never stops training.
+    SKYRING_LOG(log, warn, "metrics: not serving /metrics on ", where, ": ", e.detail(),
+                "; training goes on without this rank's metrics");
+  }
+}
+
+int Runtime::metricsPort() const noexcept {
+  return parts_->metricsServer ? parts_->metricsServer->port() : 0;
 }
 
 // At info, rank 0 says once how the job is laid out and what will run where; the same
@@ -249,6 +327,7 @@ void Runtime::logSummary() const {
 Engine& Runtime::engine() {
   std::call_once(engineOnce_, [&] {
     EngineOptions options;
+    options.metrics = metrics_;
     options.linkBytes = [meter = parts_->meter] {
       static_assert(topology::kLinkClassCount == 4);
       std::array<std::uint64_t, 4> out{};

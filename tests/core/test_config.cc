@@ -38,7 +38,11 @@ TEST(Config, BadValuesNameTheVariable) {
                                                         {"SKYRING_TIMEOUT_MS", "-5"},
                                                         {"SKYRING_TIMEOUT_MS", "10s"},
                                                         {"SKYRING_LOG_LEVEL", "loud"},
-                                                        {"SKYRING_RING_PIPELINE_DEPTH", "0"}}) {
+                                                        {"SKYRING_RING_PIPELINE_DEPTH", "0"},
+                                                        {"SKYRING_METRICS_PORT", "65536"},
+                                                        {"SKYRING_METRICS_PORT", "http"},
+                                                        {"SKYRING_METRICS_ADDR", "localhost"},
+                                                        {"SKYRING_METRICS_ADDR", ""}}) {
     try {
       Config::fromMap({{name, value}});
       ADD_FAILURE() << name << "=" << value << " was accepted";
@@ -46,6 +50,20 @@ TEST(Config, BadValuesNameTheVariable) {
       EXPECT_NE(std::string(e.what()).find(name), std::string::npos) << e.what();
     }
   }
+}
+
+// Metrics are off by default, on loopback when on, and per rank (need not agree).
+TEST(Config, MetricsSettings) {
+  const Config d;
+  EXPECT_EQ(d.metricsPort, -1);
+  EXPECT_EQ(d.metricsAddress, "127.0.0.1");
+  const Config c =
+      Config::fromMap({{"SKYRING_METRICS_PORT", "9400"}, {"SKYRING_METRICS_ADDR", "::"}});
+  EXPECT_EQ(c.metricsPort, 9400);
+  EXPECT_EQ(c.metricsAddress, "::");
+  EXPECT_EQ(Config::fromMap({{"SKYRING_METRICS_PORT", "0"}}).metricsPort, 0);
+  for (const auto& [name, value] : c.jobSettings())
+    EXPECT_EQ(name.find("METRICS"), std::string_view::npos) << name;
 }
 
 TEST(Config, CompressionLevels) {
