@@ -17,7 +17,11 @@
 //             every rank with an error naming the parameter and the ranks.
 // Exits non-zero (with a message naming the rank and check) on any failure.
 #include <gtest/gtest.h>
-#include <torch/torch.h>
+#include <torch/nn/functional/loss.h>
+#include <torch/nn/modules/linear.h>
+#include <torch/optim/adam.h>
+#include <torch/optim/sgd.h>
+#include <torch/utils.h>
 
 #include <cstdio>
 #include <cstdlib>
@@ -379,6 +383,31 @@ void trainMode() {
       opt.step();
     }
     EXPECT(sameEverywhere(flat(*net), "check.bpps2"));
+  }
+
+  // A layer only the even ranks use: the odd ranks' hooks never fire for it, step()
+  // submits zeros for them, and every rank still ends with the same weights.
+  {
+    auto [x, y] = dataOf(gRank, rows);
+    torch::nn::Linear extra(4, 4);
+    st::broadcastParameters(*extra, 0);
+    st::NamedParameters named = st::namedParameters(*net);
+    for (const auto& [name, p] : st::namedParameters(*extra))
+      named.emplace_back("extra." + name, p);
+    std::vector<at::Tensor> params = net->parameters();
+    for (const auto& p : extra->parameters())
+      params.push_back(p);
+    st::DistributedOptimizer opt(std::make_shared<torch::optim::SGD>(params, 0.05), named,
+                                 {.namePrefix = "unused."});
+    for (int s = 0; s < 3; ++s) {
+      opt.zero_grad();
+      at::Tensor out = net->forward(x);
+      if (gRank % 2 == 0) out = extra->forward(out);
+      torch::mse_loss(out, y).backward();
+      opt.step();
+    }
+    EXPECT(sameEverywhere(flat(*net), "check.unused.net"));
+    EXPECT(sameEverywhere(flat(*extra), "check.unused.extra"));
   }
   std::printf("rank %d of %d: torch train checks passed\n", gRank, n);
 }
