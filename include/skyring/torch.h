@@ -194,7 +194,7 @@ struct DistributedOptimizerOptions {
 // and zero_grad() while gradients are in flight (after backward, before step() or
 // synchronize()). Stepping the inner optimizer directly cannot be detected.
 //
-// Ownership: holds the inner optimizer (shared) and hooks on the parameters' gradient
+// Ownership: holds the inner optimizer (shared, or borrowed) and hooks on the parameters' gradient
 // accumulators, which stop acting when this object is destroyed. Not copyable or movable
 // (the hooks point at it).
 class DistributedOptimizer {
@@ -204,6 +204,11 @@ class DistributedOptimizer {
                        const ::torch::nn::Module& module, DistributedOptimizerOptions options = {});
   DistributedOptimizer(std::shared_ptr<::torch::optim::Optimizer> optimizer,
                        NamedParameters parameters, DistributedOptimizerOptions options = {});
+  // Borrowing forms: optimizer must outlive this object.
+  DistributedOptimizer(::torch::optim::Optimizer& optimizer, const ::torch::nn::Module& module,
+                       DistributedOptimizerOptions options = {});
+  DistributedOptimizer(::torch::optim::Optimizer& optimizer, NamedParameters parameters,
+                       DistributedOptimizerOptions options = {});
   // Unhooks. Gradients still in flight complete in the background (the engine holds
   // their memory).
   ~DistributedOptimizer();

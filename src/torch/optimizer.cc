@@ -183,6 +183,22 @@ DistributedOptimizer::DistributedOptimizer(std::shared_ptr<::torch::optim::Optim
   }
 }
 
+namespace {
+std::shared_ptr<::torch::optim::Optimizer> borrowed(::torch::optim::Optimizer& optimizer) {
+  return {&optimizer, [](::torch::optim::Optimizer*) {}};
+}
+}  // namespace
+
+DistributedOptimizer::DistributedOptimizer(::torch::optim::Optimizer& optimizer,
+                                           const ::torch::nn::Module& module,
+                                           DistributedOptimizerOptions options)
+    : DistributedOptimizer(borrowed(optimizer), namedParameters(module), std::move(options)) {}
+
+DistributedOptimizer::DistributedOptimizer(::torch::optim::Optimizer& optimizer,
+                                           NamedParameters parameters,
+                                           DistributedOptimizerOptions options)
+    : DistributedOptimizer(borrowed(optimizer), std::move(parameters), std::move(options)) {}
+
 DistributedOptimizer::~DistributedOptimizer() {
   std::lock_guard lock(state_->mutex);
   state_->alive = false;

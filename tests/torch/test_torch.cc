@@ -358,9 +358,7 @@ void trainMode() {
       EXPECT(sameEverywhere(a.exp_avg_sq(), "check.exp_avg_sq"));
     }
     // Training on from the broadcast state keeps every rank in step.
-    st::DistributedOptimizer dist(
-        std::shared_ptr<torch::optim::Optimizer>(&adam, [](torch::optim::Optimizer*) {}), *net,
-        {.namePrefix = "adam."});
+    st::DistributedOptimizer dist(adam, *net, {.namePrefix = "adam."});  // borrowed
     for (int s = 0; s < 3; ++s) {
       dist.zero_grad();
       torch::mse_loss(net->forward(x), y).backward();
