@@ -6,8 +6,9 @@
 // 0-d, async) and DistributedOptimizer's hooks and misuse errors.
 //
 // With a mode, one rank of a job under mpirun:
-//   train     (4 ranks): broadcastParameters; DistributedOptimizer (SGD, momentum 0.9) on
-//             rank-different data leaves bit-identical parameters on every rank, equal (to
+//   train     (4 ranks): the collectives' values (allgather of rank-different first
+//             dimensions, a process set); broadcastParameters; DistributedOptimizer (SGD, momentum
+//             0.9) on rank-different data leaves bit-identical parameters on every rank, equal (to
 //             rounding) to one process training on the whole batch; broadcastOptimizerState
 //             for SGD momentum and Adam with state only the root has; backwardPassesPerStep 2.
 //   int8      (2 clouds, SKYRING_CLOUD per app context): the same training with int8 on the
@@ -296,8 +297,38 @@ std::string stateKey(const at::Tensor& p) {
   return c10::guts::to_string(p.unsafeGetTensorImpl());
 }
 
+// The collectives across ranks: values, an allgather whose first dimension differs per
+// rank, a non-root broadcast, async forms, and a process set of two ranks.
+void collectivesAcrossRanks() {
+  const int n = skyring::size();
+  const double r = gRank;
+  at::Tensor x = at::full({2, 3}, r + 1, at::kDouble);
+  EXPECT(at::equal(st::allreduce(x, "x.sum", {skyring::ReduceOp::sum}),
+                   at::full({2, 3}, n * (n + 1) / 2.0, at::kDouble)));
+  at::Tensor avg = x.t();  // non-contiguous, in place
+  st::allreduce_(avg, "x.avg");
+  EXPECT(at::equal(avg, at::full({3, 2}, (n + 1) / 2.0, at::kDouble)));
+  // rank k contributes k + 1 rows of value k
+  at::Tensor rows = at::full({gRank + 1, 2}, gRank, at::kInt);
+  at::Tensor all = st::allgatherAsync(rows, "rows").wait();
+  EXPECT(all.size(0) == n * (n + 1) / 2 && all.size(1) == 2);
+  for (int k = 0, row = 0; k < n; row += ++k)
+    EXPECT(at::equal(all.slice(0, row, row + k + 1), at::full({k + 1, 2}, k, at::kInt)));
+  at::Tensor b = at::full({5}, r, at::kFloat);
+  st::broadcastAsync_(b, 2, "b").wait();
+  EXPECT(at::equal(b, at::full({5}, 2.0, at::kFloat)));
+  skyring::ProcessSet pair = skyring::addProcessSet({1, 3});
+  if (pair.included()) {
+    at::Tensor s =
+        st::allreduce(at::full({4}, r, at::kLong), "pair", {skyring::ReduceOp::sum}, pair);
+    EXPECT(at::equal(s, at::full({4}, 4, at::kLong)));
+  }
+  skyring::removeProcessSet(pair);
+}
+
 void trainMode() {
   const int n = skyring::size();
+  collectivesAcrossRanks();
   // Different initial weights per rank; broadcastParameters makes them root's.
   torch::manual_seed(static_cast<std::uint64_t>(1 + gRank));
   auto net = std::make_shared<MlpNet>();
