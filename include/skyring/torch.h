@@ -150,13 +150,13 @@ void broadcastParameters(const NamedParameters& parameters, int root,
 
 // Makes every rank's optimizer state (per-parameter state such as SGD's momentum buffer,
 // Adam's exp_avg, exp_avg_sq and step, and each param group's options such as lr) equal
-// to root's. State root has but a rank lacks (every rank before its first step, or a rank
-// that loaded a checkpoint) is created on that rank first, as Horovod does: with zero
-// gradients a step of the inner optimizer is run with its learning rate set to 0 (which
-// creates the state and, for SGD, Adam, AdamW, RMSprop and Adagrad, leaves the
-// parameters as they are), then every state tensor and option is broadcast. Every rank
-// must hold an optimizer of the same type over parameters of the same shapes in the same
-// order. Supported: SGD, Adam, AdamW, RMSprop, Adagrad; others get InvalidArgument.
+// to root's: root saves it with Optimizer::save, the bytes are broadcast, and the other
+// ranks clear theirs and Optimizer::load it. State root has but a rank lacks (every rank
+// before its first step, or one that did not load a checkpoint) is created on that rank
+// by the load, for any libtorch optimizer (SGD, Adam, AdamW, RMSprop, Adagrad, LBFGS),
+// with no dummy step. Every rank must hold an optimizer of the same type over parameters
+// of the same shapes in the same order (InvalidArgument on the ranks where the load
+// fails otherwise). Collective over the set.
 void broadcastOptimizerState(::torch::optim::Optimizer& optimizer, int root,
                              const ProcessSet& processSet = {});
 
@@ -199,11 +199,13 @@ struct DistributedOptimizerOptions {
 // (the hooks point at it).
 class DistributedOptimizer {
  public:
+  struct State;  // the hooks' shared state (src/torch/optimizer.cc)
   DistributedOptimizer(std::shared_ptr<::torch::optim::Optimizer> optimizer,
                        const ::torch::nn::Module& module, DistributedOptimizerOptions options = {});
   DistributedOptimizer(std::shared_ptr<::torch::optim::Optimizer> optimizer,
                        NamedParameters parameters, DistributedOptimizerOptions options = {});
-  // Waits for gradients still in flight (ignoring their errors), then unhooks.
+  // Unhooks. Gradients still in flight complete in the background (the engine holds
+  // their memory).
   ~DistributedOptimizer();
   DistributedOptimizer(const DistributedOptimizer&) = delete;
   DistributedOptimizer& operator=(const DistributedOptimizer&) = delete;
@@ -225,7 +227,6 @@ class DistributedOptimizer {
   std::vector<std::string> gradientNames() const;
 
  private:
-  struct State;
   std::shared_ptr<::torch::optim::Optimizer> optimizer_;
   DistributedOptimizerOptions options_;
   std::shared_ptr<State> state_;
