@@ -209,8 +209,9 @@ struct RunResult {
   std::string codec;
   double untrained = 0;  // test accuracy before the first step
   double accuracy = 0;
-  double stepSeconds = 0;  // mean over rank 0's steps
-  double commShare = 0;    // of rank 0's step time, waiting in synchronize()
+  double stepSeconds = 0;    // mean over rank 0's steps
+  double medianSeconds = 0;  // their median: robust to a machine's hiccups
+  double commShare = 0;      // of rank 0's step time, waiting in synchronize()
   std::array<std::uint64_t, kClasses.size()> bytes{}, messages{};  // all ranks
   std::array<double, kClasses.size()> dollars{};
 };
@@ -255,6 +256,7 @@ RunResult train(const Options& o, const Digits& d, const std::string& codec) {
   const std::int64_t global = static_cast<std::int64_t>(o.batch) * size;
   const int steps = static_cast<int>(d.xTrain.size(0) / global);
   Clock::duration stepTime{}, commTime{};
+  std::vector<double> stepTimes;
   RunResult result;
   result.codec = codec;
   result.untrained = evaluate(model, d, "test.counts");
@@ -281,6 +283,7 @@ RunResult train(const Options& o, const Digits& d, const std::string& codec) {
       optimizer.step();
       const auto t3 = Clock::now();
       stepTime += t3 - t0;
+      stepTimes.push_back(seconds(t3 - t0));
       commTime += t2 - t1;
       lossSum += loss.item<double>();
       bar.step(s + 1);
@@ -297,6 +300,8 @@ RunResult train(const Options& o, const Digits& d, const std::string& codec) {
   }
   const auto totalSteps = static_cast<double>(steps) * o.epochs;
   result.stepSeconds = seconds(stepTime) / totalSteps;
+  std::nth_element(stepTimes.begin(), stepTimes.begin() + stepTimes.size() / 2, stepTimes.end());
+  result.medianSeconds = stepTimes[stepTimes.size() / 2];
   result.commShare = seconds(commTime) / std::max(seconds(stepTime), 1e-12);
 
   // This run's traffic (the report's own sums below are not counted), summed over ranks.
@@ -341,9 +346,12 @@ void report(const std::vector<RunResult>& runs) {
   std::printf("results (traffic: all ranks together, this run only):\n");
   row("compression", [](const RunResult& r) { return r.codec; });
   row("final test accuracy", [&](const RunResult& r) { return fmt("%.2f%%", 100 * r.accuracy); });
-  row("step time (rank 0)",
+  row("step time, mean (rank 0)",
       [&](const RunResult& r) { return fmt("%.2f ms", 1e3 * r.stepSeconds); });
-  row("  communicating", [&](const RunResult& r) { return fmt("%.0f%%", 100 * r.commShare); });
+  row("step time, median",
+      [&](const RunResult& r) { return fmt("%.2f ms", 1e3 * r.medianSeconds); });
+  row("communicating (of mean)",
+      [&](const RunResult& r) { return fmt("%.0f%%", 100 * r.commShare); });
   for (std::size_t i = 0; i < kClasses.size(); ++i) {
     const std::string name(skyring::topology::linkClassName(kClasses[i]));
     row((name + " bytes").c_str(), [&](const RunResult& r) { return withCommas(r.bytes[i]); });
