@@ -159,8 +159,8 @@ TEST(TorchOptimizer, MisuseIsReported) {
   });
   EXPECT_NE(msg.find("does not name"), std::string::npos) << msg;
   msg = messageOf<skyring::InvalidArgument>([&] {
-    st::DistributedOptimizer(sgd, st::NamedParameters{{"w", net->fc1->weight},
-                                                      {"w", net->fc1->bias}});
+    st::DistributedOptimizer(sgd,
+                             st::NamedParameters{{"w", net->fc1->weight}, {"w", net->fc1->bias}});
   });
   EXPECT_NE(msg.find("'w' appears twice"), std::string::npos) << msg;
   EXPECT_THROW(st::DistributedOptimizer(sgd, *net, {.backwardPassesPerStep = 0}),
@@ -175,8 +175,7 @@ TEST(TorchOptimizer, MisuseIsReported) {
   // A second backward before step() (backwardPassesPerStep = 1): the hook's error comes
   // out of backward() with its type.
   msg = messageOf<skyring::InvalidArgument>([&] { net->forward(x).sum().backward(); });
-  EXPECT_NE(msg.find("more than backwardPassesPerStep (1) times before step()"),
-            std::string::npos)
+  EXPECT_NE(msg.find("more than backwardPassesPerStep (1) times before step()"), std::string::npos)
       << msg;
   opt.step();
   opt.zero_grad();
@@ -185,8 +184,8 @@ TEST(TorchOptimizer, MisuseIsReported) {
 
   // backwardPassesPerStep = 2: two passes accumulate, the third before step() is refused.
   auto net2 = std::make_shared<Net>();
-  st::DistributedOptimizer opt2(std::make_shared<torch::optim::SGD>(net2->parameters(), 0.1),
-                                *net2, {.backwardPassesPerStep = 2, .namePrefix = "two."});
+  st::DistributedOptimizer opt2(std::make_shared<torch::optim::SGD>(net2->parameters(), 0.1), *net2,
+                                {.backwardPassesPerStep = 2, .namePrefix = "two."});
   net2->forward(x).sum().backward();
   net2->forward(x).sum().backward();
   EXPECT_THROW(net2->forward(x).sum().backward(), skyring::InvalidArgument);
