@@ -70,7 +70,6 @@ program=$(cd "$(dirname "$program")" && pwd)/$(basename "$program")
 command -v mpirun >/dev/null || die "mpirun is not installed"
 
 clouds=(aws gcp)
-world=$((2 * per_cloud))
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 # -x NAME=VALUE for every rank: the caller's --env, and the job's settings that mpirun
 # would not forward by itself (remote daemons do not hand the whole environment on). The
