@@ -167,15 +167,10 @@ case $name in
     ;;
   train_digits)
     usage --epochs 0
-    usage --epochs x
-    usage --batch-size 0
     usage --batch-size 2000
     usage --lr 0
-    usage --lr nan
     usage --momentum 1
-    usage --hidden -3
     usage --compression bogus
-    usage --compression "int8:block=0"
     usage --min-accuracy 1.5
     usage --epochs
     usage --bogus
