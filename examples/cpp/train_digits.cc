@@ -11,16 +11,16 @@
 // the next size x batch images of one shuffled order (the same on every rank, reshuffled
 // every epoch; an incomplete last batch is dropped), rank r the r-th slice: so N ranks
 // with batch B step exactly as one rank with batch N x B and the same total learning rate
-// would, up to floating-point order (tests/torch/convergence.sh checks this).
+// would, up to floating-point order (examples/cpp/check_convergence.sh checks this).
 //
 // By default it trains twice in one launch, from the same seed: in full precision, then
 // with int8 on the cross-cloud hop (skyring quantizes gradients only between clouds, by
 // SKYRING_COMPRESSION_LEVELS' default), and prints the two side by side. Rank 0 prints a
-// progress bar and the test accuracy per epoch, then per run: the mean step time, the share
-// of it spent waiting for gradients in DistributedOptimizer::synchronize() (communication
-// not hidden behind the backward pass), and the bytes, messages and egress dollars every
-// rank sent per link class (Runtime::stats(), summed over ranks). With SKYRING_TIMELINE set
-// the engine writes its Chrome trace (docs/engine.md).
+// progress bar and the test accuracy per epoch, then per run: the mean and median step
+// time, the share of it spent waiting for gradients in DistributedOptimizer::synchronize()
+// (communication not hidden behind the backward pass), and the bytes, messages and egress
+// dollars every rank sent per link class (Runtime::stats(), summed over ranks). With
+// SKYRING_TIMELINE set the engine writes its Chrome trace (docs/engine.md).
 //
 // Exit status: 0; 1 when a run's final accuracy is below --min-accuracy or skyring failed;
 // 2 on a bad argument or setting (benchmarks/cli.h).
