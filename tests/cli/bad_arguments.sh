@@ -7,7 +7,8 @@
 #
 #   bad_arguments.sh PROGRAM   (allreduce_inprocess, allreduce_perf, engine_bench,
 #                               engine_latency_bench, wan_bench,
-#                               reduce_bench, compression_bench, compression_bench_cuda)
+#                               reduce_bench, compression_bench, compression_bench_cuda,
+#                               train_digits)
 set -u
 prog=$1
 name=$(basename "$prog")
@@ -163,6 +164,25 @@ case $name in
     run 0 -- --help
     run 1 "${join_nobody[@]}" -- --sizes 1K -n 1
     run 0 -- --inprocess 2x2 --sizes 4K -n 1 -w 0
+    ;;
+  train_digits)
+    usage --epochs 0
+    usage --batch-size 2000
+    usage --lr 0
+    usage --momentum 1
+    usage --compression bogus
+    usage --min-accuracy 1.5
+    usage --epochs
+    usage --bogus
+    run 1 -- --data /nonexistent/digits.csv
+    run 2 SKYRING_TIMEOUT_MS=abc --
+    run 0 -- --help
+    run 1 "${join_nobody[@]}" -- --epochs 1
+    run 0 -- --epochs 1 --compression none
+    grep -q "^untrained: test accuracy" "$stdout_file" || {
+      echo "FAIL: --epochs 1 printed no untrained accuracy"
+      failures=$((failures + 1))
+    }
     ;;
   reduce_bench | compression_bench | compression_bench_cuda)
     usage --bogus
