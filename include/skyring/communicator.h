@@ -172,11 +172,12 @@ class Communicator {
   // The algorithm this allreduce runs: ring, topologyRing or hierarchical.
   AllreduceAlgorithm algorithmFor(const CollectiveOptions& options) const noexcept;
   // Sets call's codec and tensor state from options and the config (none: leaves them).
-  // pieces and layout: storage for a fused buffer's call (options.segments).
+  // pieces and layout: storage for a fused buffer's call (options.segments). nodeLevel:
+  // the call runs the node level (its tensor states are kept apart).
   void compressionFor(const CollectiveOptions& options, const BufferView& output,
                       collectives::HierarchicalCall& call,
                       collectives::TensorCompressionState& pieces,
-                      collectives::SegmentLayout& layout);
+                      collectives::SegmentLayout& layout, bool nodeLevel);
   // The codec options ask for (Config::compression for kDefaultCompression), or null when
   // they ask for none. Throws InvalidArgument for a bad spec.
   const compression::Compressor* codecFor(const CollectiveOptions& options);

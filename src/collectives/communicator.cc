@@ -194,8 +194,8 @@ std::string Communicator::describeAllreduce() const {
            (clouds > 1
                 ? "the cloud and cross-cloud levels over " + std::to_string(clouds) + " clouds"
                 : std::string("a ring")) +
-           ", shared-memory allgather inside each node; uncompressed where a codec needs the "
-           "hierarchical levels)";
+           ", shared-memory allgather inside each node; a codec compresses the cross-cloud "
+           "level only, one for the cloud level keeps the hierarchical levels)";
   }
   if (a == AllreduceAlgorithm::hierarchical) {
     return "hierarchical (ring reduce-scatter inside each cloud, ring allreduce of each shard "
@@ -252,12 +252,33 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
     if (input.count == 0) return;
     const collectives::RingParams ring{config_.ringChunkBytes, config_.ringPipelineDepth};
     const AllreduceAlgorithm algorithm = algorithmFor(options);
-    // The node level runs calls without a codec; a call that asks for one keeps the
-    // hierarchical levels (its codec state, segments and momentum live there).
-    const bool wantsCodec = input.dtype == DType::f32 &&
-                            (op == ReduceOp::sum || op == ReduceOp::avg) &&
+    const bool compressible =
+        input.dtype == DType::f32 && (op == ReduceOp::sum || op == ReduceOp::avg);
+    // Runs the call with its codec, if any: momentum compression around it (the codec sees
+    // this rank's momentum, not its gradient).
+    const auto compressed = [&](collectives::HierarchicalCall& call,
+                                const collectives::SegmentLayout& layout, auto&& run) {
+      const double beta = call.codec != nullptr ? call.codec->momentum() : 0.0;
+      if (beta == 0) {
+        run(input);
+        return;
+      }
+      if (input.data != output.data) std::memcpy(output.data, input.data, input.bytes());
+      auto* data = static_cast<float*>(output.data);
+      const auto* segments = call.segments != nullptr ? &layout : nullptr;
+      collectives::momentumBefore(data, output.count, beta, segments, call.codecState);
+      run(output);
+      collectives::momentumAfter(data, output.count, beta, segments, call.codecState);
+    };
+    // The node level carries codec calls too, compressing across clouds only: through the
+    // hierarchical levels node-mates send each other their bytes over the transport (a
+    // 4 MiB int8 allreduce on 2 clouds x 2 ranks: 4 MiB per rank, 0 through the node
+    // level). A codec for the cloud level keeps the hierarchical levels, whose cloud ring
+    // it compresses whole.
+    const bool cloudCodec = compressible &&
+                            options.compressionLevels.value_or(config_.compressionLevels).cloud &&
                             codecFor(options) != nullptr;
-    if (nodeLevelFor(options) && !wantsCodec) {
+    if (nodeLevelFor(options) && !cloudCodec) {
       collectives::HierarchicalCall call{
           transport_,
           *topology_,
@@ -266,20 +287,26 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
           options.tag,
           sequence,
           options.timeout.count() > 0 ? options.timeout : config_.timeout};
-      SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ", input.count,
-                  " x ", dtypeName(input.dtype), " ", reduceOpName(op), " via the node level");
       call.observer = options.observer;
+      collectives::TensorCompressionState pieces;  // a fused buffer's, for this call only
+      collectives::SegmentLayout layout;
+      if (compressible) compressionFor(options, output, call, pieces, layout, true);
+      SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ", input.count,
+                  " x ", dtypeName(input.dtype), " ", reduceOpName(op), " via the node level",
+                  call.codec != nullptr ? " (" + call.codec->spec() + " across clouds)" : "");
       std::lock_guard lock(nodeLevelMutex_);
       const std::uint64_t seq = nodeSequence_ + 1;
       if (nodeLevel_) nodeSequence_ += 2;
-      collectives::nodeLevelAllreduce(
-          {call,
-           nodeLevel_.get(),
-           seq,
-           deadline(options),
-           {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes},
-           &nodeScratch_},
-          input, output, op, ring);
+      compressed(call, layout, [&](BufferView from) {
+        collectives::nodeLevelAllreduce(
+            {call,
+             nodeLevel_.get(),
+             seq,
+             deadline(options),
+             {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes},
+             &nodeScratch_},
+            from, output, op, ring);
+      });
       return;
     }
     SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ", input.count,
@@ -301,21 +328,10 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
       call.observer = options.observer;
       collectives::TensorCompressionState pieces;  // a fused buffer's, for this call only
       collectives::SegmentLayout layout;
-      if (input.dtype == DType::f32 && (op == ReduceOp::sum || op == ReduceOp::avg)) {
-        compressionFor(options, output, call, pieces, layout);
-      }
-      const double beta = call.codec != nullptr ? call.codec->momentum() : 0.0;
-      if (beta == 0) {
-        collectives::hierarchicalAllreduce(call, input, output, op, ring);
-        return;
-      }
-      // Momentum compression: the codec sees this rank's momentum, not its gradient.
-      if (input.data != output.data) std::memcpy(output.data, input.data, input.bytes());
-      auto* data = static_cast<float*>(output.data);
-      const auto* segments = call.segments != nullptr ? &layout : nullptr;
-      collectives::momentumBefore(data, output.count, beta, segments, call.codecState);
-      collectives::hierarchicalAllreduce(call, output, output, op, ring);
-      collectives::momentumAfter(data, output.count, beta, segments, call.codecState);
+      if (compressible) compressionFor(options, output, call, pieces, layout, false);
+      compressed(call, layout, [&](BufferView from) {
+        collectives::hierarchicalAllreduce(call, from, output, op, ring);
+      });
       return;
     }
     if (onNode(options) && collectives::nodeAllreduceFits(*node_, input.bytes())) {
@@ -364,7 +380,7 @@ const compression::Compressor* Communicator::codecFor(const CollectiveOptions& o
 void Communicator::compressionFor(const CollectiveOptions& options, const BufferView& output,
                                   collectives::HierarchicalCall& call,
                                   collectives::TensorCompressionState& pieces,
-                                  collectives::SegmentLayout& layout) {
+                                  collectives::SegmentLayout& layout, bool nodeLevel) {
   const compression::Compressor* codec = codecFor(options);
   const CompressionLevels levels = options.compressionLevels.value_or(config_.compressionLevels);
   if (codec == nullptr || (!levels.cloud && !levels.crossCloud)) return;
@@ -418,7 +434,10 @@ void Communicator::compressionFor(const CollectiveOptions& options, const Buffer
   call.compressCloud = levels.cloud;
   call.compressCrossCloud = levels.crossCloud;
   std::lock_guard lock(compression_->mutex);
-  call.codecState = &compression_->tensors[{spec, key, output.count}];
+  // The node level cuts the buffer into other pieces than the hierarchical levels: a
+  // tensor that goes both ways (other options) keeps a state for each.
+  call.codecState =
+      &(nodeLevel ? compression_->nodeTensors : compression_->tensors)[{spec, key, output.count}];
 }
 
 void Communicator::reduceScatter(BufferView input, BufferView output, ReduceOp op,

@@ -26,6 +26,9 @@ struct Communicator::CompressionCache {
   // (spec, tensor key, count) -> state of a whole buffer (CollectiveOptions::tensorKey).
   std::map<std::tuple<std::string, std::uint64_t, std::size_t>, collectives::TensorCompressionState>
       tensors;
+  // The same for calls through the node level (node_level.h), whose pieces differ.
+  std::map<std::tuple<std::string, std::uint64_t, std::size_t>, collectives::TensorCompressionState>
+      nodeTensors;
   // (spec, tensor name) -> state of one tensor of fused buffers (CollectiveOptions::segments).
   std::map<std::pair<std::string, std::string>, collectives::SegmentCodecState> segments;
 };

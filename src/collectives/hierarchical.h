@@ -57,6 +57,12 @@ struct HierarchicalCall {
   // list; empty: all of them. The node level (node_level.h) runs one call per piece
   // among the owners of that piece, one per node. avg still divides by topology.size().
   std::vector<int> members = {};
+  // Where input starts in the tensor that codecState and segments describe, and that
+  // tensor's count (0: this call's). The node level runs one call per piece of its tensor:
+  // the pieces' codec states (keyed by element offset), seeds and segment residuals are
+  // then the tensor's, apart between the pieces a rank owns and the same from step to step.
+  std::size_t offset = 0;
+  std::size_t tensorCount = 0;
   // CollectiveOptions::observer: told each level's phase and each encode and decode.
   CollectiveObserver* observer = nullptr;
 };

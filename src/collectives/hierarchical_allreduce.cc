@@ -152,7 +152,8 @@ std::vector<std::size_t> piecesCuts(const Plan& plan, std::size_t count) {
 }
 
 // 1. Reduce-scatter of in inside the cloud; this rank's segment lands in out (the rest of
-// out, this slice's, is scratch until the allgather). `base`: the slice's offset.
+// out, this slice's, is scratch until the allgather). `base`: the slice's offset
+// in the tensor (HierarchicalCall::offset).
 void reduceScatterInCloud(const Plan& plan, Exchange& ex, BufferView in, BufferView out,
                           std::size_t base) {
   const HierarchicalCall& call = plan.call;
@@ -180,7 +181,7 @@ void reduceScatterInCloud(const Plan& plan, Exchange& ex, BufferView in, BufferV
 }
 
 // 2. Each piece of this rank's segment of `slice` (which starts at element `base` of the
-// whole buffer), allreduced with its owners in the other clouds.
+// tensor), allreduced with its owners in the other clouds.
 void acrossClouds(const Plan& plan, BufferView slice, std::size_t base) {
   const HierarchicalCall& call = plan.call;
   const std::size_t count = slice.count;
@@ -333,11 +334,12 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
   // With members of one cloud only, the ring below would divide avg by its own size.
   SKYRING_CHECK_ARG(call.members.empty() || clouds > 1 || op != ReduceOp::avg, ctx,
                     "members of one cloud with avg");
-  if (call.codec != nullptr && call.codecState->count != count) {
+  const std::size_t tensorCount = call.tensorCount != 0 ? call.tensorCount : count;
+  if (call.codec != nullptr && call.codecState->count != tensorCount) {
     call.codecState->pieces.clear();
     call.codecState->cloudSlices.clear();
     call.codecState->cloudPieces.clear();
-    call.codecState->count = count;
+    call.codecState->count = tensorCount;
   }
 
   SubgroupTransport rsGroup(call.world, plan.myRing(),
@@ -349,17 +351,18 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     if (call.codec != nullptr && call.compressCloud) {
       if (input.data != output.data) std::memcpy(output.data, input.data, input.bytes());
       const std::size_t divisor = op == ReduceOp::avg ? static_cast<std::size_t>(topo.size()) : 1;
-      auto& state = call.codecState->cloudSlices[0];
+      const std::size_t at = call.offset;
+      auto& state = call.codecState->cloudSlices[at];
       if (call.segments != nullptr) {
-        state = loadPiece(*call.segments, Residual::cloudSend, Residual::cloudGather, 0, count,
-                          ex.size(), ex.rank(), *call.codec, seedOf(0, count, 1));
+        state = loadPiece(*call.segments, Residual::cloudSend, Residual::cloudGather, at, count,
+                          ex.size(), ex.rank(), *call.codec, seedOf(at, count, 1));
       }
       abortingOnBadBytes(plan, [&] {
         compressedPieceAllreduce(ex, static_cast<float*>(output.data), count, divisor, *call.codec,
-                                 state, seedOf(0, count, 1), params);
+                                 state, seedOf(at, count, 1), params);
       });
       if (call.segments != nullptr) {
-        storePiece(*call.segments, Residual::cloudSend, Residual::cloudGather, 0, count, ex.rank(),
+        storePiece(*call.segments, Residual::cloudSend, Residual::cloudGather, at, count, ex.rank(),
                    state);
       }
       return;
@@ -377,9 +380,9 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
   Exchange agEx = exchangeOver(agGroup, call, "cloud", slices > 1 ? 2 : 0);
   const Partition sliced{count, slices};
   if (slices == 1) {
-    reduceScatterInCloud(plan, rsEx, input, output, 0);
-    acrossClouds(plan, output, 0);
-    allgatherInCloud(plan, agEx, output, 0);
+    reduceScatterInCloud(plan, rsEx, input, output, call.offset);
+    acrossClouds(plan, output, call.offset);
+    allgatherInCloud(plan, agEx, output, call.offset);
     return;
   }
   // Pipelined: slice s goes through the three stages in order, each stage (its own thread,
@@ -417,7 +420,8 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
     stage(0, [&] {
       for (int s = 0; s < slices; ++s) {
         reduceScatterInCloud(plan, rsEx, input.slice(sliced.offset(s), sliced.size(s)),
-                             output.slice(sliced.offset(s), sliced.size(s)), sliced.offset(s));
+                             output.slice(sliced.offset(s), sliced.size(s)),
+                             call.offset + sliced.offset(s));
         reduced.fetch_add(1);
         reduced.notify_all();
       }
@@ -428,14 +432,15 @@ void hierarchicalAllreduce(const HierarchicalCall& call, BufferView input, Buffe
       for (int s = 0; s < slices; ++s) {
         if (!waitFor(crossed, s)) return;
         allgatherInCloud(plan, agEx, output.slice(sliced.offset(s), sliced.size(s)),
-                         sliced.offset(s));
+                         call.offset + sliced.offset(s));
       }
     });
   });
   stage(1, [&] {
     for (int s = 0; s < slices; ++s) {
       if (!waitFor(reduced, s)) return;
-      acrossClouds(plan, output.slice(sliced.offset(s), sliced.size(s)), sliced.offset(s));
+      acrossClouds(plan, output.slice(sliced.offset(s), sliced.size(s)),
+                   call.offset + sliced.offset(s));
       crossed.fetch_add(1);
       crossed.notify_all();
     }

@@ -15,7 +15,8 @@ namespace skyring::collectives {
 struct NodeLevelCall {
   // The level above, over the world: its transport, topology (several nodes), logger,
   // signature, tag, sequence, timeout and, with several clouds, the codec it applies
-  // across clouds. Its members are set per piece here.
+  // across clouds with the whole buffer's codec state (or fused layout): none with one
+  // cloud. Its members, offset and tensorCount are set per piece here.
   const HierarchicalCall& above;
   // This node's ranks (worldRanks() = topology's node group, in order), or null for a
   // rank alone on its node. Borrowed; one call at a time.
@@ -39,9 +40,5 @@ struct NodeLevelCall {
 // Bit for bit the flat ring's result on exactly representable data.
 void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView output, ReduceOp op,
                         const RingParams& params);
-
-// True when every node holds as many ranks as the others (then every rank owns exactly
-// one piece, the segment, and per-tensor codec state keyed by offset stays unambiguous).
-bool evenNodes(const topology::Topology& topology);
 
 }  // namespace skyring::collectives

@@ -10,6 +10,13 @@
 // through the shard ids of hierarchical.h (kFirstShardGroupId..), as the cross-cloud
 // pieces do; with several clouds hierarchicalAllreduce uses its own ids over the world.
 // Nothing else of this call is on the transport: the node levels go through shared memory.
+//
+// Compression: a codec given in the level above (communicator.cc passes one with several
+// clouds and the cross-cloud level only, SKYRING_COMPRESSION_LEVELS' default) compresses
+// the cross-cloud hop of each piece, as in hierarchical_allreduce.cc; the node levels and
+// the ring between nodes of a cloud stay exact, as they are without the node level. A
+// rank's momentum (momentumBefore/After) wraps the whole call in communicator.cc: it is
+// linear, so reducing the ranks' momenta inside the node first changes nothing.
 #include "collectives/node_level.h"
 
 #include <algorithm>
@@ -84,12 +91,6 @@ void nodePhase(const NodeLevelCall& call, Fn&& fn) {
 
 }  // namespace
 
-bool evenNodes(const topology::Topology& topology) {
-  const auto& nodes = topology.groups(Level::node);
-  return std::all_of(nodes.begin(), nodes.end(),
-                     [&](const auto& n) { return n.size() == nodes.front().size(); });
-}
-
 void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView output, ReduceOp op,
                         const RingParams& params) {
   const HierarchicalCall& above = call.above;
@@ -141,6 +142,10 @@ void nodeLevelAllreduce(const NodeLevelCall& call, BufferView input, BufferView 
     } else {
       HierarchicalCall level = above;
       level.members = std::move(owners);
+      // The codec, if any, compresses the piece across clouds; its states are keyed by
+      // the piece's elements in the whole buffer, so a rank's pieces keep theirs apart.
+      level.offset = lo;
+      level.tensorCount = count;
       hierarchicalAllreduce(level, piece, piece, op, params);
     }
   }

@@ -201,8 +201,8 @@ TEST(Engine, TimelineCountsBytesPerLinkClass) {
 }
 
 // Two clouds of one node each (2 + 2 ranks), the engine on the communicator's primary tag:
-// an uncompressed tensor takes the node level (shared memory inside the node, the
-// cross-cloud level between the nodes), one that asks for int8 the hierarchical levels
+// both tensors take the node level (shared memory inside the node, the cross-cloud level
+// between the nodes; no cloud ring, each cloud being one node), the one that asks for int8
 // with the codec across clouds. Each level's phase and each encode and decode is a span
 // nested in the batch's allreduce on the engine's lane, with its level and bytes (and the
 // codec's full spec, "int8:block=256", and its encoded bytes).
@@ -235,11 +235,10 @@ TEST(Engine, TimelineShowsLevelsAndCodec) {
         for (const char* want :
              {"\"name\":\"node reduce-scatter\",\"cat\":\"level\"",
               "\"name\":\"node allgather\",\"cat\":\"level\"",
-              "\"name\":\"cloud reduce-scatter\",\"cat\":\"level\"",
               "\"name\":\"cross-cloud allreduce\",\"cat\":\"level\"",
-              "\"name\":\"cloud allgather\",\"cat\":\"level\"", "\"level\":\"node\",\"bytes\":",
-              "\"level\":\"cross-cloud\",\"bytes\":", "\"name\":\"encode\",\"cat\":\"codec\"",
-              "\"name\":\"decode\",\"cat\":\"codec\"", "\"codec\":\"int8"}) {
+              "\"level\":\"node\",\"bytes\":", "\"level\":\"cross-cloud\",\"bytes\":",
+              "\"name\":\"encode\",\"cat\":\"codec\"", "\"name\":\"decode\",\"cat\":\"codec\"",
+              "\"codec\":\"int8"}) {
           EXPECT_NE(trace.find(want), std::string::npos) << want << " missing from " << trace;
         }
         // Phases on the engine thread nest in its collective, on lane 0.

@@ -4,8 +4,8 @@ every rank's trace parses as JSON (a Chrome trace: a list of events) and holds w
 docs/engine.md says it does: per tensor lanes named after the tensors, negotiation spans,
 fused copies, collectives, replayed batches once the steps repeat, and "bytes sent"
 counter events per link class. With CLOUDS, the ranks are split evenly into two clouds with
-SKYRING_COMPRESSION=int8, and each trace must also hold the allreduce's levels (cloud and
-cross-cloud spans) and the codec's encode and decode spans.
+SKYRING_COMPRESSION=int8, and each trace must also hold the allreduce's levels (node and
+cross-cloud spans: each cloud is one node) and the codec's encode and decode spans.
 
     check_timeline.py MPIEXEC ENGINE_MAIN RANKS [CLOUDS]
 """
@@ -67,8 +67,10 @@ def main():
                           if e.get("cat") == "level"}
                 codec = [e for e in spans if e.get("cat") == "codec"]
                 want.update({
-                    "cloud level spans": ("cloud reduce-scatter", "cloud") in levels
-                                         and ("cloud allgather", "cloud") in levels,
+                    # Each cloud's ranks share one node: the node level reduces and
+                    # shares inside it, compressed calls included (docs/compression.md).
+                    "node level spans": ("node reduce-scatter", "node") in levels
+                                        and ("node allgather", "node") in levels,
                     "cross-cloud level spans": ("cross-cloud allreduce", "cross-cloud")
                                                in levels,
                     "int8 encode and decode spans": {e["name"] for e in codec}

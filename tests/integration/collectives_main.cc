@@ -108,10 +108,13 @@ int main(int argc, char** argv) {
     if (argc == 3 && std::strcmp(argv[1], "--kill") == 0) return runKill(*rt, std::atoi(argv[2]));
     runAll(*rt);
     // The node level: in a job of several nodes a tag-0 allreduce sends node-mates nothing
-    // over the transport (they share memory).
+    // over the transport (they share memory), with a codec (a gradient's) too.
     const auto before = rt->stats().bytesOver(topology::LinkClass::intraNode);
     std::vector<float> big(1 << 20, 1.0f);
     rt->world().allreduce(view(std::span(big)), ReduceOp::sum);
+    CollectiveOptions int8;
+    int8.compression = "int8";
+    rt->world().allreduce(view(std::span(big)), ReduceOp::sum, int8);
     std::printf("rank %d: allreduce sent node-mates %llu bytes over the transport\n", rt->rank(),
                 static_cast<unsigned long long>(
                     rt->stats().bytesOver(topology::LinkClass::intraNode) - before));
