@@ -18,43 +18,25 @@
 
 namespace skyring::torch {
 
+namespace {
+
+// The one table of the mapping: isSupported, toDType and toScalarType all read it.
+constexpr std::pair<at::ScalarType, DType> kDTypes[] = {
+    {at::kFloat, DType::f32},     {at::kDouble, DType::f64}, {at::kHalf, DType::f16},
+    {at::kBFloat16, DType::bf16}, {at::kChar, DType::i8},    {at::kByte, DType::u8},
+    {at::kInt, DType::i32},       {at::kLong, DType::i64}};
+
+}  // namespace
+
 bool isSupported(at::ScalarType type) noexcept {
-  switch (type) {
-    case at::kFloat:
-    case at::kDouble:
-    case at::kHalf:
-    case at::kBFloat16:
-    case at::kChar:
-    case at::kByte:
-    case at::kInt:
-    case at::kLong:
-      return true;
-    default:
-      return false;
-  }
+  for (const auto& [scalar, dtype] : kDTypes)
+    if (scalar == type) return true;
+  return false;
 }
 
 DType toDType(at::ScalarType type) {
-  switch (type) {
-    case at::kFloat:
-      return DType::f32;
-    case at::kDouble:
-      return DType::f64;
-    case at::kHalf:
-      return DType::f16;
-    case at::kBFloat16:
-      return DType::bf16;
-    case at::kChar:
-      return DType::i8;
-    case at::kByte:
-      return DType::u8;
-    case at::kInt:
-      return DType::i32;
-    case at::kLong:
-      return DType::i64;
-    default:
-      break;
-  }
+  for (const auto& [scalar, dtype] : kDTypes)
+    if (scalar == type) return dtype;
   SKYRING_THROW(InvalidArgument, ErrorContext{.op = "torch"}, "torch dtype ",
                 std::string(c10::toString(type)),
                 " has no skyring dtype; supported: Float, Double, Half, BFloat16, Char (int8), "
@@ -62,24 +44,8 @@ DType toDType(at::ScalarType type) {
 }
 
 at::ScalarType toScalarType(DType dtype) {
-  switch (dtype) {
-    case DType::f64:
-      return at::kDouble;
-    case DType::f16:
-      return at::kHalf;
-    case DType::bf16:
-      return at::kBFloat16;
-    case DType::i8:
-      return at::kChar;
-    case DType::u8:
-      return at::kByte;
-    case DType::i32:
-      return at::kInt;
-    case DType::i64:
-      return at::kLong;
-    case DType::f32:
-      break;
-  }
+  for (const auto& [scalar, d] : kDTypes)
+    if (d == dtype) return scalar;
   return at::kFloat;
 }
 
