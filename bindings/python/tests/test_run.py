@@ -97,6 +97,7 @@ def alive(pid):
 #   fail R CODE  - rank R exits with CODE after 0.3 s; the others sleep 60 s
 #   signal R S   - rank R kills itself with signal S after 0.3 s; the others sleep 60 s
 #   sleep T      - every rank sleeps T s (catching SIGINT to record it)
+#   chatty S     - writes a line to stderr every 10 ms for S seconds
 #   stubborn     - ranks other than 0 ignore SIGTERM and sleep; rank 0 exits with 4
 #   cascade R N  - rank R exits with 3 once all N ranks started; the others exit with 1
 #                  as soon as they see it gone (as skyring's survivors raise, naming it)
@@ -155,6 +156,11 @@ RANK_PROGRAM = textwrap.dedent(
                 break
             time.sleep(0.05)
         sys.exit(1)
+    elif action == "chatty":
+        deadline = time.time() + float(sys.argv[3])
+        while time.time() < deadline:
+            print(f"line from {rank}", file=sys.stderr, flush=True)
+            time.sleep(0.01)
     elif action == "stubborn":
         if rank == 0:
             wait_for_all(int(sys.argv[3]))
@@ -449,9 +455,13 @@ def test_ctrl_c_reaches_the_ranks(launcher, rank_prog):
 
 
 @pytest.mark.parametrize("launcher", LAUNCHERS)
-def test_no_rank_outlives_a_launcher_killed_by_sigkill(launcher, rank_prog):
+@pytest.mark.parametrize("ranks_write", [False, True], ids=["quiet", "chatty"])
+def test_no_rank_outlives_a_launcher_killed_by_sigkill(launcher, ranks_write, rank_prog):
+    # chatty: the ranks keep writing to stderr, which reaches mpirun's pipe to the dead
+    # launcher (SIGPIPE killed mpirun before it could end them, once).
+    action = ["chatty", 60] if ranks_write else ["sleep", 60]
     proc = subprocess.Popen(
-        [sys.executable, "-c", _BOOT, "--launcher", launcher, "-np", "2"] + rank_prog("sleep", 60),
+        [sys.executable, "-c", _BOOT, "--launcher", launcher, "-np", "2"] + rank_prog(*action),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )

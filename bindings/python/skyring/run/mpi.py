@@ -12,8 +12,18 @@ Open MPI 4.1's rules that shape the command line:
   threads of their own (the engine, data loaders) that one bound core would starve.
 
 Ownership: MpiJob owns the mpirun process (in a session of its own, so Ctrl-C reaches it
-once, from us) and one thread copying its stderr. mpirun owns the ranks: it puts each in a
-process group of its own and ends them all when one fails or when it gets SIGINT/SIGTERM.
+once, from us) and copies its stderr from the main thread. mpirun owns the ranks: it puts
+each in a process group of its own and ends them all when one fails or when it gets
+SIGINT/SIGTERM.
+
+If we die, even by SIGKILL, the kernel sends mpirun SIGTERM and mpirun ends the ranks.
+Two things made mpirun leave them running instead (about one launch in two):
+- a rank's next line of stderr, written into our dead pipe, killed mpirun by SIGPIPE; so
+  mpirun ignores SIGPIPE (it resets SIGPIPE for the ranks it starts);
+- the kernel sends the death signal once for every thread of ours that exits, and mpirun
+  takes a second SIGTERM as "exit now, without cleanup"; so we keep one thread while
+  mpirun runs (procs.ChunkCopier is pumped, not a thread). A program that calls
+  skyring.run.main from a thread of a multi-threaded process loses this guarantee.
 """
 
 import os
@@ -185,7 +195,7 @@ class MpiJob:
                     self._cmd,
                     stderr=subprocess.PIPE,
                     start_new_session=True,
-                    preexec_fn=die_with_parent(signal.SIGTERM),
+                    preexec_fn=die_with_parent(signal.SIGTERM, ignore_sigpipe=True),
                 )
             except OSError as e:
                 self._say(f"skyringrun: cannot start {self._cmd[0]}: {e.strerror}")
@@ -193,17 +203,13 @@ class MpiJob:
             if self._signal is not None:  # arrived while mpirun was starting
                 self._proc.send_signal(self._signal)
             copier = ChunkCopier(self._proc.stderr, sys.stderr.buffer, scanner)
-            copier.start()
-            while True:
-                try:
-                    self._proc.wait(timeout=0.1)
-                    break
-                except subprocess.TimeoutExpired:
-                    if self._kill_at is not None and time.monotonic() >= self._kill_at:
-                        # mpirun did not end in time: a last resort (ranks it left behind stay).
-                        signal_kill(self._proc.pid, signal.SIGKILL)
-                        self._kill_at = None
-        copier.join(timeout=5.0)
+            while self._proc.poll() is None:
+                copier.pump(0.1)
+                if self._kill_at is not None and time.monotonic() >= self._kill_at:
+                    # mpirun did not end in time: a last resort (ranks it left behind stay).
+                    signal_kill(self._proc.pid, signal.SIGKILL)
+                    self._kill_at = None
+        copier.drain(timeout=5.0)
         code = self._proc.returncode
         if code == 0:
             return 0

@@ -1,15 +1,18 @@
 """Process plumbing shared by both launchers: starting children so that they die with the
 launcher, forwarding the user's signals, describing how a rank ended, copying output.
 
-Threads: signal handlers run on the main thread (Python's rule); output copiers run one
-thread per stream and share one lock per destination so lines never interleave mid-line.
+Threads: signal handlers run on the main thread (Python's rule); the local launcher's
+output copiers run one thread per stream (the mpirun launcher pumps its one stream from
+the main thread: see ChunkCopier) and share one lock per destination so lines never interleave mid-line.
 """
 
 import ctypes
 import os
+import select
 import signal
 import sys
 import threading
+import time
 from typing import BinaryIO, Callable, Dict, List, Optional, Tuple
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
@@ -26,14 +29,21 @@ def _libc_prctl():
 _prctl = _libc_prctl() if sys.platform.startswith("linux") else None
 
 
-def die_with_parent(sig: int) -> Optional[Callable[[], None]]:
+def die_with_parent(sig: int, ignore_sigpipe: bool = False) -> Optional[Callable[[], None]]:
     """A preexec_fn that has the kernel send `sig` to the child when the launcher dies, even
-    by SIGKILL, so no rank outlives a launcher that could no longer end it. None off Linux."""
+    by SIGKILL, so no rank outlives a launcher that could no longer end it. None off Linux.
+
+    ignore_sigpipe: for a child whose stderr is a pipe to this launcher and which must
+    outlive the launcher long enough to clean up (mpirun: SIGPIPE from a rank's next line
+    of stderr would kill it before the death signal made it end its ranks). Only for
+    children that reset SIGPIPE for their own children, as mpirun does."""
     if _prctl is None:
         return None
     parent = os.getpid()
 
     def preexec() -> None:
+        if ignore_sigpipe:
+            signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         _prctl(_PR_SET_PDEATHSIG, sig, 0, 0, 0)
         if os.getppid() != parent:  # the launcher died before prctl took effect
             os._exit(128 + sig)
@@ -99,31 +109,58 @@ class LineCopier(threading.Thread):
                         pass  # our own output closed: keep draining so the rank never blocks
 
 
-class ChunkCopier(threading.Thread):
+class ChunkCopier:
     """Copies a stream to `dest` as it arrives (partial lines and \\r included, so progress
     bars work) and hands every complete line to `on_line` as well (to recognise mpirun's
-    report of which rank failed)."""
+    report of which rank failed).
+
+    Not a thread: the caller pumps it from its own loop. The mpirun launcher must stay
+    single-threaded, because the kernel sends the parent-death signal to mpirun once for
+    every thread of ours that exits: two threads gave mpirun two SIGTERMs, and mpirun
+    takes a second signal as "exit now" and leaves its ranks running."""
 
     def __init__(self, source: BinaryIO, dest: BinaryIO, on_line: Callable[[str], None]):
-        super().__init__(daemon=True)
         self._source, self._dest, self._on_line = source, dest, on_line
+        self._fd = source.fileno()
         self._pending = b""
+        self.done = False
 
-    def run(self) -> None:
-        fd = self._source.fileno()
-        with self._source:
-            while True:
-                chunk = os.read(fd, 65536)
-                if not chunk:
-                    break
-                try:
-                    self._dest.write(chunk)
-                    self._dest.flush()
-                except (OSError, ValueError):
-                    pass
-                lines: List[bytes] = (self._pending + chunk).split(b"\n")
-                self._pending = lines.pop()[-65536:]
-                for line in lines:
-                    self._on_line(line.decode("utf-8", "replace"))
+    def pump(self, timeout: float) -> None:
+        """Copies what arrives within `timeout` seconds; sets `done` at the end of the stream."""
+        if self.done:
+            time.sleep(timeout)
+            return
+        try:
+            ready, _, _ = select.select([self._fd], [], [], timeout)
+        except InterruptedError:
+            return
+        if not ready:
+            return
+        chunk = os.read(self._fd, 65536)
+        if not chunk:
+            self._finish()
+            return
+        try:
+            self._dest.write(chunk)
+            self._dest.flush()
+        except (OSError, ValueError):
+            pass
+        lines: List[bytes] = (self._pending + chunk).split(b"\n")
+        self._pending = lines.pop()[-65536:]
+        for line in lines:
+            self._on_line(line.decode("utf-8", "replace"))
+
+    def drain(self, timeout: float) -> None:
+        """Copies the rest of the stream, for at most `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while not self.done and time.monotonic() < deadline:
+            self.pump(min(0.1, max(0.0, deadline - time.monotonic())))
+        if not self.done:
+            self._finish()
+
+    def _finish(self) -> None:
+        self.done = True
+        self._source.close()
         if self._pending:
             self._on_line(self._pending.decode("utf-8", "replace"))
+            self._pending = b""
