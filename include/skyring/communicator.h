@@ -125,6 +125,15 @@ class Communicator {
   void allreduce(BufferView buffer, ReduceOp op, const CollectiveOptions& options = {}) {
     allreduce(buffer, buffer, op, options);
   }
+  // buffers (one dtype) allreduced in place as if they were one: their concatenation, in
+  // order. Where allreducesInPlace says so (the shared-memory node channel), each buffer is
+  // read and written where it is; elsewhere they are copied into one buffer and back. Every
+  // rank passes the same total count; the split into buffers may differ between ranks.
+  void allreduce(std::span<const BufferView> buffers, ReduceOp op,
+                 const CollectiveOptions& options = {});
+  // True where allreduce(buffers, op, options) of `bytes` in all copies nothing (every
+  // rank of the group on one node's channel; no codec). The same answer on every rank.
+  bool allreducesInPlace(std::size_t bytes, const CollectiveOptions& options = {}) const;
   // input holds size() blocks of output.count elements; rank r receives block r reduced.
   void reduceScatter(BufferView input, BufferView output, ReduceOp op,
                      const CollectiveOptions& options = {});

@@ -182,32 +182,6 @@ void Communicator::guarded(const char* op, Fn&& fn) {
   }
 }
 
-std::string Communicator::describeAllreduce() const {
-  if (size_ == 1) return "nothing to do (one rank)";
-  const AllreduceAlgorithm a = algorithmFor(CollectiveOptions{});
-  if (nodeLevelFor(CollectiveOptions{})) {
-    const int nodes = topology_->nodes();
-    const int clouds = topology_->clouds();
-    return "node level (shared-memory reduce-scatter inside each node, each local rank's "
-           "shard allreduced with its peers of the other " +
-           std::to_string(nodes - 1) + " node" + (nodes == 2 ? "" : "s") + " by " +
-           (clouds > 1
-                ? "the cloud and cross-cloud levels over " + std::to_string(clouds) + " clouds"
-                : std::string("a ring")) +
-           ", shared-memory allgather inside each node; a codec compresses the cross-cloud "
-           "level only, one for the cloud level keeps the hierarchical levels)";
-  }
-  if (a == AllreduceAlgorithm::hierarchical) {
-    return "hierarchical (ring reduce-scatter inside each cloud, ring allreduce of each shard "
-           "across " +
-           std::to_string(topology_->clouds()) + " clouds, ring allgather inside each cloud)";
-  }
-  std::string ring =
-      a == AllreduceAlgorithm::topologyRing ? "ring in topology order" : "ring in rank order";
-  if (node_ != nullptr) return "shared memory inside the node (" + ring + " on other tags)";
-  return ring;
-}
-
 Communicator::~Communicator() = default;
 
 namespace {
@@ -360,6 +334,63 @@ void Communicator::allreduce(BufferView input, BufferView output, ReduceOp op,
       return;
     }
     collectives::ringAllreduce(ex, input, output, op, ring);
+  });
+}
+
+bool Communicator::allreducesInPlace(std::size_t bytes, const CollectiveOptions& options) const {
+  // Not the single-copy path: it reads a peer's input as one address range.
+  const bool singleCopy = config_.shmSingleCopyBytes != 0 && bytes >= config_.shmSingleCopyBytes &&
+                          node_ != nullptr && node_->singleCopy();
+  const std::string_view spec =
+      options.compression == kDefaultCompression ? config_.compression : options.compression;
+  const bool codec = !spec.empty() && spec != "none";
+  return onNode(options) && !nodeLevelFor(options) &&
+         algorithmFor(options) != AllreduceAlgorithm::hierarchical && !codec && !singleCopy &&
+         collectives::nodeAllreduceFits(*node_, bytes);
+}
+
+void Communicator::allreduce(std::span<const BufferView> buffers, ReduceOp op,
+                             const CollectiveOptions& options) {
+  const ErrorContext ctx{rank_, -1, "allreduce"};
+  SKYRING_CHECK_ARG(!buffers.empty(), ctx, "no buffers");
+  std::size_t bytes = 0;
+  for (const BufferView& b : buffers) {
+    checkBuffer(b, ctx, "buffer");
+    SKYRING_CHECK_ARG(b.dtype == buffers.front().dtype, ctx, "buffers of ",
+                      dtypeName(buffers.front().dtype), " and ", dtypeName(b.dtype));
+    bytes += b.bytes();
+  }
+  const DType dtype = buffers.front().dtype;
+  if (buffers.size() == 1 || !allreducesInPlace(bytes, options)) {
+    if (buffers.size() == 1) return allreduce(buffers.front(), op, options);
+    std::vector<std::byte> joined(bytes);
+    std::size_t at = 0;
+    for (const BufferView& b : buffers) {
+      if (b.bytes() != 0) std::memcpy(joined.data() + at, b.data, b.bytes());
+      at += b.bytes();
+    }
+    allreduce(BufferView{joined.data(), bytes / dtypeSize(dtype), dtype, MemoryKind::host}, op,
+              options);
+    at = 0;
+    for (const BufferView& b : buffers) {
+      if (b.bytes() != 0) std::memcpy(b.data, joined.data() + at, b.bytes());
+      at += b.bytes();
+    }
+    return;
+  }
+  guarded("allreduce", [&] {
+    const std::size_t count = bytes / dtypeSize(dtype);
+    const std::uint32_t sequence = sequenceFor(options, ctx.op.c_str());
+    if (count == 0) return;
+    SKYRING_LOG(logger_, debug, "allreduce #", sequence, " tag ", options.tag, ": ", count, " x ",
+                dtypeName(dtype), " ", reduceOpName(op), " in ", buffers.size(),
+                " buffers via the node channel, in place");
+    runOnNode("allreduce", [&](std::uint64_t seq) {
+      const collectives::PhaseSpan phase({options.observer, "node", 0}, "node allreduce", bytes);
+      collectives::nodeAllreducePieces(
+          *node_, seq, buffers, op, deadline(options),
+          {config_.shmChunkBytes, config_.shmSlotBytes, config_.shmSingleCopyBytes});
+    });
   });
 }
 

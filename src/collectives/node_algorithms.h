@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <span>
 #include <vector>
 
 #include "skyring/buffer_view.h"
@@ -44,6 +45,16 @@ struct NodeParams {
 void nodeAllreduce(transport::NodeChannel& ch, std::uint64_t seq, BufferView input,
                    BufferView output, ReduceOp op, transport::Clock::time_point deadline,
                    const NodeParams& params, std::vector<std::byte>& scratch);
+
+// nodeAllreduce of the pieces' concatenation (one dtype), in place where they are: the
+// slots or the pipelined path read each chunk from the piece(s) holding it and write the
+// result back there, so a batch of tensors needs no fusion buffer (the engine's batches on
+// one node). Never the single-copy path (a peer's input is no longer one address range).
+// A node-mate may run nodeAllreduce of the same call (same count, dtype and op) where that
+// takes the slots or pipelined path (Communicator::allreducesInPlace sees to it).
+void nodeAllreducePieces(transport::NodeChannel& ch, std::uint64_t seq,
+                         std::span<const BufferView> pieces, ReduceOp op,
+                         transport::Clock::time_point deadline, const NodeParams& params);
 
 // The node level of a job with several nodes (node_level.h): reduce-scatter over
 // Partition{count, ch.size()} (local rank r ends with segment r of output reduced with op,

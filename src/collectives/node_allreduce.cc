@@ -1,5 +1,7 @@
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <span>
 #include <sstream>
 
 #include "collectives/exchange.h"
@@ -59,32 +61,117 @@ void meet(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine,
   SKYRING_THROW(TransportError, (ErrorContext{ch.worldRank(ch.rank()), -1, op}), os.str());
 }
 
-void slotsAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, BufferView input,
-                    BufferView output, ReduceOp op, transport::Clock::time_point deadline) {
-  std::memcpy(ch.slot(ch.rank(), seq).data(), input.data, input.bytes());
+// Where a call's elements are: one input and one output buffer (Contiguous), or several
+// buffers reduced in place as if they were one (Scattered, nodeAllreducePieces). Offsets
+// and lengths are in bytes of the whole call.
+struct Contiguous {
+  const std::byte* in;
+  std::byte* out;
+  void read(std::size_t at, std::byte* to, std::size_t n) const {
+    if (n != 0) std::memcpy(to, in + at, n);
+  }
+  // The input at [at, at + n) where it is one run of memory (always, here).
+  const std::byte* view(std::size_t at, std::size_t /*n*/) const { return in + at; }
+  void write(std::size_t at, const std::byte* from, std::size_t n) const {
+    if (n != 0) std::memcpy(out + at, from, n);
+  }
+  // Calls f(piece, byteOffsetInCall) for the output's pieces (one).
+  template <typename F>
+  void forEachOutput(DType dtype, std::size_t bytes, F&& f) const {
+    f(BufferView{out, bytes / dtypeSize(dtype), dtype, MemoryKind::host}, std::size_t{0});
+  }
+};
+
+class Scattered {
+ public:
+  explicit Scattered(std::span<const BufferView> pieces) : pieces_(pieces) {
+    starts_.reserve(pieces.size() + 1);
+    std::size_t at = 0;
+    for (const BufferView& b : pieces) {
+      starts_.push_back(at);
+      at += b.bytes();
+    }
+    starts_.push_back(at);
+  }
+  std::size_t bytes() const { return starts_.back(); }
+  void read(std::size_t at, std::byte* to, std::size_t n) const {
+    each(at, n, [&](std::byte* piece, std::size_t done, std::size_t len) {
+      std::memcpy(to + done, piece, len);
+    });
+  }
+  const std::byte* view(std::size_t at, std::size_t n) const {
+    const std::size_t i = pieceAt(at);
+    if (i >= pieces_.size() || at + n > starts_[i + 1]) return nullptr;
+    return static_cast<const std::byte*>(pieces_[i].data) + (at - starts_[i]);
+  }
+  void write(std::size_t at, const std::byte* from, std::size_t n) const {
+    each(at, n, [&](std::byte* piece, std::size_t done, std::size_t len) {
+      std::memcpy(piece, from + done, len);
+    });
+  }
+  template <typename F>
+  void forEachOutput(DType /*dtype*/, std::size_t /*bytes*/, F&& f) const {
+    for (std::size_t i = 0; i < pieces_.size(); ++i)
+      f(pieces_[i], starts_[i]);
+  }
+
+ private:
+  // The piece holding byte `at` (the first of equal starts: empty pieces are skipped).
+  std::size_t pieceAt(std::size_t at) const {
+    auto it = std::upper_bound(starts_.begin(), starts_.end(), at);
+    std::size_t i = static_cast<std::size_t>(it - starts_.begin()) - 1;
+    while (i < pieces_.size() && pieces_[i].bytes() == 0)
+      ++i;
+    return i;
+  }
+  // f(memory, bytes done before it, length) for each run of [at, at + n).
+  template <typename F>
+  void each(std::size_t at, std::size_t n, F&& f) const {
+    std::size_t done = 0;
+    for (std::size_t i = n == 0 ? pieces_.size() : pieceAt(at); done < n && i < pieces_.size();
+         ++i) {
+      const std::size_t from = at + done - starts_[i];
+      const std::size_t len = std::min(n - done, pieces_[i].bytes() - from);
+      f(static_cast<std::byte*>(pieces_[i].data) + from, done, len);
+      done += len;
+    }
+  }
+
+  std::span<const BufferView> pieces_;
+  std::vector<std::size_t> starts_;  // byte offset of each piece in the call; then the total
+};
+
+template <typename Buffers>
+void slotsAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine,
+                    const Buffers& buffers, DType dtype, std::size_t count, ReduceOp op,
+                    transport::Clock::time_point deadline) {
+  buffers.read(0, ch.slot(ch.rank(), seq).data(), count * dtypeSize(dtype));
   meet(ch, seq, mine, deadline, "allreduce");
   const int n = ch.size();
-  compression::reduce(op, input.dtype, output.data, ch.slot(0, seq).data(), ch.slot(1, seq).data(),
-                      input.count);
-  for (int p = 2; p < n; ++p)
-    compression::reduce(op, input.dtype, output.data, output.data, ch.slot(p, seq).data(),
-                        input.count);
-  if (op == ReduceOp::avg)
-    compression::divideBy(input.dtype, output.data, input.count, static_cast<std::size_t>(n));
+  buffers.forEachOutput(dtype, count * dtypeSize(dtype), [&](BufferView out, std::size_t at) {
+    if (out.count == 0) return;
+    compression::reduce(op, dtype, out.data, ch.slot(0, seq).data() + at,
+                        ch.slot(1, seq).data() + at, out.count);
+    for (int p = 2; p < n; ++p)
+      compression::reduce(op, dtype, out.data, out.data, ch.slot(p, seq).data() + at, out.count);
+    if (op == ReduceOp::avg)
+      compression::divideBy(dtype, out.data, out.count, static_cast<std::size_t>(n));
+  });
 }
 
 // Pipelined through a ring of blocks in each rank's region: round k handles chunk k of
 // every segment. A block holds one chunk per segment: the rank's copies of its input for
 // the other segments, and the reduced chunk of its own segment.
-void stagedAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, BufferView input,
-                     BufferView output, ReduceOp op, transport::Clock::time_point deadline,
-                     const NodeParams& params) {
+template <typename Buffers>
+void stagedAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine,
+                     const Buffers& buffers, DType dtype, std::size_t count, ReduceOp op,
+                     transport::Clock::time_point deadline, const NodeParams& params) {
   using Counter = NodeChannel::Counter;
   meet(ch, seq, mine, deadline, "allreduce");
   const int n = ch.size();
   const int me = ch.rank();
-  const std::size_t elem = dtypeSize(input.dtype);
-  const Partition part{input.count, n};
+  const std::size_t elem = dtypeSize(dtype);
+  const Partition part{count, n};
   const std::size_t region = ch.region(me).size();
   // Chunk elements: as configured, but no longer than a segment and at least two blocks
   // must fit in the region.
@@ -94,8 +181,6 @@ void stagedAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, B
   const std::size_t blockBytes = static_cast<std::size_t>(n) * chunkElems * elem;
   const std::size_t depth = region / blockBytes;
   const std::size_t rounds = (part.size(0) + chunkElems - 1) / chunkElems;  // segment 0 is largest
-  auto* const in = static_cast<const std::byte*>(input.data);
-  auto* const out = static_cast<std::byte*>(output.data);
   auto length = [&](int q, std::size_t k) -> std::size_t {
     const std::size_t done = k * chunkElems;
     return done >= part.size(q) ? 0 : std::min(chunkElems, part.size(q) - done);
@@ -109,29 +194,34 @@ void stagedAllreduce(NodeChannel& ch, std::uint64_t seq, const NodeCall& mine, B
     if (k >= depth) ch.waitAll(Counter::consumed, stamp(k - depth), deadline, "allreduce");
     std::byte* const own = block(me, k);
     for (int q = 0; q < n; ++q) {
-      if (q != me) std::memcpy(own + q * chunkElems * elem, in + at(q, k), length(q, k) * elem);
+      if (q != me) buffers.read(at(q, k), own + q * chunkElems * elem, length(q, k) * elem);
     }
     ch.post(Counter::copied, stamp(k));
     ch.waitAll(Counter::copied, stamp(k), deadline, "allreduce");
 
     std::byte* const result = own + me * chunkElems * elem;
     const std::size_t len = length(me, k);
+    // This rank's own chunk is read where it is, or gathered first where it spans pieces.
+    const std::byte* first = buffers.view(at(me, k), len * elem);
+    if (first == nullptr) {
+      buffers.read(at(me, k), result, len * elem);
+      first = result;
+    }
     bool started = false;
     for (int p = 0; p < n; ++p) {
       if (p == me) continue;
-      compression::reduce(op, input.dtype, result, started ? result : in + at(me, k),
+      compression::reduce(op, dtype, result, started ? result : first,
                           block(p, k) + me * chunkElems * elem, len);
       started = true;
     }
-    if (op == ReduceOp::avg)
-      compression::divideBy(input.dtype, result, len, static_cast<std::size_t>(n));
-    std::memcpy(out + at(me, k), result, len * elem);
+    if (op == ReduceOp::avg) compression::divideBy(dtype, result, len, static_cast<std::size_t>(n));
+    buffers.write(at(me, k), result, len * elem);
     ch.post(Counter::reduced, stamp(k));
     ch.waitAll(Counter::reduced, stamp(k), deadline, "allreduce");
 
     for (int q = 0; q < n; ++q) {
       if (q != me)
-        std::memcpy(out + at(q, k), block(q, k) + q * chunkElems * elem, length(q, k) * elem);
+        buffers.write(at(q, k), block(q, k) + q * chunkElems * elem, length(q, k) * elem);
     }
     ch.post(Counter::consumed, stamp(k));
   }
@@ -345,14 +435,39 @@ void nodeAllreduce(NodeChannel& ch, std::uint64_t seq, BufferView input, BufferV
     if (op == ReduceOp::avg) compression::divideBy(input.dtype, output.data, input.count, 1);
     return;
   }
+  const Contiguous buffers{static_cast<const std::byte*>(input.data),
+                           static_cast<std::byte*>(output.data)};
   // The slots hold what the channel was made with, whatever this rank's setting says.
   if (input.bytes() <= std::min(params.smallBytes, ch.slotBytes())) {
-    slotsAllreduce(ch, seq, mine, input, output, op, deadline);
+    slotsAllreduce(ch, seq, mine, buffers, input.dtype, input.count, op, deadline);
   } else if (params.singleCopyBytes == 0 || input.bytes() < params.singleCopyBytes ||
              !ch.singleCopy()) {
-    stagedAllreduce(ch, seq, mine, input, output, op, deadline, params);
+    stagedAllreduce(ch, seq, mine, buffers, input.dtype, input.count, op, deadline, params);
   } else {
     singleCopyAllreduce(ch, seq, mine, input, output, op, deadline, params, scratch);
+  }
+}
+
+void nodeAllreducePieces(NodeChannel& ch, std::uint64_t seq, std::span<const BufferView> pieces,
+                         ReduceOp op, transport::Clock::time_point deadline,
+                         const NodeParams& params) {
+  const Scattered buffers(pieces);
+  const DType dtype = pieces.front().dtype;
+  const std::size_t count = buffers.bytes() / dtypeSize(dtype);
+  // The same call as nodeAllreduce of the concatenation (node-mates may run either).
+  const NodeCall mine =
+      makeCall(Opcode::allreduce, dtype, op, count, pieces.front().data, pieces.front().data);
+  if (ch.size() == 1) {
+    if (op == ReduceOp::avg) {
+      for (const BufferView& b : pieces)
+        compression::divideBy(dtype, b.data, b.count, 1);
+    }
+    return;
+  }
+  if (buffers.bytes() <= std::min(params.smallBytes, ch.slotBytes())) {
+    slotsAllreduce(ch, seq, mine, buffers, dtype, count, op, deadline);
+  } else {
+    stagedAllreduce(ch, seq, mine, buffers, dtype, count, op, deadline, params);
   }
 }
 

@@ -108,9 +108,12 @@ struct Engine::Impl {
   void execute(const std::vector<std::uint32_t>& readySlots);
   // replay_step.cc (engine/replay.h). Runs one replayed step, batch by batch; on a batch
   // some rank did not have, drops its result and leaves replay (replayPlan empty).
-  // A batch of one tensor of at least inPlaceBytes: the flag first, then (when every rank
-  // had it) the tensor in place; mine is this rank's tensor (null when it lacks it).
-  bool runReplayedInPlace(const engine::ReplayBatch& batch, engine::Pending* mine,
+  // An uncompressed batch that runs in place (one tensor of at least inPlaceBytes, or any
+  // batch where Communicator::allreducesInPlace): the flag first, then (when every rank
+  // had it) the tensors in place as one allreduce; owners: this rank's tensors, in the
+  // batch's order (null where it lacks one).
+  bool runReplayedInPlace(const engine::ReplayBatch& batch,
+                          const std::vector<engine::Pending*>& owners, bool mine,
                           engine::Clock::time_point begin);
   void replayStep();
   // Waits until this rank has every tensor of batch (true), or will not have it soon: a

@@ -11,6 +11,9 @@
 namespace skyring {
 
 std::size_t Engine::Impl::inPlaceBytesOf(const Communicator& c) {
+  // On one node's shared memory a batch is reduced where its tensors are (no fusion copy
+  // to save), so large tensors fuse like the others: fewer collectives.
+  if (c.allreducesInPlace(c.config().fusionThreshold)) return SIZE_MAX;
   const Config& config = c.config();
   const topology::Topology* t = c.topology();
   const Config::LinkParameters& slowest = t == nullptr      ? config.intraCloudLink
@@ -184,6 +187,39 @@ void Engine::Impl::runBatch(const std::vector<Part>& batch, const CollectiveOpti
       last = part.owner;
     }
   };
+  std::size_t bytes = 0;
+  for (const Part& part : batch)
+    bytes += part.buffer.bytes();
+  if (batch.size() > 1 && !broadcast && segments.empty() && comm.allreducesInPlace(bytes, data)) {
+    // One node's shared memory reduces the tensors where they are (no fusion copies).
+    std::vector<BufferView> pieces;
+    for (const Part& part : batch) {
+      engine::scaleInPlace(part.buffer, part.owner->spec.prescale);
+      pieces.push_back(part.buffer);
+    }
+    metrics.batch(bytes);
+    engine::CallMeter meter(metrics, timeline.active() ? &timeline : nullptr);
+    data.observer = meter.observer();
+    const auto begin = Clock::now();
+    comm.allreduce(pieces, head.op, data);
+    meter.done(what);
+    for (const Part& part : batch)
+      engine::scaleInPlace(part.buffer, part.owner->spec.postscale);
+    if (timeline.active()) {
+      countTraffic();
+      const auto end = Clock::now();
+      timeline.span({}, what, "collective", begin, end,
+                    "\"tensors\":" + std::to_string(batch.size()) +
+                        ",\"bytes\":" + std::to_string(bytes) + ",\"in_place\":true");
+      const Pending* last = nullptr;
+      for (const Part& part : batch) {
+        if (part.owner != last)
+          timeline.span(part.owner->descriptor.name, what, "collective", begin, end);
+        last = part.owner;
+      }
+    }
+    return;
+  }
   if (batch.size() == 1) {
     const BufferView b = batch.front().buffer;
     engine::scaleInPlace(b, batch.front().owner->spec.prescale);
@@ -191,9 +227,6 @@ void Engine::Impl::runBatch(const std::vector<Part>& batch, const CollectiveOpti
     engine::scaleInPlace(b, batch.front().owner->spec.postscale);
     return;
   }
-  std::size_t bytes = 0;
-  for (const Part& part : batch)
-    bytes += part.buffer.bytes();
   if (fusion.size() < bytes) fusion.resize(bytes);
   const DType dtype = head.dtype;
   // Only the root's bytes matter to a broadcast: the others skip copying in.

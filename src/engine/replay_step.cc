@@ -112,8 +112,11 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
   // One large enough to run alone when negotiated (fusion.h, inPlaceBytes: where one more
   // collective costs less than copying it) runs in place with no copy at all: its flag goes
   // first, and the data only when every rank had it.
-  if (alone && batch.empty.empty() && bytes >= inPlaceBytes)
-    return runReplayedInPlace(batch, mine ? owners.front() : nullptr, begin);
+  // On one node's shared memory any uncompressed batch runs in place: the pieces are
+  // reduced where they are (Communicator::allreducesInPlace), so the flag goes first too.
+  if ((alone && batch.empty.empty() && bytes >= inPlaceBytes) ||
+      (head != nullptr && codec.empty() && comm.allreducesInPlace(bytes, o)))
+    return runReplayedInPlace(batch, owners, mine, begin);
   const bool inBand = head == nullptr || (codec.empty() && !alone && !options.replayFlagBeside &&
                                           engine::flagInBand(head->dtype, head->op, n));
   const std::size_t extra = head != nullptr && inBand ? dtypeSize(head->dtype) : 0;
@@ -227,34 +230,49 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
   return true;
 }
 
-bool Engine::Impl::runReplayedInPlace(const engine::ReplayBatch& batch, Pending* mine,
+bool Engine::Impl::runReplayedInPlace(const engine::ReplayBatch& batch,
+                                      const std::vector<Pending*>& owners, bool mine,
                                       Clock::time_point begin) {
   const CollectiveOptions o = collectiveOptions(false);
-  std::uint8_t flag = mine != nullptr ? 1 : 0;
+  std::uint8_t flag = mine ? 1 : 0;
   comm.allreduce(BufferView{&flag, 1, DType::u8, MemoryKind::host}, ReduceOp::min, o);
   const engine::Descriptor& d = cache.at(batch.slots.front());
-  if (flag == 1) {
-    const BufferView b = mine->tensor.buffer;
-    engine::scaleInPlace(b, mine->spec.prescale);
+  std::size_t bytes = 0;
+  if (flag == 1) {  // every rank had the batch, this one included: owners has no null
+    std::vector<BufferView> pieces;
+    for (Pending* p : owners) {
+      engine::scaleInPlace(p->tensor.buffer, p->spec.prescale);
+      pieces.push_back(p->tensor.buffer);
+      bytes += p->tensor.buffer.bytes();
+    }
     CollectiveOptions data = o;
     engine::CallMeter meter(metrics, timeline.active() ? &timeline : nullptr);
     data.observer = meter.observer();  // its levels
-    metrics.batch(b.bytes());
-    comm.allreduce(b, d.op, data);
+    metrics.batch(bytes);
+    comm.allreduce(pieces, d.op, data);
     meter.done("allreduce");
-    engine::scaleInPlace(b, mine->spec.postscale);
+    for (Pending* p : owners)
+      engine::scaleInPlace(p->tensor.buffer, p->spec.postscale);
   }
   const auto end = Clock::now();
   if (timeline.active()) {
     countTraffic();
     timeline.span({}, flag == 1 ? "replayed batch (in place)" : "replayed batch (dropped)",
                   "replay", begin, end,
-                  "\"tensors\":1,\"bytes\":" + std::to_string(engine::descriptorBytes(d)));
+                  "\"tensors\":" + std::to_string(owners.size() + batch.empty.size()) +
+                      ",\"bytes\":" + std::to_string(bytes));
   }
   if (flag == 0) return false;
-  timeline.span(d.name, "allreduce (replayed)", "collective", begin, end);
-  finish(*mine, nullptr);
-  pending.erase(d.name);
+  auto done = [&](Pending& p) {
+    timeline.span(p.descriptor.name, "allreduce (replayed)", "collective", begin, end);
+    const std::string name = p.descriptor.name;
+    finish(p, nullptr);
+    pending.erase(name);
+  };
+  for (Pending* p : owners)
+    done(*p);
+  for (std::uint32_t s : batch.empty)
+    done(pending.at(cache.at(s).name));
   return true;
 }
 

@@ -477,5 +477,65 @@ TEST(Replay, OffNegotiatesEveryStep) {
   });
 }
 
+// On one node's shared memory every uncompressed batch is reduced where its tensors are
+// (Communicator::allreducesInPlace): negotiated batches, replayed ones (the flag first), and
+// a step with a new name that drops a replayed batch, whose tensors stay untouched. Every
+// dtype and op, zero-element tensors, pre- and postscales; exact at every step.
+TEST(Replay, SharedMemoryBatchesRunInPlace) {
+  for (const bool replay : {true, false}) {
+    const int n = 3;
+    TraceDir dir;
+    Config c = LocalWorld::defaultConfig();
+    c.timeline = dir.pattern();
+    c.fusionThreshold = 2048;  // several batches per step
+    c.engineReplay = replay;
+    const auto specs = mixedSpecs(40);
+    LocalWorld world(n, c);
+    world.shareMemory(Config{}.shmSlotBytes);
+    world.run([&](Communicator& comm) {
+      // The engine on the channel's tag (the Runtime gives its engine a communicator whose
+      // primary tag is the engine's).
+      EngineOptions options;
+      options.tag = 0;
+      CollectiveOptions onTag;
+      onTag.tag = options.tag;
+      ASSERT_TRUE(comm.allreducesInPlace(4096, onTag));
+      Engine engine(comm, options);
+      std::mt19937 rng(5u + static_cast<unsigned>(comm.rank()));
+      const float me = static_cast<float>(comm.rank() + 1);
+      for (int s = 0; s < 7; ++s) {
+        const std::string where =
+            std::string(replay ? "replay" : "negotiated") + ", step " + std::to_string(s);
+        step(engine, comm.rank(), n, specs, rng, s % 2 == 1, where);
+        std::vector<float> a(3000, me), b(5000, me), metric(4, 1.0f);
+        Handle hm;
+        if (s == 4) hm = engine.allreduceAsync("metric", Tensor::of(metric));  // a new name
+        AllreduceSpec scaled;
+        scaled.prescale = 0.5;
+        scaled.postscale = 4;
+        auto ha = engine.allreduceAsync("a", Tensor::of(a));
+        auto hb = engine.allreduceAsync("b", Tensor::of(b), scaled);
+        finish(ha);
+        finish(hb);
+        if (hm.valid()) {
+          finish(hm);
+          ASSERT_EQ(metric, std::vector<float>(4, 3.0f)) << where;
+        }
+        ASSERT_EQ(a, std::vector<float>(3000, 6.0f)) << where;
+        ASSERT_EQ(b, std::vector<float>(5000, 12.0f)) << where;
+      }
+      engine.stopTimeline();
+      const std::string trace = dir.of(comm.rank());
+      if (replay) {
+        EXPECT_GT(occurrences(trace, "\"replayed batch (in place)\""), 0u);
+        EXPECT_GE(occurrences(trace, "(dropped)"), 1u);
+      } else {
+        EXPECT_GT(occurrences(trace, "\"in_place\":true"), 0u);
+        EXPECT_EQ(occurrences(trace, "copy in"), 0u);
+      }
+    });
+  }
+}
+
 }  // namespace
 }  // namespace skyring
