@@ -25,7 +25,16 @@ fi
   -Iinclude -Isrc -o "$out/fuzz" tests/fuzz/coordinator_wire_fuzz.cc \
   src/coordinator/wire.cc src/coordinator/crc32c.cc src/core/error.cc
 
-# The corpus grows across runs in $out/corpus; crashes land in $out as crash-*.
+# The corpus grows across runs in $out/corpus; a finding lands in $out as crash-* (or
+# leak-*, timeout-*) and fails the script with the end of libFuzzer's log.
+rc=0
 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
   "$out/fuzz" -max_total_time="$seconds" -max_len=8192 -timeout=10 -rss_limit_mb=2048 \
-  -print_final_stats=1 -artifact_prefix="$out/" "$@" "$out/corpus"
+  -print_final_stats=1 -artifact_prefix="$out/" "$@" "$out/corpus" >"$out/fuzz.log" 2>&1 || rc=$?
+if ((rc != 0)); then
+  tail -n 60 "$out/fuzz.log" >&2
+  echo "run_coordinator_fuzz: FAILED (exit $rc); reproduce with: $out/fuzz $out/crash-..." >&2
+  exit "$rc"
+fi
+grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$out/fuzz.log"
+echo "run_coordinator_fuzz: ${seconds} s clean, corpus $(ls "$out/corpus" | wc -l) inputs"
