@@ -36,5 +36,6 @@ if ((rc != 0)); then
   echo "run_coordinator_fuzz: FAILED (exit $rc); reproduce with: $out/fuzz $out/crash-..." >&2
   exit "$rc"
 fi
-grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added)' "$out/fuzz.log"
+grep -E '^(Done|stat::number_of_executed_units|stat::new_units_added|INFO: fuzzed for)' \
+  "$out/fuzz.log" || true
 echo "run_coordinator_fuzz: ${seconds} s clean, corpus $(ls "$out/corpus" | wc -l) inputs"
