@@ -159,13 +159,18 @@ void Aggregator::addChunk(const Submission& s, std::uint64_t offset,
   scratch_.resize(h.count);
   codecs_[static_cast<int>(s.codec)]->decode(blob, scratch_);
   const double w = static_cast<double>(s.samples);
-  // Checked before any element is added, so a refused chunk leaves the sum untouched.
-  for (std::size_t i = 0; i < scratch_.size(); ++i) {
-    const double x = w * static_cast<double>(scratch_[i]);
-    if (!(std::fabs(x) <= fixed::kMaxContribution)) {
-      SKYRING_THROW(TransportError, submitCtx(), "element ", offset + i, " is ", scratch_[i],
-                    " (times ", s.samples, " samples): not finite or beyond 2^52");
-    }
+  // Checked before any element is added, so a refused chunk leaves the sum untouched. One
+  // branch-free pass (it vectorizes); the element is looked for only when one is bad.
+  const double limit = fixed::kMaxContribution / w;
+  bool bad = false;
+  for (const float g : scratch_)
+    bad |= !(std::fabs(static_cast<double>(g)) <= limit);
+  if (bad) {
+    const auto it = std::find_if(scratch_.begin(), scratch_.end(), [&](float g) {
+      return !(std::fabs(static_cast<double>(g)) <= limit);
+    });
+    SKYRING_THROW(TransportError, submitCtx(), "element ", offset + (it - scratch_.begin()), " is ",
+                  *it, " (times ", s.samples, " samples): not finite or beyond 2^52");
   }
   fixed::Fixed* sum = sum_.data() + offset;
   if (subtract) {

@@ -58,8 +58,9 @@ void UndoLog::append(std::uint64_t offset, std::span<const std::byte> blob) {
   std::memcpy(header, &offset, 8);
   std::memcpy(header + 8, &length, 4);
   if (fd_ < 0) {
-    memory_.insert(memory_.end(), header, header + kRecordHeader);
-    memory_.insert(memory_.end(), blob.begin(), blob.end());
+    std::vector<std::byte>& record = memory_.emplace_back(kRecordHeader + blob.size());
+    std::memcpy(record.data(), header, kRecordHeader);
+    if (!blob.empty()) std::memcpy(record.data() + kRecordHeader, blob.data(), blob.size());
   } else {
     writeAll(fd_, header, kRecordHeader, static_cast<off_t>(bytes_));
     writeAll(fd_, blob.data(), blob.size(), static_cast<off_t>(bytes_ + kRecordHeader));
@@ -69,27 +70,27 @@ void UndoLog::append(std::uint64_t offset, std::span<const std::byte> blob) {
 
 void UndoLog::replay(
     const std::function<void(std::uint64_t, std::span<const std::byte>)>& f) const {
+  std::uint64_t offset;
+  std::uint32_t length;
+  if (fd_ < 0) {
+    for (const auto& record : memory_) {
+      std::memcpy(&offset, record.data(), 8);
+      std::memcpy(&length, record.data() + 8, 4);
+      f(offset, std::span(record).subspan(kRecordHeader, length));
+    }
+    return;
+  }
   std::vector<std::byte> buffer;
   std::size_t at = 0;
   while (at < bytes_) {
     std::byte header[kRecordHeader];
-    if (fd_ < 0) {
-      std::memcpy(header, memory_.data() + at, kRecordHeader);
-    } else {
-      readAll(fd_, header, kRecordHeader, static_cast<off_t>(at));
-    }
-    std::uint64_t offset;
-    std::uint32_t length;
+    readAll(fd_, header, kRecordHeader, static_cast<off_t>(at));
     std::memcpy(&offset, header, 8);
     std::memcpy(&length, header + 8, 4);
     at += kRecordHeader;
-    if (fd_ < 0) {
-      f(offset, std::span(memory_).subspan(at, length));
-    } else {
-      buffer.resize(length);
-      readAll(fd_, buffer.data(), length, static_cast<off_t>(at));
-      f(offset, buffer);
-    }
+    buffer.resize(length);
+    readAll(fd_, buffer.data(), length, static_cast<off_t>(at));
+    f(offset, buffer);
     at += length;
   }
 }

@@ -34,7 +34,7 @@ class UndoLog {
 
  private:
   int fd_ = -1;
-  std::vector<std::byte> memory_;
+  std::vector<std::vector<std::byte>> memory_;  // one record per chunk: no reallocation copies
   std::size_t bytes_ = 0;
 };
 

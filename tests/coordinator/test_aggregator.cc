@@ -27,10 +27,10 @@ TEST(CoordinatorFixedPoint, ConvertsExactlyAndNegates) {
   for (double x : {0.0, 1.0, -1.0, 0.5, -3.25, 1e-10, -1e-10, 4503599627370496.0, 1e-300}) {
     const fixed::Fixed f = fixed::fromDouble(x);
     EXPECT_EQ(f + fixed::fromDouble(-x), fixed::Fixed{0}) << x;
-    // Truncation to a multiple of 2^-64, then one rounding to double.
-    EXPECT_NEAR(fixed::toDouble(f), x, std::ldexp(1.0, -64) + std::fabs(x) * 0x1p-52) << x;
+    // Truncation to a multiple of 2^-63, then one rounding to double.
+    EXPECT_NEAR(fixed::toDouble(f), x, std::ldexp(1.0, -63) + std::fabs(x) * 0x1p-52) << x;
   }
-  EXPECT_EQ(fixed::toDouble(fixed::fromDouble(1e-300)), 0.0);  // below 2^-64: dropped
+  EXPECT_EQ(fixed::toDouble(fixed::fromDouble(1e-300)), 0.0);  // below 2^-63: dropped
   EXPECT_EQ(fixed::toDouble(fixed::fromDouble(1.0) + fixed::fromDouble(2.5)), 3.5);
 }
 
