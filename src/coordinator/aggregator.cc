@@ -199,8 +199,9 @@ void Aggregator::chunk(const std::string& cluster, std::uint64_t offset,
       SKYRING_THROW(TransportError, submitCtx(), "chunk at element ", offset, ", expected ",
                     s->received, " (chunks go in order)");
     }
-    // Logged first: if the add throws halfway, nothing was added (the check precedes it);
-    // if the log throws, nothing was added either.
+    // Added, then logged: addChunk checks everything before it adds, and a log that fails
+    // to take the chunk has it subtracted again, so either way the sum holds exactly the
+    // logged chunks.
     addChunk(*s, offset, blob, false);
     try {
       s->log.append(offset, blob);
@@ -271,8 +272,12 @@ bool Aggregator::poll(Clock::time_point now) {
 }
 
 bool Aggregator::maybeClose(Clock::time_point now) {
-  const std::uint32_t active = activeMembers();
-  const bool all = active > 0 && onTime_ >= active;  // onTime_ > 0 then
+  // Every active member counted on time (not merely as many submissions as active members:
+  // one that submitted and then left must not stand in for one still training).
+  const std::uint64_t k = state_.round;
+  const bool all =
+      activeMembers() > 0 && std::all_of(state_.members.begin(), state_.members.end(),
+                                         [&](auto& m) { return !m.active || isCounted(m, k); });
   const bool late = now >= deadline();
   if (late && onTime_ < options_.quorum && !missCounted_) {
     ++stats_.quorumMisses;

@@ -294,6 +294,15 @@ TEST(CoordinatorAggregator, LeaveAndRejoin) {
   EXPECT_EQ(agg.state().round, 1u);  // waits for gcp now
   submit(agg, "gcp", 1, g, 1, t0);
   EXPECT_EQ(agg.state().round, 2u);
+
+  // A member that submitted and then left does not stand in for one still training.
+  agg.join("azure");
+  submit(agg, "aws", 2, g, 1, t0);
+  submit(agg, "gcp", 2, g, 1, t0);
+  agg.leave("aws");
+  EXPECT_EQ(agg.state().round, 2u);  // azure has not submitted
+  submit(agg, "azure", 2, g, 1, t0);
+  EXPECT_EQ(agg.state().round, 3u);
 }
 
 TEST(CoordinatorAggregator, NesterovStepMatchesTheFormula) {
