@@ -11,7 +11,7 @@ shift || true
 out=${FUZZ_DIR:-build-fuzz/coordinator_wire}
 mkdir -p "$out/corpus"
 cxx=${CLANGXX:-clang++-14}
-command -v "$cxx" >/dev/null || { echo "run_coordinator_fuzz: $cxx not found (apt-get install clang-14 libfuzzer-14-dev)" >&2; exit 2; }
+command -v "$cxx" >/dev/null || { echo "run_coordinator_fuzz: $cxx not found (apt-get install clang-14 libclang-rt-14-dev)" >&2; exit 2; }
 
 # One seed of every message type, so the fuzzer starts from well-formed frames.
 seeds=tests/fuzz/coordinator_wire_seeds.cc
