@@ -39,6 +39,15 @@ struct LaunchEnvironment {
 // the ranks' own order (as the launcher numbered them); topologyRing is the same flat
 // ring over Topology::ringOrder (clouds and nodes contiguous, each cloud boundary crossed
 // once).
+// Which link classes the transport seals with authenticated encryption (SKYRING_ENCRYPT,
+// docs/security.md). automatic: crossCloud when the job has a token (SKYRING_JOB_TOKEN),
+// none without one, so launches without a token keep working (and are warned about).
+enum class Encryption : std::uint8_t { automatic, none, crossCloud, all };
+// The AEAD that seals them (SKYRING_CIPHER). automatic: AES-256-GCM where the CPU has AES
+// instructions, else ChaCha20-Poly1305; the runtime resolves it before the ranks compare
+// settings, so a job whose CPUs would choose differently fails at init naming it.
+enum class Cipher : std::uint8_t { automatic, aes256gcm, chacha20poly1305 };
+
 enum class AllreduceAlgorithm : std::uint8_t { automatic, ring, topologyRing, hierarchical };
 
 // Which levels of hierarchical allreduce a codec compresses (docs/compression.md): the
@@ -63,7 +72,9 @@ struct Config {
   // The job's shared secret: every connection to the bootstrap store proves it knows it
   // (HMAC challenge). Never logged. SKYRING_JOB_TOKEN.
   std::string jobToken;
-  LogLevel logLevel = LogLevel::warn;  // SKYRING_LOG_LEVEL
+  Encryption encryption = Encryption::automatic;  // SKYRING_ENCRYPT
+  Cipher cipher = Cipher::automatic;              // SKYRING_CIPHER
+  LogLevel logLevel = LogLevel::warn;             // SKYRING_LOG_LEVEL
   // Ring pipelining: bytes per message and messages in flight per peer.
   std::size_t ringChunkBytes = 256 * 1024;  // SKYRING_RING_CHUNK_BYTES
   int ringPipelineDepth = 4;                // SKYRING_RING_PIPELINE_DEPTH
@@ -134,6 +145,12 @@ struct Config {
   static Config fromEnvironment();
   // Same rules, from explicit name=value pairs (tests, bindings).
   static Config fromMap(const std::map<std::string, std::string>& vars);
+
+  // encryption with automatic resolved: crossCloud with a job token, none without.
+  Encryption effectiveEncryption() const {
+    if (encryption != Encryption::automatic) return encryption;
+    return jobToken.empty() ? Encryption::none : Encryption::crossCloud;
+  }
 
   // SKYRING_JOB_ID if set, else the launcher's job id, else "".
   std::string jobId() const { return jobIdOverride.empty() ? launch.jobId : jobIdOverride; }

@@ -111,6 +111,41 @@ const std::vector<ParameterSpec>& specs() {
                            "SKYRING_JOB_TOKEN: expected 16 to 1024 characters, got ", v.size());
          c.jobToken = v;
        }},
+      {{"SKYRING_ENCRYPT", "auto",
+        "Link classes whose messages are sealed with authenticated encryption: cross_cloud, "
+        "all, none, or auto (cross_cloud with a job token, none without). Needs "
+        "SKYRING_JOB_TOKEN.",
+        true},
+       [](Config& c, const std::string& v) {
+         if (v == "auto") {
+           c.encryption = Encryption::automatic;
+         } else if (v == "none") {
+           c.encryption = Encryption::none;
+         } else if (v == "cross_cloud") {
+           c.encryption = Encryption::crossCloud;
+         } else if (v == "all") {
+           c.encryption = Encryption::all;
+         } else {
+           SKYRING_THROW(InvalidArgument, {}, "SKYRING_ENCRYPT='", v,
+                         "': expected auto, cross_cloud, all or none");
+         }
+       }},
+      {{"SKYRING_CIPHER", "auto",
+        "AEAD of sealed links: aes-256-gcm, chacha20-poly1305, or auto (AES-256-GCM where "
+        "the CPU has AES instructions).",
+        true},
+       [](Config& c, const std::string& v) {
+         if (v == "auto") {
+           c.cipher = Cipher::automatic;
+         } else if (v == "aes-256-gcm") {
+           c.cipher = Cipher::aes256gcm;
+         } else if (v == "chacha20-poly1305") {
+           c.cipher = Cipher::chacha20poly1305;
+         } else {
+           SKYRING_THROW(InvalidArgument, {}, "SKYRING_CIPHER='", v,
+                         "': expected auto, aes-256-gcm or chacha20-poly1305");
+         }
+       }},
       {{"SKYRING_RING_CHUNK_BYTES", "262144",
         "Bytes per message in ring algorithms (4 KiB to 256 MiB; scratch follows the message): "
         "smaller pipelines better, larger costs fewer messages.",
@@ -397,6 +432,32 @@ std::string_view algorithmText(AllreduceAlgorithm a) {
   return "?";
 }
 
+std::string_view encryptionText(Encryption e) {
+  switch (e) {
+    case Encryption::automatic:
+      return "auto";
+    case Encryption::none:
+      return "none";
+    case Encryption::crossCloud:
+      return "cross_cloud";
+    case Encryption::all:
+      return "all";
+  }
+  return "?";
+}
+
+std::string_view cipherText(Cipher c) {
+  switch (c) {
+    case Cipher::automatic:
+      return "auto";
+    case Cipher::aes256gcm:
+      return "aes-256-gcm";
+    case Cipher::chacha20poly1305:
+      return "chacha20-poly1305";
+  }
+  return "?";
+}
+
 }  // namespace
 
 std::vector<std::pair<std::string_view, std::string>> Config::jobSettings() const {
@@ -414,6 +475,8 @@ std::vector<std::pair<std::string_view, std::string>> Config::jobSettings() cons
   const std::map<std::string_view, std::string> values = {
       {"SKYRING_TIMEOUT_MS", std::to_string(timeout.count())},
       {"SKYRING_JOB_ID", jobId()},
+      {"SKYRING_ENCRYPT", std::string(encryptionText(effectiveEncryption()))},
+      {"SKYRING_CIPHER", std::string(cipherText(cipher))},
       {"SKYRING_RING_CHUNK_BYTES", std::to_string(ringChunkBytes)},
       {"SKYRING_RING_PIPELINE_DEPTH", std::to_string(ringPipelineDepth)},
       {"SKYRING_SHM", sharedMemory ? "1" : "0"},
@@ -469,6 +532,15 @@ Config Config::fromMap(const std::map<std::string, std::string>& vars) {
       config.warnings.push_back("unknown configuration variable " + name +
                                 " ignored (see docs/configuration.md)");
     }
+  }
+  // Asked for encryption, the job must have its secret: sealing with a key anyone can
+  // derive would only look safe.
+  const Encryption e = config.encryption;
+  if (config.jobToken.empty() && (e == Encryption::crossCloud || e == Encryption::all)) {
+    SKYRING_THROW(InvalidArgument, {}, "SKYRING_ENCRYPT=", encryptionText(e),
+                  " needs SKYRING_JOB_TOKEN: the session keys are derived from the job's "
+                  "secret (set the same token of 16 or more characters on every rank, or "
+                  "SKYRING_ENCRYPT=none)");
   }
   return config;
 }
