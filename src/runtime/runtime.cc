@@ -19,7 +19,9 @@
 #include "skyring/topology.h"
 #include "skyring/ucx_transport.h"
 #include "skyring/version.h"
+#include "transport/aead.h"
 #include "transport/node_channel.h"
+#include "transport/sealing_transport.h"
 #include "transport/subgroup_transport.h"
 #include "transport/tag_layout.h"
 
@@ -116,6 +118,11 @@ void Runtime::start() {
   // its job-wide settings, gathered from all ranks and checked before anything depends on
   // them. Node-mates share node and cloud.
   const auto& launch = config_.launch;
+  // The cipher a sealed job uses is resolved here, before the ranks compare settings, so
+  // that ranks whose CPUs would pick differently (SKYRING_CIPHER=auto) fail together here
+  // rather than on their first sealed message.
+  if (config_.effectiveEncryption() != Encryption::none)
+    config_.cipher = transport::aead::resolve(config_.cipher);
   const auto gathered =
       parts.oob->allgather(runtime::serialize(runtime::localJoinRecord(config_, hostName())));
   std::vector<runtime::JoinRecord> joins;
@@ -156,6 +163,17 @@ void Runtime::start() {
   // Every byte the transport sends is attributed to its link class (stats()).
   parts.meter = std::make_shared<transport::MeteringTransport>(parts.transport, topology_);
   parts.transport = parts.meter;
+  // Sealing sits above the meter, so the meter counts what the network carries (each
+  // sealed message is 16 bytes longer), and below every communicator, so what a codec
+  // compressed is sealed after compression (docs/security.md).
+  if (auto sealing = transport::SealingOptions::fromConfig(config_)) {
+    parts.transport = std::make_shared<transport::SealingTransport>(parts.transport, topology_,
+                                                                    std::move(*sealing));
+  } else if (topology_->clouds() > 1 && config_.encryption == Encryption::automatic) {
+    SKYRING_LOG(Logger(config_.logLevel, rank_), warn,
+                "traffic between clouds is not encrypted: set SKYRING_JOB_TOKEN (the same "
+                "secret on every rank) to seal it, or SKYRING_ENCRYPT=none to say you mean it");
+  }
 
   // Shared memory among the ranks of this node: one channel for world() and one for the
   // engine (a channel runs one call at a time, and the two run concurrently). Every rank
