@@ -4,8 +4,8 @@
 //
 // Contract: a (key, nonce) pair must never seal two different messages; the caller owns
 // that (the sealing transport derives nonces from per-tag counters). seal() and open()
-// keep no state between calls (each makes its own EVP context), so any thread may call
-// them at once with any keys.
+// keep no message state between calls (each thread reuses one EVP context per cipher,
+// re-keyed on every call), so any thread may call them at once with any keys.
 //
 // Failure: open() returns false when the message does not authenticate (then the output
 // holds zeros, never unauthenticated plaintext). OpenSSL failing outright (out of memory,
