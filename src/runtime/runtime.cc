@@ -169,7 +169,7 @@ void Runtime::start() {
   if (auto sealing = transport::SealingOptions::fromConfig(config_)) {
     parts.transport = std::make_shared<transport::SealingTransport>(parts.transport, topology_,
                                                                     std::move(*sealing));
-  } else if (topology_->clouds() > 1 && config_.encryption == Encryption::automatic) {
+  } else if (rank_ == 0 && topology_->clouds() > 1 && config_.encryption == Encryption::automatic) {
     SKYRING_LOG(Logger(config_.logLevel, rank_), warn,
                 "traffic between clouds is not encrypted: set SKYRING_JOB_TOKEN (the same "
                 "secret on every rank) to seal it, or SKYRING_ENCRYPT=none to say you mean it");
