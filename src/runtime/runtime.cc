@@ -167,6 +167,8 @@ void Runtime::start() {
   // sealed message is 16 bytes longer), and below every communicator, so what a codec
   // compressed is sealed after compression (docs/security.md).
   if (auto sealing = transport::SealingOptions::fromConfig(config_)) {
+    // Every rank seals alike (checked above), so every rank takes part in this allgather.
+    sealing->salts = parts.oob->allgather(transport::SealingOptions::randomSalt());
     parts.transport = std::make_shared<transport::SealingTransport>(parts.transport, topology_,
                                                                     std::move(*sealing));
   } else if (rank_ == 0 && topology_->clouds() > 1 && config_.encryption == Encryption::automatic) {

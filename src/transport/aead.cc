@@ -3,6 +3,7 @@
 
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
+#include <openssl/rand.h>
 
 #include <algorithm>
 #include <climits>
@@ -138,6 +139,11 @@ std::string_view cipherName(Cipher cipher) noexcept {
       break;
   }
   return "auto";
+}
+
+void randomBytes(std::span<std::byte> out) {
+  if (out.empty()) return;
+  check(RAND_bytes(bytes(out), static_cast<int>(out.size())), "draw random bytes");
 }
 
 Key deriveKey(std::string_view secret, std::span<const std::byte> info) {

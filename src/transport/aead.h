@@ -40,6 +40,9 @@ Cipher resolve(Cipher cipher) noexcept;
 // "aes-256-gcm", "chacha20-poly1305" (as SKYRING_CIPHER spells them), "auto".
 std::string_view cipherName(Cipher cipher) noexcept;
 
+// Bytes from OpenSSL's CSPRNG (RAND_bytes); throws TransportError if it cannot give them.
+void randomBytes(std::span<std::byte> out);
+
 // HKDF-SHA256 (RFC 5869) of secret with a fixed salt, expanded with info into one key.
 Key deriveKey(std::string_view secret, std::span<const std::byte> info);
 

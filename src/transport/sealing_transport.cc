@@ -42,7 +42,10 @@ Aad aadOf(int sender, int receiver, Tag tag, std::size_t length, std::uint64_t c
   return a;
 }
 
-aead::Key pairKey(const SealingOptions& o, int sender, int receiver) {
+// sender and receiver are job ranks (in the info); the indices are the same ranks in the
+// transport's numbering (into the salts).
+aead::Key pairKey(const SealingOptions& o, int sender, int receiver, int senderIndex,
+                  int receiverIndex) {
   std::vector<std::byte> info;
   auto append = [&info](std::string_view s) {
     const auto* b = reinterpret_cast<const std::byte*>(s.data());
@@ -56,6 +59,12 @@ aead::Key pairKey(const SealingOptions& o, int sender, int receiver) {
   putBigEndian(putBigEndian(ranks.data(), static_cast<std::uint32_t>(sender)),
                static_cast<std::uint32_t>(receiver));
   info.insert(info.end(), ranks.begin(), ranks.end());
+  if (!o.salts.empty()) {
+    for (int r : {senderIndex, receiverIndex}) {
+      const auto& salt = o.salts[static_cast<std::size_t>(r)];
+      info.insert(info.end(), salt.begin(), salt.end());
+    }
+  }
   return aead::deriveKey(o.secret, info);
 }
 
@@ -151,6 +160,12 @@ std::string hex(Tag tag) {
 
 }  // namespace
 
+std::vector<std::byte> SealingOptions::randomSalt() {
+  std::vector<std::byte> salt(32);
+  aead::randomBytes(salt);
+  return salt;
+}
+
 std::optional<SealingOptions> SealingOptions::fromConfig(const Config& config) {
   const Encryption e = config.effectiveEncryption();
   if (e == Encryption::none) return std::nullopt;
@@ -182,6 +197,9 @@ SealingTransport::SealingTransport(std::shared_ptr<Transport> inner,
                     "encryption needs the job's secret (SKYRING_JOB_TOKEN)");
   SKYRING_CHECK_ARG(options_.messagesPerTag >= 1 && options_.messagesPerTag <= (1ull << 32), {},
                     "messagesPerTag must be in [1, 2^32] (the nonce's counter)");
+  SKYRING_CHECK_ARG(options_.salts.empty() || options_.salts.size() == static_cast<std::size_t>(inner_->size()), {},
+                    "SealingTransport needs a salt per rank or none, got ", options_.salts.size(),
+                    " for ", inner_->size(), " ranks");
   options_.cipher = aead::resolve(options_.cipher);
   options_.sealed[topology::index(LinkClass::self)] = false;
   const auto n = static_cast<std::size_t>(inner_->size());
@@ -201,7 +219,8 @@ std::pair<std::uint64_t, SealingTransport::PeerKeys> SealingTransport::next(
   if (!slot) {
     const int me = jobRank(rank());
     const int them = jobRank(peer);
-    slot = PeerKeys{pairKey(options_, me, them), pairKey(options_, them, me)};
+    slot = PeerKeys{pairKey(options_, me, them, rank(), peer),
+                    pairKey(options_, them, me, peer, rank())};
   }
   std::uint64_t& counter = table[static_cast<std::size_t>(peer)][tag];
   if (counter >= options_.messagesPerTag) {

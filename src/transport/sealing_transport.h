@@ -9,10 +9,14 @@
 // still names its size exactly (transport.h) and the inner transport needs no header.
 //
 // Keys. One key per ordered pair of ranks (per direction), HKDF-SHA256 of the job secret
-// (SKYRING_JOB_TOKEN) with info = version, cipher, job id, sender and receiver job ranks.
-// This is the interim key schedule: every rank that knows the token can derive every
-// pair's keys. The X25519 handshake of issue 17 will replace the secret by per-session
-// shared secrets; the nonce and associated-data scheme below stays.
+// (SKYRING_JOB_TOKEN) with info = version, cipher, job id, sender and receiver job ranks,
+// and the two ranks' session salts: 32 random bytes each rank draws at start-up and shares
+// through the bootstrap (Runtime). The salts make every run's keys new even when a job is
+// relaunched with the same token and job id, so the nonces below, which restart at zero
+// in every run, never meet a key they were used with. This is the interim key schedule:
+// every rank that knows the token can derive every pair's keys. The X25519 handshake of
+// issue 17 will replace the secret by per-session shared secrets; the nonce and
+// associated-data scheme below stays.
 //
 // Nonces. The transport matches messages by (peer, tag) and keeps FIFO order only within
 // one (peer, tag): messages of different tags may be received in another order than they
@@ -74,6 +78,10 @@ namespace skyring::transport {
 struct SealingOptions {
   std::string secret;  // the job token: required
   std::string jobId;   // the job's id (Config::jobId()), bound into every key
+  // Every rank's session salt, indexed by rank of the inner transport, fresh per run
+  // (randomSalt()). Empty only in tests that make both ends themselves: then keys repeat
+  // across runs, and with them nonces.
+  std::vector<std::vector<std::byte>> salts;
   Cipher cipher = Cipher::automatic;
   // Indexed by topology::index(LinkClass); the self class is never sealed (it never
   // leaves the process).
@@ -86,6 +94,8 @@ struct SealingOptions {
   // when nothing is to be sealed. Throws InvalidArgument when encryption is asked for
   // without a token.
   static std::optional<SealingOptions> fromConfig(const Config& config);
+  // 32 bytes from the CSPRNG: this rank's salt, for the others through the bootstrap.
+  static std::vector<std::byte> randomSalt();
 };
 
 class SealingTransport final : public Transport {

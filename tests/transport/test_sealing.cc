@@ -33,9 +33,20 @@ std::shared_ptr<const topology::Topology> twoClouds() {
   return testing::topologyOf({"A1", "A2", "B1", "B2"});
 }
 
-SealingOptions options(Cipher cipher = Cipher::aes256gcm, std::string secret = kToken) {
+// One run's salts (as Runtime draws them), fixed by seed.
+std::vector<std::vector<std::byte>> salts(int seed) {
+  std::vector<std::vector<std::byte>> s;
+  for (int r = 0; r < 5; ++r)
+    s.emplace_back(32, static_cast<std::byte>(seed * 16 + r));
+  return s;
+}
+
+SealingOptions options(Cipher cipher = Cipher::aes256gcm, std::string secret = kToken,
+                       int run = 1, int ranks = 4) {
   SealingOptions o;
   o.secret = std::move(secret);
+  o.salts = salts(run);
+  o.salts.resize(static_cast<std::size_t>(ranks));
   o.jobId = "test-job";
   o.cipher = cipher;
   o.sealed[topology::index(LinkClass::crossCloud)] = true;
@@ -244,6 +255,14 @@ TEST(SealingTransport, AnotherTokenOrCipherIsRefused) {
   }
 }
 
+// A relaunch with the same token and job id draws new salts: what one run sealed does not
+// open in another (and its nonces, which restart at zero, meet new keys).
+TEST(SealingTransport, KeysAreNewInEveryRun) {
+  Link link(nullptr, options(Cipher::aes256gcm, kToken, 1), options(Cipher::aes256gcm, kToken, 2));
+  expectRefused([&] { link.roundTrip(1, pattern(10, 1)); });
+  EXPECT_NE(SealingOptions::randomSalt(), SealingOptions::randomSalt());
+}
+
 TEST(SealingTransport, CounterWrapIsRefusedNotRepeated) {
   SealingOptions o = options();
   o.messagesPerTag = 3;
@@ -357,7 +376,8 @@ TEST(SealingTransport, SealedAllreduceMatchesPlainBitForBit) {
             if (topo->linkClass(me, peer) == LinkClass::crossCloud) ++sealedMessages;
             return true;
           });
-          return std::make_shared<SealingTransport>(tap, topo, options());
+          return std::make_shared<SealingTransport>(tap, topo,
+                                                    options(Cipher::aes256gcm, kToken, 1, 5));
         });
     return out;
   };
