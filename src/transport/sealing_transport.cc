@@ -197,9 +197,10 @@ SealingTransport::SealingTransport(std::shared_ptr<Transport> inner,
                     "encryption needs the job's secret (SKYRING_JOB_TOKEN)");
   SKYRING_CHECK_ARG(options_.messagesPerTag >= 1 && options_.messagesPerTag <= (1ull << 32), {},
                     "messagesPerTag must be in [1, 2^32] (the nonce's counter)");
-  SKYRING_CHECK_ARG(options_.salts.empty() || options_.salts.size() == static_cast<std::size_t>(inner_->size()), {},
-                    "SealingTransport needs a salt per rank or none, got ", options_.salts.size(),
-                    " for ", inner_->size(), " ranks");
+  SKYRING_CHECK_ARG(
+      options_.salts.empty() || options_.salts.size() == static_cast<std::size_t>(inner_->size()),
+      {}, "SealingTransport needs a salt per rank or none, got ", options_.salts.size(), " for ",
+      inner_->size(), " ranks");
   options_.cipher = aead::resolve(options_.cipher);
   options_.sealed[topology::index(LinkClass::self)] = false;
   const auto n = static_cast<std::size_t>(inner_->size());

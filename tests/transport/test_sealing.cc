@@ -41,8 +41,8 @@ std::vector<std::vector<std::byte>> salts(int seed) {
   return s;
 }
 
-SealingOptions options(Cipher cipher = Cipher::aes256gcm, std::string secret = kToken,
-                       int run = 1, int ranks = 4) {
+SealingOptions options(Cipher cipher = Cipher::aes256gcm, std::string secret = kToken, int run = 1,
+                       int ranks = 4) {
   SealingOptions o;
   o.secret = std::move(secret);
   o.salts = salts(run);
