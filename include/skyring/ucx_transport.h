@@ -32,7 +32,8 @@
 // later requests with that kind and reason and ErrorContext::peer -1, as the in-process
 // transport does. (A peer that is not progressing, with the connection to it clogged by
 // data it has not read, may miss the abort if this rank then gives up a send to it, below;
-// it then fails through its own timeout.)
+// it then fails through its own timeout.) With UcxOptions::controlSeal, aborts and
+// goodbyes are sealed per peer and those that do not open are ignored.
 //
 // shutdown() cancels this rank's requests (Aborted), flushes the endpoints (at most a
 // second), tells the peers it is leaving (they fail with "rank p has left the group"),
@@ -53,12 +54,30 @@
 #include <cstddef>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <span>
 #include <vector>
 
 #include "skyring/transport.h"
 
 namespace skyring::transport {
+
+// Seals the transport's own control messages, aborts and goodbyes, for a job that seals
+// its links (docs/security.md), so that one forged by a stranger on the network is ignored
+// instead of stopping the job. kind is 2 (abort) or 3 (goodbye) and is bound into the
+// seal. Called with the transport's lock held, from whichever thread sends or receives:
+// must not call the transport, must be thread-safe, and open() must not throw.
+class ControlSeal {
+ public:
+  virtual ~ControlSeal() = default;
+  // The bytes sent to peer for payload: payload.size() + overhead() of them.
+  virtual std::vector<std::byte> seal(int peer, std::uint8_t kind,
+                                      std::span<const std::byte> payload) const = 0;
+  // The payload sender sealed for this rank, or nullopt when sealed does not authenticate.
+  virtual std::optional<std::vector<std::byte>> open(int sender, std::uint8_t kind,
+                                                     std::span<const std::byte> sealed) const = 0;
+  virtual std::size_t overhead() const noexcept = 0;
+};
 
 struct UcxOptions {
   // Bound on the connection handshake of makeUcxTransport.
@@ -75,6 +94,8 @@ struct UcxOptions {
   // messages that arrive before their receive is posted, and large messages inside a
   // cloud lose zero-copy.
   bool eagerOnly = false;
+  // Null: control messages travel as they are (any sender's abort is obeyed).
+  std::shared_ptr<const ControlSeal> controlSeal;
 };
 
 // Out-of-band exchange supplied by the bootstrap (MPI allgather, TCP store, or threads in

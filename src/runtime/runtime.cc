@@ -7,6 +7,7 @@
 #include <array>
 #include <climits>
 #include <cstring>
+#include <optional>
 #include <sstream>
 #include <string>
 
@@ -147,6 +148,11 @@ void Runtime::start() {
     localSize_ = static_cast<int>(nodeRanks.size());
   }
 
+  // Sealed links (docs/security.md): every rank seals alike (the settings agree), so every
+  // rank takes part in the allgather of the salts that make this run's keys its own.
+  std::optional<transport::SealingOptions> sealing = transport::SealingOptions::fromConfig(config_);
+  if (sealing) sealing->salts = parts.oob->allgather(transport::SealingOptions::randomSalt());
+
   if (size_ == 1 && launch.launcher == LaunchEnvironment::Launcher::none) {
     parts.alone = std::make_unique<transport::InProcessWorld>(1);
     parts.transport = parts.alone->transport(0);
@@ -156,6 +162,8 @@ void Runtime::start() {
     options.connectTimeout = config_.initTimeout;
     // No rendezvous round trips over a WAN, unless the user set UCX's threshold.
     options.eagerOnly = topology_->clouds() > 1 && !config_.ucxRendezvousThresholdSet;
+    // UCX's aborts and goodbyes are sealed too: a forged one is ignored.
+    if (sealing) options.controlSeal = sealing->controlSeal(rank_);
     parts.transport = transport::makeUcxTransport(
         rank_, size_, [oob](std::span<const std::byte> mine) { return oob->allgather(mine); },
         options);
@@ -166,9 +174,7 @@ void Runtime::start() {
   // Sealing sits above the meter, so the meter counts what the network carries (each
   // sealed message is 16 bytes longer), and below every communicator, so what a codec
   // compressed is sealed after compression (docs/security.md).
-  if (auto sealing = transport::SealingOptions::fromConfig(config_)) {
-    // Every rank seals alike (checked above), so every rank takes part in this allgather.
-    sealing->salts = parts.oob->allgather(transport::SealingOptions::randomSalt());
+  if (sealing) {
     parts.transport = std::make_shared<transport::SealingTransport>(parts.transport, topology_,
                                                                     std::move(*sealing));
   } else if (rank_ == 0 && topology_->clouds() > 1 && config_.encryption == Encryption::automatic) {

@@ -46,8 +46,10 @@
 // tables stop growing once a job has cycled through its tags; at a few steps per call per
 // peer that is some 10^5 to 10^6 entries per sealed peer at worst.
 //
-// Control messages. The transport's own abort notices (UCX's control channel) travel
-// below this decorator and are not sealed yet; docs/security.md says what that allows.
+// Control messages. Aborts raised by a collective travel through abort() to the inner
+// transport's own control channel, below this decorator; the Runtime seals UCX's aborts
+// and goodbyes with SealingOptions::controlSeal, so a forged one is ignored. (The stall
+// reports and the engine's negotiation are ordinary messages, sealed here.)
 //
 // Ownership: shares the inner transport and the topology; destroying the decorator does
 // not shut the inner transport down. Requests own their wire buffers and may outlive it.
@@ -71,6 +73,7 @@
 #include "skyring/config.h"
 #include "skyring/topology.h"
 #include "skyring/transport.h"
+#include "skyring/ucx_transport.h"
 #include "transport/aead.h"
 
 namespace skyring::transport {
@@ -96,6 +99,10 @@ struct SealingOptions {
   static std::optional<SealingOptions> fromConfig(const Config& config);
   // 32 bytes from the CSPRNG: this rank's salt, for the others through the bootstrap.
   static std::vector<std::byte> randomSalt();
+
+  // Seals the UCX transport's aborts and goodbyes (ucx_transport.h, ControlSeal) for rank
+  // `rank` of a group whose ranks are the job's, under keys of their own (control_seal.cc).
+  std::shared_ptr<const ControlSeal> controlSeal(int rank) const;
 };
 
 class SealingTransport final : public Transport {

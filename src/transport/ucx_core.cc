@@ -31,9 +31,15 @@ struct AbortHeader {
 };
 static_assert(sizeof(AbortHeader) == 8);
 
-std::vector<std::byte> encodeAbort(ErrorKind kind, int sender, const std::string& reason) {
+// A sealed control message: the sender's rank (u32, big-endian), then what the control
+// seal made of the payload.
+constexpr std::size_t kSenderBytes = 4;
+
+// At most room bytes in all (room: kControlBytes, less what sealing adds).
+std::vector<std::byte> encodeAbort(ErrorKind kind, int sender, const std::string& reason,
+                                   std::size_t room) {
   const AbortHeader header{static_cast<std::uint8_t>(kind), {}, sender};
-  const std::size_t n = std::min(reason.size(), kControlBytes - sizeof header);
+  const std::size_t n = std::min(reason.size(), room - sizeof header);
   std::vector<std::byte> out(sizeof header + n);
   std::memcpy(out.data(), &header, sizeof header);
   if (n > 0) std::memcpy(out.data() + sizeof header, reason.data(), n);
@@ -188,7 +194,8 @@ void Core::initUcx(const AllgatherFn& oob) {
   std::memcpy(rankPayload_.data(), &self, sizeof self);
   std::lock_guard lock(mu_);
   abortRecv_.buffer.resize(kControlBytes);
-  goodbyeRecv_.buffer.resize(sizeof self);
+  goodbyeRecv_.buffer.resize(
+      sizeof self + (options_.controlSeal ? kSenderBytes + options_.controlSeal->overhead() : 0));
   postControlRecvLocked(abortRecv_, ControlKind::abort);
   postControlRecvLocked(goodbyeRecv_, ControlKind::goodbye);
 }
@@ -281,22 +288,50 @@ void Core::postControlRecvLocked(ControlRecv& recv, ControlKind kind) {
                                          layout_.control(kind), TagLayout::kExact, &param));
 }
 
+std::span<const std::byte> Core::controlPayloadLocked(int peer, ControlKind kind,
+                                                      std::span<const std::byte> payload) {
+  if (!options_.controlSeal) return payload;
+  const auto sealed = options_.controlSeal->seal(peer, static_cast<std::uint8_t>(kind), payload);
+  std::vector<std::byte> frame(kSenderBytes + sealed.size());
+  putU32(frame.data(), static_cast<std::uint32_t>(rank_));
+  std::memcpy(frame.data() + kSenderBytes, sealed.data(), sealed.size());
+  sealedPayloads_.push_back(std::move(frame));  // UCX may read it until the send completes
+  return sealedPayloads_.back();
+}
+
+std::optional<std::vector<std::byte>> Core::openControlLocked(
+    ControlKind kind, std::span<const std::byte> frame) const {
+  if (!options_.controlSeal) return std::vector<std::byte>(frame.begin(), frame.end());
+  if (frame.size() < kSenderBytes) return std::nullopt;
+  const std::uint32_t sender = getU32(frame.data());
+  if (sender >= static_cast<std::uint32_t>(size_) || sender == static_cast<std::uint32_t>(rank_))
+    return std::nullopt;
+  return options_.controlSeal->open(static_cast<int>(sender), static_cast<std::uint8_t>(kind),
+                                    frame.subspan(kSenderBytes));
+}
+
+// A control message that does not open (forged, or from another job) is dropped here:
+// the job goes on as if it had never come.
 void Core::handleControlLocked() {
   while (abortRecv_.op && abortRecv_.op->done) {
     AbortHeader header{};
-    const std::size_t n = abortRecv_.op->length;
+    const auto body = openControlLocked(ControlKind::abort,
+                                        std::span(abortRecv_.buffer.data(), abortRecv_.op->length));
+    const std::size_t n = body ? body->size() : 0;
     if (n >= sizeof header && !abort_) {
-      std::memcpy(&header, abortRecv_.buffer.data(), sizeof header);
+      std::memcpy(&header, body->data(), sizeof header);
       const auto kind = static_cast<ErrorKind>(
           std::min<std::uint8_t>(header.kind, static_cast<std::uint8_t>(ErrorKind::aborted)));
-      const auto* text = reinterpret_cast<const char*>(abortRecv_.buffer.data() + sizeof header);
+      const auto* text = reinterpret_cast<const char*>(body->data() + sizeof header);
       abort_ = Failure{kind, std::string(text, n - sizeof header), true};
       events_ = true;
     }
     postControlRecvLocked(abortRecv_, ControlKind::abort);
   }
   while (goodbyeRecv_.op && goodbyeRecv_.op->done) {
-    const std::int32_t from = decodeRank(goodbyeRecv_.buffer);
+    const auto body = openControlLocked(
+        ControlKind::goodbye, std::span(goodbyeRecv_.buffer.data(), goodbyeRecv_.op->length));
+    const std::int32_t from = body ? decodeRank(*body) : -1;
     if (from >= 0 && from < size_ && from != rank_) {
       auto& failure = peers_[static_cast<std::size_t>(from)].failure;
       if (!failure) {
@@ -337,12 +372,16 @@ void Core::abort(ErrorKind kind, const std::string& reason) noexcept {
     if (abort_ || closing_) return;
     abort_ = Failure{kind, reason, true};
     abortedHere_ = true;
-    abortPayload_ = encodeAbort(kind, rank_, reason);
+    abortPayload_ = encodeAbort(
+        kind, rank_, reason,
+        kControlBytes -
+            (options_.controlSeal ? kSenderBytes + options_.controlSeal->overhead() : 0));
     std::vector<Op*> sent;
     for (int p = 0; p < size_; ++p) {
       const Peer& peer = peers_[static_cast<std::size_t>(p)];
       if (p == rank_ || peer.ep == nullptr || peer.failure) continue;
-      controlSends_.push_back(postControlSendLocked(p, ControlKind::abort, abortPayload_));
+      controlSends_.push_back(postControlSendLocked(
+          p, ControlKind::abort, controlPayloadLocked(p, ControlKind::abort, abortPayload_)));
       sent.push_back(controlSends_.back().get());
     }
     if (sleepers_ > 0) ucp_worker_signal(worker_);
@@ -389,7 +428,9 @@ void Core::closeEndpointsLocked(std::unique_lock<std::mutex>& lock) {
   std::vector<Op*> goodbyes;
   for (const Peer& peer : peers_) {
     if (peer.rank == rank_ || peer.ep == nullptr || peer.failure) continue;
-    controlSends_.push_back(postControlSendLocked(peer.rank, ControlKind::goodbye, rankPayload_));
+    controlSends_.push_back(
+        postControlSendLocked(peer.rank, ControlKind::goodbye,
+                              controlPayloadLocked(peer.rank, ControlKind::goodbye, rankPayload_)));
     goodbyes.push_back(controlSends_.back().get());
   }
   waitLocked(lock, Clock::now() + bound, [&] {

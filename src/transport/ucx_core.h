@@ -127,6 +127,13 @@ class Core {
                                             std::span<const std::byte> payload);
   void postControlRecvLocked(ControlRecv& recv, ControlKind kind);
   void handleControlLocked();
+  // With a control seal: the bytes to send peer for payload (kept until the Core goes),
+  // and a received control message's payload, or nullopt when it does not open. Without
+  // one: the payload itself.
+  std::span<const std::byte> controlPayloadLocked(int peer, ControlKind kind,
+                                                  std::span<const std::byte> payload);
+  std::optional<std::vector<std::byte>> openControlLocked(ControlKind kind,
+                                                          std::span<const std::byte> frame) const;
   void cancelReceivesLocked(bool control);
   std::string deathOf(int peer, ucs_status_t status) const;
   void forceCloseLocked(int peer, const std::string& why);
@@ -161,7 +168,8 @@ class Core {
   std::vector<std::unique_ptr<Op>> orphans_;
   std::vector<std::unique_ptr<Op>> controlSends_;
   std::vector<std::byte> abortPayload_;
-  std::vector<std::byte> rankPayload_;  // this rank's number: hello and goodbye
+  std::vector<std::byte> rankPayload_;                  // this rank's number: hello and goodbye
+  std::vector<std::vector<std::byte>> sealedPayloads_;  // what controlPayloadLocked made
   ControlRecv abortRecv_;
   ControlRecv goodbyeRecv_;
 };
