@@ -175,6 +175,12 @@ void Runtime::start() {
   // sealed message is 16 bytes longer), and below every communicator, so what a codec
   // compressed is sealed after compression (docs/security.md).
   if (sealing) {
+    if (rank_ == 0) {
+      SKYRING_LOG(
+          Logger(config_.logLevel, rank_), info, "sealing ",
+          config_.effectiveEncryption() == Encryption::all ? "every link" : "cross-cloud links",
+          " with ", transport::aead::cipherName(sealing->cipher), " (docs/security.md)");
+    }
     parts.transport = std::make_shared<transport::SealingTransport>(parts.transport, topology_,
                                                                     std::move(*sealing));
   } else if (rank_ == 0 && topology_->clouds() > 1 && config_.encryption == Encryption::automatic) {
