@@ -17,6 +17,8 @@
 #     --name NAME           prefix of namespace and interface names (default "skr" + the
 #                           script's PID in hex, so that concurrent runs do not collide)
 #     --env NAME=VALUE      set a variable in every rank (repeatable; wins over everything)
+#     --capture FILE        write every frame on cloud 0's link (the bridge side of its
+#                           veth) to FILE while the program runs (benchmarks/sniff.py)
 #
 # Layout for --clouds 3 (namespaces in [ ], all addresses on 10.99.0.0/24, NAME the prefix):
 #
@@ -81,6 +83,7 @@ order=blocked
 timeout_s=300
 name=$(printf 'skr%x' $$)
 extra_env=()
+capture=
 while (($# > 0)); do
   case $1 in
     --clouds) clouds=${2-}; shift 2 || usage ;;
@@ -90,6 +93,7 @@ while (($# > 0)); do
     --timeout) timeout_s=${2-}; shift 2 || usage ;;
     --name) name=${2-}; shift 2 || usage ;;
     --env) extra_env+=("${2-}"); shift 2 || usage ;;
+    --capture) capture=${2-}; shift 2 || usage ;;
     --) shift; break ;;
     -h | --help) usage ;;
     *) die "unknown option '$1' (the program goes after --)" ;;
@@ -195,6 +199,19 @@ for ((i = 0; i < clouds; i++)); do
 done
 
 # Rank 0's cloud runs the TCP store; its port is free for sure, being in a fresh namespace.
+sniffer=
+if [[ -n $capture ]]; then
+  command -v python3 >/dev/null || skip "--capture needs python3"
+  ip netns exec "$ctl_ns" python3 "$(dirname "$0")/sniff.py" "${name}c0" "$capture" \
+    >"$capture.log" 2>&1 &
+  sniffer=$!
+  for ((t = 0; t < 50; t++)); do
+    grep -q sniffing "$capture.log" 2>/dev/null && break
+    sleep 0.1
+  done
+  grep -q sniffing "$capture.log" || die "the capture did not start: $(cat "$capture.log")"
+fi
+
 master_addr=$(cloud_addr "$(cloud_of 0)")
 master_port=$((20000 + RANDOM % 20000))
 deadline=$((SECONDS + timeout_s))
@@ -223,6 +240,11 @@ for ((r = 0; r < world; r++)); do
   wait "${pids[$r]}"
   codes+=($?)
 done
+if [[ -n $sniffer ]]; then
+  kill -TERM "$sniffer" 2>/dev/null
+  wait "$sniffer"
+  echo "captured $(stat -c %s "$capture") bytes on cloud0's link into $capture"
+fi
 for ((r = 0; r < world; r++)); do
   echo "rank $r exit ${codes[$r]}"
   ((codes[r] == 0)) || status=1
