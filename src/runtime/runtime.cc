@@ -149,9 +149,13 @@ void Runtime::start() {
   }
 
   // Sealed links (docs/security.md): every rank seals alike (the settings agree), so every
-  // rank takes part in the allgather of the salts that make this run's keys its own.
+  // rank takes part in the allgather of this run's X25519 public keys.
   std::optional<transport::SealingOptions> sealing = transport::SealingOptions::fromConfig(config_);
-  if (sealing) sealing->salts = parts.oob->allgather(transport::SealingOptions::randomSalt());
+  if (sealing) {
+    auto exchange = std::make_shared<const transport::aead::KeyExchange>();
+    sealing->publicKeys = parts.oob->allgather(exchange->publicKey());
+    sealing->keyExchange = std::move(exchange);
+  }
 
   if (size_ == 1 && launch.launcher == LaunchEnvironment::Launcher::none) {
     parts.alone = std::make_unique<transport::InProcessWorld>(1);

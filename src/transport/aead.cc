@@ -3,7 +3,6 @@
 
 #include <openssl/evp.h>
 #include <openssl/kdf.h>
-#include <openssl/rand.h>
 
 #include <algorithm>
 #include <climits>
@@ -141,9 +140,49 @@ std::string_view cipherName(Cipher cipher) noexcept {
   return "auto";
 }
 
-void randomBytes(std::span<std::byte> out) {
-  if (out.empty()) return;
-  check(RAND_bytes(bytes(out), static_cast<int>(out.size())), "draw random bytes");
+KeyExchange::KeyExchange() {
+  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxDeleter> ctx(EVP_PKEY_CTX_new_id(EVP_PKEY_X25519, nullptr));
+  if (!ctx) fail("allocate an X25519 context");
+  check(EVP_PKEY_keygen_init(ctx.get()), "start X25519 key generation");
+  EVP_PKEY* key = nullptr;
+  check(EVP_PKEY_keygen(ctx.get(), &key), "generate an X25519 key");
+  key_ = key;
+  std::size_t len = public_.size();
+  if (EVP_PKEY_get_raw_public_key(key, reinterpret_cast<unsigned char*>(public_.data()), &len) !=
+          1 ||
+      len != public_.size()) {
+    EVP_PKEY_free(key);
+    fail("read the X25519 public key");
+  }
+}
+
+KeyExchange::~KeyExchange() {
+  EVP_PKEY_free(static_cast<EVP_PKEY*>(key_));
+}
+
+KeyExchange::Secret KeyExchange::agree(std::span<const std::byte> peerPublic) const {
+  SKYRING_CHECK(peerPublic.size() == kPublicBytes, TransportError, {},
+                "an X25519 public key has 32 bytes, got ", peerPublic.size());
+  struct PkeyDeleter {
+    void operator()(EVP_PKEY* k) const noexcept { EVP_PKEY_free(k); }
+  };
+  std::unique_ptr<EVP_PKEY, PkeyDeleter> peer(
+      EVP_PKEY_new_raw_public_key(EVP_PKEY_X25519, nullptr, bytes(peerPublic), peerPublic.size()));
+  if (!peer) fail("read a peer's X25519 public key");
+  std::unique_ptr<EVP_PKEY_CTX, PkeyCtxDeleter> ctx(
+      EVP_PKEY_CTX_new(static_cast<EVP_PKEY*>(key_), nullptr));
+  if (!ctx) fail("allocate an X25519 context");
+  check(EVP_PKEY_derive_init(ctx.get()), "start X25519");
+  check(EVP_PKEY_derive_set_peer(ctx.get(), peer.get()), "take a peer's X25519 public key");
+  Secret secret{};
+  std::size_t len = secret.size();
+  if (EVP_PKEY_derive(ctx.get(), reinterpret_cast<unsigned char*>(secret.data()), &len) != 1 ||
+      len != secret.size()) {
+    SKYRING_THROW(TransportError, {},
+                  "X25519 with a peer's public key failed (a low-order point: not a key a "
+                  "rank of this job made)");
+  }
+  return secret;
 }
 
 Key deriveKey(std::string_view secret, std::span<const std::byte> info) {

@@ -40,8 +40,27 @@ Cipher resolve(Cipher cipher) noexcept;
 // "aes-256-gcm", "chacha20-poly1305" (as SKYRING_CIPHER spells them), "auto".
 std::string_view cipherName(Cipher cipher) noexcept;
 
-// Bytes from OpenSSL's CSPRNG (RAND_bytes); throws TransportError if it cannot give them.
-void randomBytes(std::span<std::byte> out);
+// An X25519 key pair (RFC 7748), one per rank and run: its public half is published, the
+// private half never leaves this object and goes with it. Thread-safe (const use).
+class KeyExchange {
+ public:
+  static constexpr std::size_t kPublicBytes = 32;
+  using Secret = std::array<std::byte, 32>;
+
+  KeyExchange();  // a fresh pair from OpenSSL's CSPRNG
+  ~KeyExchange();
+  KeyExchange(const KeyExchange&) = delete;
+  KeyExchange& operator=(const KeyExchange&) = delete;
+
+  std::span<const std::byte> publicKey() const noexcept { return public_; }
+  // The shared secret with the holder of peerPublic. Throws TransportError for a key that
+  // is not 32 bytes or a low-order point (an all-zero secret, which OpenSSL refuses).
+  Secret agree(std::span<const std::byte> peerPublic) const;
+
+ private:
+  void* key_ = nullptr;  // EVP_PKEY, kept out of this header
+  std::array<std::byte, kPublicBytes> public_{};
+};
 
 // HKDF-SHA256 (RFC 5869) of secret with a fixed salt, expanded with info into one key.
 Key deriveKey(std::string_view secret, std::span<const std::byte> info);

@@ -1,14 +1,14 @@
 // The control seal of sealed jobs (SealingOptions::controlSeal): the UCX transport's aborts
 // and goodbyes, sealed like data messages but under keys of their own.
 //
-// Keys: HKDF of the job token as for data (sealing_transport.h), with another label, so a
-// control nonce can never meet a data nonce under one key. Nonces: each rank seals a
+// Keys: as for data (sealing_transport.h, linkKey), with another label, so a control nonce
+// can never meet a data nonce under one key. Nonces: each rank seals a
 // control message of one kind to one peer about once per run (an abort, a goodbye); a
 // counter per (peer, kind) makes it exact, carried in the clear before the ciphertext:
 //   counter (u64, big-endian) || ciphertext || tag
 // with nonce = kind (u32) || counter (u64) and associated data = version, sender, receiver,
 // kind, counter, length. A replay within the run re-delivers an abort or goodbye that
-// already came, which changes nothing; one from another run does not open (new salts).
+// already came, which changes nothing; one from another run does not open (new keys).
 #include <array>
 #include <cstring>
 #include <map>
@@ -42,10 +42,7 @@ std::uint64_t getU64(const std::byte* p) {
 class TokenControlSeal final : public ControlSeal {
  public:
   TokenControlSeal(SealingOptions options, int rank)
-      : options_(std::move(options)),
-        rank_(rank),
-        size_(options_.salts.size()),
-        keys_(options_.salts.empty() ? 0 : options_.salts.size()) {}
+      : options_(std::move(options)), rank_(rank), size_(options_.publicKeys.size()) {}
 
   std::vector<std::byte> seal(int peer, std::uint8_t kind,
                               std::span<const std::byte> payload) const override {
@@ -111,33 +108,10 @@ class TokenControlSeal final : public ControlSeal {
   // The key of sender -> receiver, derived once (sender or receiver is this rank).
   aead::Key keyLocked(int sender, int receiver) const {
     const int other = sender == rank_ ? receiver : sender;
-    auto& slot = keys_.empty() ? loose_[other] : keys_[static_cast<std::size_t>(other)];
+    auto& slot = keys_[other];
     auto& key = sender == rank_ ? slot.send : slot.recv;
-    if (!key) key = derive(sender, receiver);
+    if (!key) key = linkKey(options_, kControlLabel, sender, receiver, sender, receiver, other);
     return *key;
-  }
-
-  aead::Key derive(int sender, int receiver) const {
-    std::vector<std::byte> info;
-    auto append = [&info](std::string_view s) {
-      const auto* b = reinterpret_cast<const std::byte*>(s.data());
-      info.insert(info.end(), b, b + s.size());
-      info.push_back(std::byte{0});
-    };
-    append(kControlLabel);
-    append(aead::cipherName(options_.cipher));
-    append(options_.jobId);
-    std::array<std::byte, 8> ranks{};
-    putBigEndian(putBigEndian(ranks.data(), static_cast<std::uint32_t>(sender)),
-                 static_cast<std::uint32_t>(receiver));
-    info.insert(info.end(), ranks.begin(), ranks.end());
-    if (!options_.salts.empty()) {
-      for (int r : {sender, receiver}) {
-        const auto& salt = options_.salts[static_cast<std::size_t>(r)];
-        info.insert(info.end(), salt.begin(), salt.end());
-      }
-    }
-    return aead::deriveKey(options_.secret, info);
   }
 
   struct PairKeys {
@@ -147,10 +121,9 @@ class TokenControlSeal final : public ControlSeal {
 
   const SealingOptions options_;
   const int rank_;
-  const std::size_t size_;  // 0: not known (no salts)
+  const std::size_t size_;  // 0: not known (no public keys: tests)
   mutable std::mutex mu_;
-  mutable std::vector<PairKeys> keys_;
-  mutable std::map<int, PairKeys> loose_;  // without salts the group's size is not known
+  mutable std::map<int, PairKeys> keys_;
   mutable std::map<std::pair<int, std::uint8_t>, std::uint64_t> counters_;
 };
 

@@ -2,6 +2,8 @@
 // an inner transport (see the header for the scheme).
 #include "transport/sealing_transport.h"
 
+#include <openssl/crypto.h>
+
 #include <cstring>
 #include <string_view>
 #include <utility>
@@ -42,31 +44,40 @@ Aad aadOf(int sender, int receiver, Tag tag, std::size_t length, std::uint64_t c
   return a;
 }
 
-// sender and receiver are job ranks (in the info); the indices are the same ranks in the
-// transport's numbering (into the salts).
-aead::Key pairKey(const SealingOptions& o, int sender, int receiver, int senderIndex,
-                  int receiverIndex) {
+}  // namespace
+
+aead::Key linkKey(const SealingOptions& o, std::string_view label, int sender, int receiver,
+                  int senderIndex, int receiverIndex, int peerIndex) {
   std::vector<std::byte> info;
   auto append = [&info](std::string_view s) {
     const auto* b = reinterpret_cast<const std::byte*>(s.data());
     info.insert(info.end(), b, b + s.size());
     info.push_back(std::byte{0});  // separator: no two field lists give one string
   };
-  append(kKeyLabel);
+  append(label);
   append(aead::cipherName(o.cipher));
   append(o.jobId);
   std::array<std::byte, 8> ranks{};
   putBigEndian(putBigEndian(ranks.data(), static_cast<std::uint32_t>(sender)),
                static_cast<std::uint32_t>(receiver));
   info.insert(info.end(), ranks.begin(), ranks.end());
-  if (!o.salts.empty()) {
+  std::string ikm = o.secret;
+  if (o.keyExchange) {
     for (int r : {senderIndex, receiverIndex}) {
-      const auto& salt = o.salts[static_cast<std::size_t>(r)];
-      info.insert(info.end(), salt.begin(), salt.end());
+      const auto& key = o.publicKeys[static_cast<std::size_t>(r)];
+      info.insert(info.end(), key.begin(), key.end());
     }
+    auto shared = o.keyExchange->agree(o.publicKeys[static_cast<std::size_t>(peerIndex)]);
+    ikm.push_back('\0');
+    ikm.append(reinterpret_cast<const char*>(shared.data()), shared.size());
+    OPENSSL_cleanse(shared.data(), shared.size());
   }
-  return aead::deriveKey(o.secret, info);
+  const aead::Key key = aead::deriveKey(ikm, info);
+  OPENSSL_cleanse(ikm.data(), ikm.size());  // no copy of the secrets stays behind in the heap
+  return key;
 }
+
+namespace {
 
 class SealedSend final : public Request {
  public:
@@ -160,12 +171,6 @@ std::string hex(Tag tag) {
 
 }  // namespace
 
-std::vector<std::byte> SealingOptions::randomSalt() {
-  std::vector<std::byte> salt(32);
-  aead::randomBytes(salt);
-  return salt;
-}
-
 std::optional<SealingOptions> SealingOptions::fromConfig(const Config& config) {
   const Encryption e = config.effectiveEncryption();
   if (e == Encryption::none) return std::nullopt;
@@ -197,10 +202,10 @@ SealingTransport::SealingTransport(std::shared_ptr<Transport> inner,
                     "encryption needs the job's secret (SKYRING_JOB_TOKEN)");
   SKYRING_CHECK_ARG(options_.messagesPerTag >= 1 && options_.messagesPerTag <= (1ull << 32), {},
                     "messagesPerTag must be in [1, 2^32] (the nonce's counter)");
-  SKYRING_CHECK_ARG(
-      options_.salts.empty() || options_.salts.size() == static_cast<std::size_t>(inner_->size()),
-      {}, "SealingTransport needs a salt per rank or none, got ", options_.salts.size(), " for ",
-      inner_->size(), " ranks");
+  SKYRING_CHECK_ARG(!options_.keyExchange ||
+                        options_.publicKeys.size() == static_cast<std::size_t>(inner_->size()),
+                    {}, "SealingTransport needs a public key per rank, got ",
+                    options_.publicKeys.size(), " for ", inner_->size(), " ranks");
   options_.cipher = aead::resolve(options_.cipher);
   options_.sealed[topology::index(LinkClass::self)] = false;
   const auto n = static_cast<std::size_t>(inner_->size());
@@ -220,8 +225,13 @@ std::pair<std::uint64_t, SealingTransport::PeerKeys> SealingTransport::next(
   if (!slot) {
     const int me = jobRank(rank());
     const int them = jobRank(peer);
-    slot = PeerKeys{pairKey(options_, me, them, rank(), peer),
-                    pairKey(options_, them, me, peer, rank())};
+    try {
+      slot = PeerKeys{linkKey(options_, kKeyLabel, me, them, rank(), peer, peer),
+                      linkKey(options_, kKeyLabel, them, me, peer, rank(), peer)};
+    } catch (const TransportError& e) {
+      SKYRING_THROW(TransportError, (ErrorContext{rank(), peer, op}),
+                    "cannot derive the keys of the link with rank ", them, ": ", e.detail());
+    }
   }
   std::uint64_t& counter = table[static_cast<std::size_t>(peer)][tag];
   if (counter >= options_.messagesPerTag) {

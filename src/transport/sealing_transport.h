@@ -8,15 +8,17 @@
 // AEAD tag (aead.h: AES-256-GCM or ChaCha20-Poly1305). Nothing else is added, so a receive
 // still names its size exactly (transport.h) and the inner transport needs no header.
 //
-// Keys. One key per ordered pair of ranks (per direction), HKDF-SHA256 of the job secret
-// (SKYRING_JOB_TOKEN) with info = version, cipher, job id, sender and receiver job ranks,
-// and the two ranks' session salts: 32 random bytes each rank draws at start-up and shares
-// through the bootstrap (Runtime). The salts make every run's keys new even when a job is
-// relaunched with the same token and job id, so the nonces below, which restart at zero
-// in every run, never meet a key they were used with. This is the interim key schedule:
-// every rank that knows the token can derive every pair's keys. The X25519 handshake of
-// issue 17 will replace the secret by per-session shared secrets; the nonce and
-// associated-data scheme below stays.
+// Keys. One key per ordered pair of ranks (per direction): HKDF-SHA256 whose input is the
+// job secret (SKYRING_JOB_TOKEN) and the pair's X25519 shared secret, and whose info is a
+// label, the cipher, the job id, the sender's and receiver's job ranks and both ranks'
+// public keys. Each rank draws a fresh X25519 key pair at start-up and publishes its public
+// key through the bootstrap (Runtime), which admits only ranks that know the token (the
+// store's HMAC challenge) or that the launcher started (MPI). So a key needs both the token
+// and a private key that never left its rank: recording a run and learning the token later
+// does not open it (forward secrecy), and every run has new keys, so the nonces below,
+// which restart at zero, never meet a key they were used with. A rank that does not know
+// the token derives other keys, and its messages fail to open on both sides. Certificates
+// (SKYRING_TLS_*) in place of the token are still to come (docs/security.md).
 //
 // Nonces. The transport matches messages by (peer, tag) and keeps FIFO order only within
 // one (peer, tag): messages of different tags may be received in another order than they
@@ -67,6 +69,7 @@
 #include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <unordered_map>
 #include <vector>
 
@@ -81,10 +84,11 @@ namespace skyring::transport {
 struct SealingOptions {
   std::string secret;  // the job token: required
   std::string jobId;   // the job's id (Config::jobId()), bound into every key
-  // Every rank's session salt, indexed by rank of the inner transport, fresh per run
-  // (randomSalt()). Empty only in tests that make both ends themselves: then keys repeat
-  // across runs, and with them nonces.
-  std::vector<std::vector<std::byte>> salts;
+  // Every rank's X25519 public key, indexed by rank of the inner transport, and this
+  // rank's key pair, fresh per run. Empty and null only in tests that make both ends
+  // themselves: keys then come from the token alone and repeat across runs.
+  std::vector<std::vector<std::byte>> publicKeys;
+  std::shared_ptr<const aead::KeyExchange> keyExchange;
   Cipher cipher = Cipher::automatic;
   // Indexed by topology::index(LinkClass); the self class is never sealed (it never
   // leaves the process).
@@ -97,13 +101,17 @@ struct SealingOptions {
   // when nothing is to be sealed. Throws InvalidArgument when encryption is asked for
   // without a token.
   static std::optional<SealingOptions> fromConfig(const Config& config);
-  // 32 bytes from the CSPRNG: this rank's salt, for the others through the bootstrap.
-  static std::vector<std::byte> randomSalt();
-
   // Seals the UCX transport's aborts and goodbyes (ucx_transport.h, ControlSeal) for rank
   // `rank` of a group whose ranks are the job's, under keys of their own (control_seal.cc).
   std::shared_ptr<const ControlSeal> controlSeal(int rank) const;
 };
+
+// The key sender seals with for receiver under label (data and control messages have
+// labels of their own): job ranks for the info, and the ranks' indices into publicKeys, of
+// which peerIndex is the other end's (this rank holds options.keyExchange). Throws
+// TransportError when the peer's public key is unusable.
+aead::Key linkKey(const SealingOptions& options, std::string_view label, int sender, int receiver,
+                  int senderIndex, int receiverIndex, int peerIndex);
 
 class SealingTransport final : public Transport {
  public:

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <cstring>
 #include <functional>
+#include <map>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -33,20 +34,29 @@ std::shared_ptr<const topology::Topology> twoClouds() {
   return testing::topologyOf({"A1", "A2", "B1", "B2"});
 }
 
-// One run's salts (as Runtime draws them), fixed by seed.
-std::vector<std::vector<std::byte>> salts(int seed) {
-  std::vector<std::vector<std::byte>> s;
-  for (int r = 0; r < 5; ++r)
-    s.emplace_back(32, static_cast<std::byte>(seed * 16 + r));
-  return s;
+// One run's X25519 key pairs, one per rank (as each rank's Runtime draws its own): the same
+// pairs for every call with that run number.
+std::vector<std::shared_ptr<const aead::KeyExchange>> keyPairs(int run) {
+  static std::mutex mu;
+  static std::map<int, std::vector<std::shared_ptr<const aead::KeyExchange>>> runs;
+  std::lock_guard lock(mu);
+  auto& pairs = runs[run];
+  while (pairs.size() < 5)
+    pairs.push_back(std::make_shared<const aead::KeyExchange>());
+  return pairs;
 }
 
-SealingOptions options(Cipher cipher = Cipher::aes256gcm, std::string secret = kToken, int run = 1,
-                       int ranks = 4) {
+// What rank `rank` of a run seals with: the token, and the run's public keys.
+SealingOptions options(int rank, Cipher cipher = Cipher::aes256gcm, std::string secret = kToken,
+                       int run = 1, int ranks = 4) {
   SealingOptions o;
   o.secret = std::move(secret);
-  o.salts = salts(run);
-  o.salts.resize(static_cast<std::size_t>(ranks));
+  const auto pairs = keyPairs(run);
+  for (int r = 0; r < ranks; ++r) {
+    const auto key = pairs[static_cast<std::size_t>(r)]->publicKey();
+    o.publicKeys.emplace_back(key.begin(), key.end());
+  }
+  o.keyExchange = pairs[static_cast<std::size_t>(rank)];
   o.jobId = "test-job";
   o.cipher = cipher;
   o.sealed[topology::index(LinkClass::crossCloud)] = true;
@@ -102,8 +112,8 @@ class Wiretap final : public Transport {
 
 // Rank 0 (cloud A) sends through a wiretap to rank 2 (cloud B); both seal.
 struct Link {
-  explicit Link(Wiretap::Edit edit = nullptr, SealingOptions senderOptions = options(),
-                SealingOptions receiverOptions = options())
+  explicit Link(Wiretap::Edit edit = nullptr, SealingOptions senderOptions = options(0),
+                SealingOptions receiverOptions = options(2))
       : world(4), topo(twoClouds()) {
     tap = std::make_shared<Wiretap>(world.transport(0), std::move(edit));
     sender = std::make_shared<SealingTransport>(tap, topo, std::move(senderOptions));
@@ -140,7 +150,7 @@ void expectRefused(F&& f, const std::string& also = "failed authentication") {
 
 TEST(SealingTransport, RoundTripsEveryDtypeAndSizeWithBothCiphers) {
   for (Cipher cipher : {Cipher::aes256gcm, Cipher::chacha20poly1305}) {
-    Link link(nullptr, options(cipher), options(cipher));
+    Link link(nullptr, options(0, cipher), options(2, cipher));
     Tag tag = 1;
     for (DType dtype : kAllDTypes) {
       for (std::size_t count : {0ul, 1ul, 7ul, 1000ul, 65537ul, (1ul << 18) + 3}) {
@@ -177,7 +187,7 @@ TEST(SealingTransport, OnlyTheChosenClassesAreSealed) {
   InProcessWorld world(4);
   auto topo = twoClouds();
   auto tap = std::make_shared<Wiretap>(world.transport(0), nullptr);
-  SealingTransport sealed(tap, topo, options());
+  SealingTransport sealed(tap, topo, options(0));
   EXPECT_FALSE(sealed.seals(1));  // intra-cloud
   EXPECT_TRUE(sealed.seals(2));
   const auto data = pattern(64, 5);
@@ -246,27 +256,43 @@ TEST(SealingTransport, TruncatedMessageIsRefused) {
 
 TEST(SealingTransport, AnotherTokenOrCipherIsRefused) {
   {
-    Link link(nullptr, options(Cipher::aes256gcm, "another token of 16+ chars"));
+    Link link(nullptr, options(0, Cipher::aes256gcm, "another token of 16+ chars"));
     expectRefused([&] { link.roundTrip(1, pattern(10, 1)); });
   }
   {
-    Link link(nullptr, options(Cipher::chacha20poly1305));
+    Link link(nullptr, options(0, Cipher::chacha20poly1305));
     expectRefused([&] { link.roundTrip(1, pattern(10, 1)); });
   }
 }
 
-// A relaunch with the same token and job id draws new salts: what one run sealed does not
-// open in another (and its nonces, which restart at zero, meet new keys).
+// A relaunch with the same token and job id draws new key pairs: what one run sealed does
+// not open in another (and its nonces, which restart at zero, meet new keys).
 TEST(SealingTransport, KeysAreNewInEveryRun) {
-  Link link(nullptr, options(Cipher::aes256gcm, kToken, 1), options(Cipher::aes256gcm, kToken, 2));
+  Link link(nullptr, options(0, Cipher::aes256gcm, kToken, 1),
+            options(2, Cipher::aes256gcm, kToken, 2));
   expectRefused([&] { link.roundTrip(1, pattern(10, 1)); });
-  EXPECT_NE(SealingOptions::randomSalt(), SealingOptions::randomSalt());
+}
+
+// A public key that is no key (a low-order point: all zeros) cannot give a link key: the
+// send fails naming the peer, and nothing is sent.
+TEST(SealingTransport, UnusablePublicKeyIsRefused) {
+  SealingOptions o = options(0);
+  o.publicKeys[2].assign(32, std::byte{0});
+  Link link(nullptr, o);
+  try {
+    link.sender->isend(2, 1, pattern(8, 1));
+    ADD_FAILURE() << "sealed with an unusable key";
+  } catch (const TransportError& e) {
+    EXPECT_NE(std::string(e.what()).find("keys of the link with rank 2"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_TRUE(link.tap->seen.empty());
 }
 
 TEST(SealingTransport, CounterWrapIsRefusedNotRepeated) {
-  SealingOptions o = options();
-  o.messagesPerTag = 3;
-  Link link(nullptr, o, o);
+  SealingOptions sender = options(0), receiver = options(2);
+  sender.messagesPerTag = receiver.messagesPerTag = 3;
+  Link link(nullptr, sender, receiver);
   for (int i = 0; i < 3; ++i)
     EXPECT_EQ(link.roundTrip(2, pattern(8, i)), pattern(8, i));
   EXPECT_THROW(link.sender->isend(2, 2, pattern(8, 0)), InvalidArgument);
@@ -278,7 +304,7 @@ TEST(SealingTransport, CounterWrapIsRefusedNotRepeated) {
 TEST(SealingTransport, PlainPeerIsRefusedByTheSealedPeerAndViceVersa) {
   InProcessWorld world(4);
   auto topo = twoClouds();
-  SealingTransport sealed(world.transport(0), topo, options());
+  SealingTransport sealed(world.transport(0), topo, options(0));
   auto plain = world.transport(2);
   const auto data = pattern(32, 1);
   std::vector<std::byte> out(32);
@@ -319,7 +345,7 @@ TEST(SealingTransport, MixedSealedAndPlainAllreduceFailsOnEveryRank) {
       },
       [&](int rank, std::shared_ptr<Transport> t) -> std::shared_ptr<Transport> {
         if (rank >= 2) return t;  // cloud B does not seal
-        return std::make_shared<SealingTransport>(t, topo, options());
+        return std::make_shared<SealingTransport>(t, topo, options(rank));
       });
   bool named = false;
   for (const auto& e : errors) {
@@ -370,14 +396,14 @@ TEST(SealingTransport, SealedAllreduceMatchesPlainBitForBit) {
           comm.allreduce(view(std::span(buffer)), ReduceOp::sum, o);
           out[static_cast<std::size_t>(comm.rank())] = buffer;
         },
-        [&](int, std::shared_ptr<Transport> t) -> std::shared_ptr<Transport> {
+        [&](int me, std::shared_ptr<Transport> t) -> std::shared_ptr<Transport> {
           if (!seal) return t;
-          auto tap = std::make_shared<Wiretap>(t, [&, me = t->rank()](int peer, Tag, auto&) {
+          auto tap = std::make_shared<Wiretap>(t, [&, me](int peer, Tag, auto&) {
             if (topo->linkClass(me, peer) == LinkClass::crossCloud) ++sealedMessages;
             return true;
           });
           return std::make_shared<SealingTransport>(tap, topo,
-                                                    options(Cipher::aes256gcm, kToken, 1, 5));
+                                                    options(me, Cipher::aes256gcm, kToken, 1, 5));
         });
     return out;
   };

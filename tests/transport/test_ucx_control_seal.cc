@@ -18,13 +18,18 @@ using namespace std::chrono_literals;
 using skyring::testing::runRanks;
 const auto kSoon = 10s;
 
-SealingOptions sealing(int n, const std::string& secret) {
+// What rank `rank` seals its control messages with: secret, and the group's public keys.
+SealingOptions sealing(const std::vector<std::shared_ptr<const aead::KeyExchange>>& pairs, int rank,
+                       const std::string& secret) {
   SealingOptions o;
   o.secret = secret;
   o.jobId = "control-seal-test";
   o.cipher = Cipher::aes256gcm;
-  for (int r = 0; r < n; ++r)
-    o.salts.emplace_back(32, static_cast<std::byte>(r + 1));
+  for (const auto& p : pairs) {
+    const auto key = p->publicKey();
+    o.publicKeys.emplace_back(key.begin(), key.end());
+  }
+  o.keyExchange = pairs[static_cast<std::size_t>(rank)];
   return o;
 }
 
@@ -33,10 +38,13 @@ struct SealedGroup {
   explicit SealedGroup(const std::vector<std::string>& secrets)
       : ranks(secrets.size()), slots(secrets.size()) {
     const int n = static_cast<int>(secrets.size());
+    std::vector<std::shared_ptr<const aead::KeyExchange>> pairs;
+    for (int r = 0; r < n; ++r)
+      pairs.push_back(std::make_shared<const aead::KeyExchange>());
     std::barrier<> barrier(n);
     runRanks(n, [&](int r) {
       UcxOptions options;
-      options.controlSeal = sealing(n, secrets[static_cast<std::size_t>(r)]).controlSeal(r);
+      options.controlSeal = sealing(pairs, r, secrets[static_cast<std::size_t>(r)]).controlSeal(r);
       ranks[static_cast<std::size_t>(r)] = makeUcxTransport(
           r, n,
           [&, r](std::span<const std::byte> mine) {
