@@ -180,7 +180,13 @@ DIFFERENT_VALUE = {
     "SKYRING_LINK_CROSS_CLOUD_GBPS": "5",
     "SKYRING_LINK_CROSS_CLOUD_LATENCY_MS": "50",
     "SKYRING_LINK_CROSS_CLOUD_DOLLARS_PER_GB": "0.12",
+    # Compared as the effective value: with AGREE_TOKEN the others seal cross_cloud and
+    # resolve auto to AES-256-GCM (on a CPU with AES instructions, as this one).
+    "SKYRING_ENCRYPT": "none",
+    "SKYRING_CIPHER": "chacha20-poly1305",
 }
+# Settings whose case runs with a job token (sealing needs one).
+AGREE_TOKEN = {"SKYRING_ENCRYPT", "SKYRING_CIPHER"}
 ODD_RANK = 1  # of 3, torchrun-style
 
 
@@ -228,6 +234,8 @@ def make_agree_case(variable):
         env = base_env()
         if variable == "SKYRING_JOB_ID":
             env["SKYRING_JOB_ID"] = "faults-job-a"
+        if variable in AGREE_TOKEN:
+            env["SKYRING_JOB_TOKEN"] = "faults-agree-token-0123456789"
         with ctx.run() as run:
             since = h.now_ms()
             run.start_job(3, env, per_rank=lambda r: {variable: DIFFERENT_VALUE[variable]}
