@@ -132,6 +132,7 @@ class Scattered {
          ++i) {
       const std::size_t from = at + done - starts_[i];
       const std::size_t len = std::min(n - done, pieces_[i].bytes() - from);
+      if (len == 0) continue;  // an empty piece (its data may be null)
       f(static_cast<std::byte*>(pieces_[i].data) + from, done, len);
       done += len;
     }

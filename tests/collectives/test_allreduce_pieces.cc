@@ -77,6 +77,15 @@ TEST_P(AllreducePieces, InPlaceOnTheNodeChannel) {
     compressed.compression = "int8";
     EXPECT_FALSE(comm.allreducesInPlace(4096, compressed));
     expectPiecesExact(comm, 0);
+    // An empty piece with no memory at all (a zero-element tensor) between two others.
+    auto a = makeInput(ReduceOp::sum, DType::f32, comm.rank(), 10);
+    auto b = makeInput(ReduceOp::sum, DType::f32, comm.rank(), 30, 10);
+    const BufferView pieces[] = {testing::viewOf(a, DType::f32),
+                                 {nullptr, 0, DType::f32, MemoryKind::host},
+                                 testing::viewOf(b, DType::f32)};
+    comm.allreduce(pieces, ReduceOp::sum);
+    EXPECT_TRUE(a == expectedResult(ReduceOp::sum, DType::f32, comm.size(), 10));
+    EXPECT_TRUE(b == expectedResult(ReduceOp::sum, DType::f32, comm.size(), 30, 10));
   });
 }
 
