@@ -42,6 +42,8 @@ constexpr const char* kUsage = R"(usage: skyring-coordinator [options]
   --max-connections N      connections served at once                    256
   --idle-timeout-ms MS     a connection with no progress is closed       60000
   --spill-dir DIR          undo logs of in-flight submissions            (memory)
+  --metrics-port P         serve GET /metrics (Prometheus) on P (0: any) (off)
+  --metrics-listen ADDR    address of /metrics                           127.0.0.1
 )";
 
 [[noreturn]] void bad(const std::string& why) {
@@ -120,6 +122,10 @@ int main(int argc, char** argv) {
       o.maxConnections = number<std::size_t>(flag, v);
     } else if (flag == "--idle-timeout-ms") {
       o.idleTimeout = std::chrono::milliseconds(number<std::int64_t>(flag, v));
+    } else if (flag == "--metrics-port") {
+      o.metricsPort = number<int>(flag, v);
+    } else if (flag == "--metrics-listen") {
+      o.metricsAddress = v;
     } else if (flag == "--spill-dir") {
       o.aggregator.spillDir = v;
     } else {
@@ -152,7 +158,9 @@ int main(int argc, char** argv) {
     });
     std::thread waiter([&signals] { signals.run(); });
     std::cout << "skyring-coordinator: listening on port " << service.port() << ", round "
-              << service.openRound() << std::endl;
+              << service.openRound();
+    if (service.metricsPort() >= 0) std::cout << ", /metrics on port " << service.metricsPort();
+    std::cout << std::endl;
     int rc = 0;
     try {
       service.run();

@@ -16,6 +16,8 @@
 
 #include "coordinator/auth.h"
 #include "coordinator/checkpoint.h"
+#include "coordinator/service_metrics.h"
+#include "runtime/metrics_server.h"
 #include "skyring/error.h"
 
 namespace skyring::coordinator {
@@ -40,12 +42,19 @@ struct Service::Impl {
   void afterEvent();  // checkpoint and re-arm after a close; wakes waiting fetches
   void armDeadline();
   void fatal(std::exception_ptr e);
+  void publish() noexcept {
+    metrics.publish(agg->stats(), agg->state().round);
+    metrics.connections(open);
+  }
 
   ServiceOptions options;
   auth::Key key{};
   std::unique_ptr<Aggregator> agg;
-  std::atomic<std::uint64_t> round{0};  // agg's open round, for openRound()
-  std::size_t open = 0;                 // authenticated or not, refused ones excluded
+  ServiceMetrics metrics;
+  std::unique_ptr<runtime::MetricsServer> metricsServer;
+  Clock::time_point opened = Clock::now();  // of the open round (or of the start)
+  std::atomic<std::uint64_t> round{0};      // agg's open round, for openRound()
+  std::size_t open = 0;                     // authenticated or not, refused ones excluded
   std::uint64_t nextId = 1;
   std::unordered_map<std::uint64_t, std::weak_ptr<Connection>> connections;
   // cluster -> the connection whose submission is in flight (a reconnect's begin takes it
@@ -148,6 +157,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       fail(version ? wire::ErrorCode::badVersion : wire::ErrorCode::badFrame, e.detail());
       return;
     }
+    impl_.publish();
     read();
   }
 
@@ -301,6 +311,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     m.reason = clip(reason);
     fetching_ = false;
     waitingFetch_ = false;
+    impl_.metrics.refused();
     send(wire::encode(m));
     closing_ = true;  // closes once the error is written (or the idle timer fires)
   }
@@ -323,6 +334,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
       teardown();
       return;
     }
+    impl_.metrics.bytesSent(out_.front().size());
     out_.pop_front();
     touch();
     if (fetching_) pump();  // only queues: writing_ is still set
@@ -348,6 +360,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
     socket_.close(ignored);
     if (counted_) --impl_.open;
     impl_.connections.erase(id_);
+    impl_.publish();
     auto it = cluster_.empty() ? impl_.owner.end() : impl_.owner.find(cluster_);
     if (it != impl_.owner.end() && it->second == id_) {
       impl_.owner.erase(it);
@@ -408,9 +421,13 @@ void Impl::fatal(std::exception_ptr e) {
 }
 
 void Impl::afterEvent() {
+  publish();
   const std::uint64_t now = agg->state().round;
   if (now == round.load()) return;
   round = now;
+  const auto closed = Clock::now();
+  metrics.roundClosed(std::chrono::duration<double>(closed - opened).count());
+  opened = closed;
   if (!options.checkpointDir.empty()) {
     try {
       saveCheckpoint(options.checkpointDir, agg->state());
@@ -489,6 +506,13 @@ Service::Service(ServiceOptions options) : impl_(std::make_unique<Impl>(std::mov
   check("local address");
   s.accept();
   s.armDeadline();
+  s.publish();
+  if (s.options.metricsPort >= 0) {
+    runtime::MetricsServerOptions mo;
+    mo.address = s.options.metricsAddress;
+    mo.port = s.options.metricsPort;
+    s.metricsServer = std::make_unique<runtime::MetricsServer>(s.metrics.registry(), mo, Logger());
+  }
 }
 
 Service::~Service() {
@@ -505,6 +529,10 @@ Service::~Service() {
 
 std::uint16_t Service::port() const noexcept {
   return impl_->port;
+}
+
+int Service::metricsPort() const noexcept {
+  return impl_->metricsServer ? impl_->metricsServer->port() : -1;
 }
 
 std::uint64_t Service::openRound() const noexcept {

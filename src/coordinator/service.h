@@ -20,6 +20,8 @@
 // Durability: every closed round is checkpointed (checkpoint.h) before anything that
 // depends on it is sent; the constructor resumes from the checkpoint in checkpointDir.
 //
+// Observability: options.metricsPort serves /metrics (runtime/metrics_server.h).
+//
 // Security: plain TCP. The constructor refuses a non-loopback address (TLS is not built
 // yet), and the job token proves membership.
 //
@@ -54,6 +56,10 @@ struct ServiceOptions {
   std::size_t maxConnections = 256;
   std::chrono::milliseconds idleTimeout{std::chrono::seconds(60)};
   std::size_t weightsFrameElements = std::size_t{1} << 18;  // 1 MiB of f32 per weights frame
+  // GET /metrics in Prometheus' text format (service_metrics.h) on a thread of its own;
+  // -1: not served, 0: any free port (see Service::metricsPort()).
+  int metricsPort = -1;
+  std::string metricsAddress = "127.0.0.1";
 };
 
 class Service {
@@ -67,8 +73,9 @@ class Service {
   Service& operator=(const Service&) = delete;
 
   std::uint16_t port() const noexcept;
-  void start();  // serve on a thread of its own
-  void run();    // serve on this thread until stop(); rethrows a fatal error
+  int metricsPort() const noexcept;  // -1 when not served
+  void start();                      // serve on a thread of its own
+  void run();                        // serve on this thread until stop(); rethrows a fatal error
   void stop();
   // The open round (read on the loop's thread; approximate from another).
   std::uint64_t openRound() const noexcept;

@@ -332,6 +332,35 @@ TEST(CoordinatorService, ResumesFromItsCheckpoint) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(CoordinatorService, ServesMetrics) {
+  auto so = serviceOptions();
+  so.metricsPort = 0;
+  Service service(so);
+  service.start();
+  ASSERT_GT(service.metricsPort(), 0);
+  for (const char* name : {"aws", "azure", "gcp"}) {
+    Client c(clientOptions(service, name));
+    EXPECT_EQ(c.submit(0, seeded(kN, 60, 0.1f), 1), SubmitOutcome::counted);
+  }
+  try {
+    Client c(clientOptions(service, "aws", "wrong"));
+  } catch (const TransportError&) {
+  }
+  Raw http(static_cast<std::uint16_t>(service.metricsPort()));
+  const std::string get = "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n";
+  http.send(std::as_bytes(std::span(get)));
+  std::string body;
+  char buf[4096];
+  for (ssize_t n; (n = ::recv(http.fd, buf, sizeof(buf), 0)) > 0;)
+    body.append(buf, static_cast<std::size_t>(n));
+  EXPECT_NE(body.find("skyring_coordinator_rounds_total 1\n"), std::string::npos) << body;
+  EXPECT_NE(body.find("skyring_coordinator_submissions_total{outcome=\"counted\"} 3\n"),
+            std::string::npos)
+      << body;
+  EXPECT_NE(body.find("skyring_coordinator_refusals_total 1\n"), std::string::npos) << body;
+  EXPECT_NE(body.find("skyring_coordinator_round_seconds_count 1\n"), std::string::npos) << body;
+}
+
 TEST(CoordinatorService, RefusesANonLoopbackAddressWithoutTls) {
   auto so = serviceOptions();
   so.address = "0.0.0.0";
