@@ -7,7 +7,8 @@
 //   c.submit(round, delta, samples, "int8");  // delta = weights at round start - now
 //   c.fetch(round, weights);                  // waits for the round to close
 //
-// Plain TCP for now (the service serves loopback only until TLS is built).
+// TLS 1.3 when options.tls (the service must have a certificate); plain TCP otherwise
+// (which the service serves on loopback only).
 //
 // Failure: every error is a skyring::Error: TransportError for a refusal (the service's
 // reason in the message: wrong token, unknown cluster, size mismatch, ...) or a broken
@@ -34,6 +35,12 @@ struct ClientOptions {
   std::uint16_t port = 0;
   std::string cluster;  // this cluster's name, one of the service's members
   std::string token;    // the job token (the service's --token-file)
+  // TLS 1.3 (the service's --tls-cert): the service's certificate must chain to tlsCaFile
+  // (PEM; empty: the system's CAs) and name tlsServerName (empty: host; an IP address is
+  // matched against the certificate's IP entries).
+  bool tls = false;
+  std::string tlsCaFile;
+  std::string tlsServerName;
   // Connecting: each attempt is bounded by connectTimeout; failed attempts are retried
   // with a growing pause (100 ms doubling, at most 2 s) for up to connectAttempts in all.
   std::chrono::milliseconds connectTimeout{std::chrono::seconds(10)};

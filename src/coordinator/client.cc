@@ -1,9 +1,13 @@
 // skyring::coordinator::Client over blocking-free POSIX sockets: every send and receive
 // waits in poll(2) with the remaining time, so no call outlives its timeout.
+#include <arpa/inet.h>
 #include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -44,6 +48,23 @@ int remainingMs(SteadyClock::time_point until) {
   return static_cast<int>(std::clamp<long long>(left, 0, 1 << 30));
 }
 
+std::string sslErrors() {
+  std::string out;
+  char line[256];
+  while (const unsigned long e = ERR_get_error()) {
+    ERR_error_string_n(e, line, sizeof(line));
+    out += out.empty() ? "" : "; ";
+    out += line;
+  }
+  return out.empty() ? std::string("no detail from OpenSSL") : out;
+}
+
+bool isIpAddress(const std::string& host) {
+  unsigned char buf[sizeof(in6_addr)];
+  return ::inet_pton(AF_INET, host.c_str(), buf) == 1 ||
+         ::inet_pton(AF_INET6, host.c_str(), buf) == 1;
+}
+
 }  // namespace
 
 std::string_view submitOutcomeName(SubmitOutcome o) noexcept {
@@ -63,14 +84,114 @@ std::string_view submitOutcomeName(SubmitOutcome o) noexcept {
 struct Client::Impl {
   ClientOptions options;
   int fd = -1;
+  SSL_CTX* tlsContext = nullptr;  // made at the first TLS connect
+  SSL* ssl = nullptr;             // the connection's TLS session; null: plain
   std::uint64_t round = 0, count = 0;
   wire::FrameDecoder decoder;
 
-  ~Impl() { disconnect(); }
+  ~Impl() {
+    disconnect();
+    if (tlsContext) SSL_CTX_free(tlsContext);
+  }
   void disconnect() noexcept {
+    if (ssl) SSL_free(ssl);
+    ssl = nullptr;
     if (fd >= 0) ::close(fd);
     fd = -1;
     decoder = wire::FrameDecoder();
+  }
+
+  // One attempt to move bytes: > 0 moved, 0 the peer closed, -1 it would block (waitFor
+  // says for what). Errors throw TransportError.
+  ssize_t transfer(bool writing, void* data, std::size_t n, short& waitFor, const char* op) {
+    if (!ssl) {
+      const ssize_t r = writing ? ::send(fd, data, n, MSG_NOSIGNAL | MSG_DONTWAIT)
+                                : ::recv(fd, data, n, MSG_DONTWAIT);
+      if (r >= 0) return r;
+      if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
+        waitFor = writing ? POLLOUT : POLLIN;
+        return -1;
+      }
+      if (!writing && errno == ECONNRESET) return 0;
+      SKYRING_THROW(TransportError, ctx(op),
+                    "connection to the coordinator lost: ", std::strerror(errno));
+    }
+    ERR_clear_error();
+    const int len = static_cast<int>(std::min<std::size_t>(n, 1 << 30));
+    const int r = writing ? SSL_write(ssl, data, len) : SSL_read(ssl, data, len);
+    if (r > 0) return r;
+    switch (SSL_get_error(ssl, r)) {
+      case SSL_ERROR_WANT_READ:
+        waitFor = POLLIN;
+        return -1;
+      case SSL_ERROR_WANT_WRITE:
+        waitFor = POLLOUT;
+        return -1;
+      case SSL_ERROR_ZERO_RETURN:
+        return 0;
+      case SSL_ERROR_SYSCALL:
+        if (!writing) return 0;
+        SKYRING_THROW(TransportError, ctx(op),
+                      "connection to the coordinator lost: ", std::strerror(errno));
+      default:
+        SKYRING_THROW(TransportError, ctx(op), "TLS error: ", sslErrors());
+    }
+  }
+
+  void wait(short waitFor, SteadyClock::time_point until, const char* op) {
+    pollfd p{fd, waitFor, 0};
+    if (::poll(&p, 1, remainingMs(until)) == 0) {
+      SKYRING_THROW(Timeout, ctx(op), "no progress with the coordinator at ", options.host, ":",
+                    options.port, " in time");
+    }
+  }
+
+  void startTls(SteadyClock::time_point until) {
+    if (!tlsContext) {
+      tlsContext = SSL_CTX_new(TLS_client_method());
+      if (!tlsContext) SKYRING_THROW(TransportError, ctx("connect"), "TLS: ", sslErrors());
+      SSL_CTX_set_min_proto_version(tlsContext, TLS1_3_VERSION);
+      SSL_CTX_set_options(tlsContext, SSL_OP_IGNORE_UNEXPECTED_EOF);
+      SSL_CTX_set_verify(tlsContext, SSL_VERIFY_PEER, nullptr);
+      const bool loaded =
+          options.tlsCaFile.empty()
+              ? SSL_CTX_set_default_verify_paths(tlsContext) == 1
+              : SSL_CTX_load_verify_locations(tlsContext, options.tlsCaFile.c_str(), nullptr) == 1;
+      if (!loaded) {
+        const std::string why = sslErrors();
+        SSL_CTX_free(tlsContext);
+        tlsContext = nullptr;
+        SKYRING_THROW(InvalidArgument, ctx("connect"), "cannot load the TLS CA certificates '",
+                      options.tlsCaFile, "': ", why);
+      }
+    }
+    ssl = SSL_new(tlsContext);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1)
+      SKYRING_THROW(TransportError, ctx("connect"), "TLS: ", sslErrors());
+    const std::string& name = options.tlsServerName.empty() ? options.host : options.tlsServerName;
+    if (isIpAddress(name)) {
+      X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name.c_str());
+    } else {
+      SSL_set_tlsext_host_name(ssl, name.c_str());
+      SSL_set1_host(ssl, name.c_str());
+    }
+    for (;;) {
+      ERR_clear_error();
+      const int r = SSL_connect(ssl);
+      if (r == 1) return;
+      const int e = SSL_get_error(ssl, r);
+      if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+        wait(e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, until, "connect");
+        continue;
+      }
+      const long verify = SSL_get_verify_result(ssl);
+      SKYRING_THROW(TransportError, ctx("connect"), "TLS handshake with ", options.host, ":",
+                    options.port, " failed",
+                    verify != X509_V_OK ? std::string(" (certificate: ") +
+                                              X509_verify_cert_error_string(verify) + ")"
+                                        : std::string(),
+                    ": ", sslErrors());
+    }
   }
 
   // Runs op on a live connection; a failure closes it so that the next call reconnects.
@@ -87,9 +208,18 @@ struct Client::Impl {
 
   // The service closes connections idle for its idle timeout (between rounds, say): found
   // out before a call rather than by its failure. Anything readable now is unasked for.
-  bool closedByPeer() const noexcept {
-    pollfd p{fd, POLLIN, 0};
-    return ::poll(&p, 1, 0) != 0;
+  bool closedByPeer() noexcept {
+    char b;
+    if (!ssl) {
+      const ssize_t r = ::recv(fd, &b, 1, MSG_PEEK | MSG_DONTWAIT);
+      return !(r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK));
+    }
+    ERR_clear_error();  // TLS 1.3 session tickets arrive after the handshake: not data
+    const int r = SSL_peek(ssl, &b, 1);
+    if (r > 0) return true;
+    const int e = SSL_get_error(ssl, r);
+    ERR_clear_error();
+    return !(e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE);
   }
 
   int connectOnce(SteadyClock::time_point until) {
@@ -139,14 +269,17 @@ struct Client::Impl {
     Ms pause(100);
     for (int attempt = 1;; ++attempt) {
       try {
-        fd = connectOnce(SteadyClock::now() + options.connectTimeout);
+        const auto until = SteadyClock::now() + options.connectTimeout;
+        fd = connectOnce(until);
+        if (options.tls) startTls(until);
         handshake();
         return;
       } catch (const TransportError& e) {
         disconnect();
         // A refusal with a reason (wrong token, unknown cluster) will not change: no retry.
         if (attempt >= options.connectAttempts ||
-            e.detail().find("refused by the coordinator") != std::string::npos)
+            e.detail().find("refused by the coordinator") != std::string::npos ||
+            e.detail().find("(certificate: ") != std::string::npos)
           throw;
       } catch (const Timeout&) {
         disconnect();
@@ -181,20 +314,19 @@ struct Client::Impl {
     const auto until = deadline(options.ioTimeout);
     std::size_t at = 0;
     while (at < bytes.size()) {
-      const ssize_t n = ::send(fd, bytes.data() + at, bytes.size() - at, MSG_NOSIGNAL);
+      short waitFor = 0;
+      ssize_t n = 0;
+      try {
+        n = transfer(true, const_cast<std::byte*>(bytes.data()) + at, bytes.size() - at, waitFor,
+                     "send");
+      } catch (const TransportError& e) {
+        // The service may have said why before it closed (a refused chunk, say).
+        SKYRING_THROW(TransportError, ctx("send"), e.detail(), serverError(deadline(Ms(200))));
+      }
       if (n > 0) {
         at += static_cast<std::size_t>(n);
-        continue;
-      }
-      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {
-        SKYRING_THROW(TransportError, ctx("send"),
-                      "connection to the coordinator lost: ", std::strerror(errno),
-                      serverError(deadline(Ms(200))));
-      }
-      pollfd p{fd, POLLOUT, 0};
-      if (::poll(&p, 1, remainingMs(until)) == 0) {
-        SKYRING_THROW(Timeout, ctx("send"), "the coordinator took nothing for ",
-                      options.ioTimeout.count(), " ms");
+      } else {
+        wait(waitFor, until, "send");
       }
     }
   }
@@ -216,20 +348,14 @@ struct Client::Impl {
     wire::Frame f;
     std::byte buf[64 * 1024];
     while (!decoder.next(f)) {
-      pollfd p{fd, POLLIN, 0};
-      const int rc = ::poll(&p, 1, remainingMs(until));
-      if (rc == 0) {
-        SKYRING_THROW(Timeout, ctx(op), "no answer from the coordinator at ", options.host, ":",
-                      options.port, " in time");
-      }
-      const ssize_t n = ::recv(fd, buf, sizeof(buf), 0);
+      short waitFor = 0;
+      const ssize_t n = transfer(false, buf, sizeof(buf), waitFor, op);
       if (n == 0) {
         SKYRING_THROW(TransportError, ctx(op), "the coordinator closed the connection");
       }
       if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) continue;
-        SKYRING_THROW(TransportError, ctx(op),
-                      "connection to the coordinator lost: ", std::strerror(errno));
+        wait(waitFor, until, op);
+        continue;
       }
       decoder.feed(std::span(buf, static_cast<std::size_t>(n)));
     }

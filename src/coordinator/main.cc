@@ -30,6 +30,8 @@ constexpr const char* kUsage = R"(usage: skyring-coordinator [options]
   --token-file PATH        the job token (file contents, trailing newline dropped)
   --init PATH              initial weights: N little-endian f32 (default zeros)
   --listen ADDR            listen address, loopback only without TLS     127.0.0.1
+  --tls-cert PATH          TLS 1.3 certificate chain (PEM)               (plain TCP)
+  --tls-key PATH           its private key (PEM)
   --port P                 port (0: any; printed on stdout)              7070
   --checkpoint-dir DIR     durable state; resumed at start               (none)
   --quorum Q               submissions that close a round at the deadline  N
@@ -95,6 +97,10 @@ int main(int argc, char** argv) {
         o.token.pop_back();
     } else if (flag == "--init") {
       init = v;
+    } else if (flag == "--tls-cert") {
+      o.tlsCertificate = v;
+    } else if (flag == "--tls-key") {
+      o.tlsKey = v;
     } else if (flag == "--listen") {
       o.address = v;
     } else if (flag == "--port") {

@@ -5,6 +5,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/post.hpp>
+#include <boost/asio/ssl.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <boost/asio/write.hpp>
 #include <cstring>
@@ -52,6 +53,7 @@ struct Service::Impl {
   std::unique_ptr<Aggregator> agg;
   ServiceMetrics metrics;
   std::unique_ptr<runtime::MetricsServer> metricsServer;
+  std::unique_ptr<asio::ssl::context> tls;  // null: plain TCP (loopback only)
   Clock::time_point opened = Clock::now();  // of the open round (or of the start)
   std::atomic<std::uint64_t> round{0};      // agg's open round, for openRound()
   std::size_t open = 0;                     // authenticated or not, refused ones excluded
@@ -86,21 +88,23 @@ class Connection : public std::enable_shared_from_this<Connection> {
         idle_(impl.io),
         decoder_(impl.options.maxFramePayload),
         impl_(impl),
-        id_(id) {}
+        id_(id) {
+    if (impl.tls) tls_ = std::make_unique<asio::ssl::stream<tcp::socket&>>(socket_, *impl.tls);
+  }
 
   void start() {
     ++impl_.open;
     counted_ = true;
-    challenge_.serverNonce = auth::randomNonce();
-    send(wire::encode(challenge_));
-    touch();
-    read();
+    secure([this] {
+      challenge_.serverNonce = auth::randomNonce();
+      send(wire::encode(challenge_));
+      read();
+    });
   }
 
   // Answers `overloaded` and closes, without counting as an open connection.
   void refuse(const std::string& reason) {
-    fail(wire::ErrorCode::overloaded, reason);
-    touch();
+    secure([this, reason] { fail(wire::ErrorCode::overloaded, reason); });
   }
 
   // Called by the service after a round closed: serves a fetch waiting for it.
@@ -115,6 +119,27 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void shutdown() { teardown(); }
 
  private:
+  // Runs then() once the TLS handshake is done (at once without TLS); the idle timeout
+  // bounds the handshake too.
+  template <typename F>
+  void secure(F then) {
+    touch();
+    if (!tls_) {
+      then();
+      return;
+    }
+    tls_->async_handshake(asio::ssl::stream_base::server,
+                          [self = shared_from_this(), then](error_code ec) {
+                            if (self->closed_) return;
+                            if (ec) {  // not TLS, or a TLS we do not take (below 1.3)
+                              self->impl_.metrics.refused();
+                              self->teardown();
+                              return;
+                            }
+                            then();
+                          });
+  }
+
   void touch() {
     if (closed_) return;
     idle_.expires_after(impl_.options.idleTimeout);
@@ -132,11 +157,15 @@ class Connection : public std::enable_shared_from_this<Connection> {
       return;
     }
     reading_ = true;
-    socket_.async_read_some(asio::buffer(buffer_),
-                            [self = shared_from_this()](error_code ec, std::size_t n) {
-                              self->reading_ = false;
-                              self->onRead(ec, n);
-                            });
+    auto done = [self = shared_from_this()](error_code ec, std::size_t n) {
+      self->reading_ = false;
+      self->onRead(ec, n);
+    };
+    if (tls_) {
+      tls_->async_read_some(asio::buffer(buffer_), std::move(done));
+    } else {
+      socket_.async_read_some(asio::buffer(buffer_), std::move(done));
+    }
   }
 
   void onRead(error_code ec, std::size_t n) {
@@ -323,9 +352,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   void write() {
     writing_ = true;
-    asio::async_write(
-        socket_, asio::buffer(out_.front()),
-        [self = shared_from_this()](error_code ec, std::size_t) { self->onWritten(ec); });
+    auto done = [self = shared_from_this()](error_code ec, std::size_t) { self->onWritten(ec); };
+    if (tls_) {
+      asio::async_write(*tls_, asio::buffer(out_.front()), std::move(done));
+    } else {
+      asio::async_write(socket_, asio::buffer(out_.front()), std::move(done));
+    }
   }
 
   void onWritten(error_code ec) {
@@ -369,6 +401,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
 
   tcp::socket socket_;
+  std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;  // over socket_; null: plain
   asio::steady_timer idle_;
   wire::FrameDecoder decoder_;
   Impl& impl_;
@@ -461,10 +494,22 @@ Service::Service(ServiceOptions options) : impl_(std::make_unique<Impl>(std::mov
     SKYRING_THROW(InvalidArgument, kCtx, "listen address '", s.options.address,
                   "' is not a numeric IPv4 or IPv6 address");
   }
-  if (!isLoopback(address)) {
+  SKYRING_CHECK_ARG(s.options.tlsCertificate.empty() == s.options.tlsKey.empty(), kCtx,
+                    "TLS needs both a certificate and its private key");
+  if (!s.options.tlsCertificate.empty()) {
+    s.tls = std::make_unique<asio::ssl::context>(asio::ssl::context::tls_server);
+    SSL_CTX_set_min_proto_version(s.tls->native_handle(), TLS1_3_VERSION);
+    try {
+      s.tls->use_certificate_chain_file(s.options.tlsCertificate);
+      s.tls->use_private_key_file(s.options.tlsKey, asio::ssl::context::pem);
+    } catch (const boost::system::system_error& e) {
+      SKYRING_THROW(InvalidArgument, kCtx, "cannot use the TLS certificate '",
+                    s.options.tlsCertificate, "' and key '", s.options.tlsKey, "': ", e.what());
+    }
+  } else if (!isLoopback(address)) {
     SKYRING_THROW(InvalidArgument, kCtx, "refusing to listen on ", s.options.address,
-                  ": TLS is not built yet, so the coordinator serves plain TCP on loopback only "
-                  "(127.0.0.1 or ::1); put a TLS proxy or tunnel in front of it");
+                  " without TLS: plain TCP is for loopback only (127.0.0.1 or ::1); give a "
+                  "certificate and key (--tls-cert, --tls-key)");
   }
   SKYRING_CHECK_ARG(s.options.maxConnections >= 1, kCtx, "maxConnections must be at least 1");
   SKYRING_CHECK_ARG(s.options.idleTimeout.count() > 0, kCtx, "idleTimeout must be positive");

@@ -22,8 +22,9 @@
 //
 // Observability: options.metricsPort serves /metrics (runtime/metrics_server.h).
 //
-// Security: plain TCP. The constructor refuses a non-loopback address (TLS is not built
-// yet), and the job token proves membership.
+// Security: TLS 1.3 (asio::ssl over OpenSSL) when options name a certificate and key;
+// otherwise plain TCP, and the constructor refuses a non-loopback address. Either way the
+// job token proves membership.
 //
 // Threads: the constructor binds; start() runs the loop on a thread of its own, run() on
 // the caller's; stop() is safe from any thread (and a signal-handling thread). A failed
@@ -45,10 +46,13 @@ namespace skyring::coordinator {
 inline constexpr std::uint64_t kLatestRound = ~std::uint64_t{0};
 
 struct ServiceOptions {
-  std::string address = "127.0.0.1";  // numeric; loopback only (no TLS yet)
-  std::uint16_t port = 0;             // 0: any free port (see Service::port())
-  std::string token;                  // the job token; empty allowed (loopback only)
-  std::string checkpointDir;          // empty: no durability (tests)
+  std::string address = "127.0.0.1";  // numeric; any when TLS is on, else loopback only
+  // TLS 1.3 (and nothing older) when both are set: PEM files of the certificate chain and
+  // its private key. Unset: plain TCP, loopback only (tests, or behind a tunnel).
+  std::string tlsCertificate, tlsKey;
+  std::uint16_t port = 0;     // 0: any free port (see Service::port())
+  std::string token;          // the job token; empty allowed (loopback only)
+  std::string checkpointDir;  // empty: no durability (tests)
   AggregatorOptions aggregator;
   // The weights of round 0 when checkpointDir holds no checkpoint; their size is the model's.
   std::vector<float> initialWeights;
