@@ -108,6 +108,10 @@ Service::Service(ServiceOptions options) : impl_(std::make_unique<Impl>(std::mov
       SKYRING_THROW(InvalidArgument, kCtx, "cannot use the TLS certificate '",
                     s.options.tlsCertificate, "' and key '", s.options.tlsKey, "': ", e.what());
     }
+    // auth.h: an empty token is a key anyone can compute.
+    SKYRING_CHECK_ARG(!s.options.token.empty() || isLoopback(address), kCtx,
+                      "an empty job token on ", s.options.address,
+                      " would let anyone in; give a token (--token-file) or listen on loopback");
   } else if (!isLoopback(address)) {
     SKYRING_THROW(InvalidArgument, kCtx, "refusing to listen on ", s.options.address,
                   " without TLS: plain TCP is for loopback only (127.0.0.1 or ::1); give a "
