@@ -278,6 +278,52 @@ TEST(CoordinatorService, BadInputClosesOnlyThatConnection) {
   EXPECT_EQ(good.fetch(0, w), 0u);
 }
 
+TEST(CoordinatorService, AClusterThatDropsMidSubmissionIsUndoneAndMayReconnect) {
+  auto so = serviceOptions();
+  Service service(so);
+  service.start();
+  std::vector<std::pair<std::string, std::vector<float>>> subs;
+  for (unsigned i = 0; i < 3; ++i)
+    subs.emplace_back(std::vector<std::string>{"aws", "azure", "gcp"}[i], seeded(kN, 80 + i, 0.1f));
+  const auto chunks = test::encodeChunks(seeded(kN, 99), 128);
+  {  // aws starts with other values and vanishes mid-submission: undone
+    Raw gone(service.port());
+    gone.hello("aws");
+    gone.send(wire::encode(wire::SubmitBegin{0, wire::SubmitCodec::none, kN, 10}));
+    ASSERT_EQ(gone.next()->type, wire::FrameType::roundStatus);
+    gone.send(wire::encode(wire::SubmitChunk{chunks[0].first, chunks[0].second}));
+  }
+  // azure starts on one connection, then reconnects (the old one still open) and begins
+  // again: the old connection's close in the middle must not undo the new submission.
+  auto stale = std::make_unique<Raw>(service.port());
+  stale->hello("azure");
+  stale->send(wire::encode(wire::SubmitBegin{0, wire::SubmitCodec::none, kN, 11}));
+  ASSERT_EQ(stale->next()->type, wire::FrameType::roundStatus);
+  stale->send(wire::encode(wire::SubmitChunk{chunks[0].first, chunks[0].second}));
+  Raw fresh(service.port());
+  fresh.hello("azure");
+  fresh.send(wire::encode(wire::SubmitBegin{0, wire::SubmitCodec::none, kN, 11}));
+  ASSERT_EQ(fresh.next()->type, wire::FrameType::roundStatus);
+  const auto azureChunks = test::encodeChunks(subs[1].second, 128);
+  fresh.send(wire::encode(wire::SubmitChunk{azureChunks[0].first, azureChunks[0].second}));
+  stale.reset();
+  std::this_thread::sleep_for(50ms);  // the service sees the close
+  for (std::size_t c = 1; c < azureChunks.size(); ++c)
+    fresh.send(wire::encode(wire::SubmitChunk{azureChunks[c].first, azureChunks[c].second}));
+  fresh.send(wire::encode(wire::SubmitEnd{0}));
+  const auto ended = fresh.next();
+  ASSERT_TRUE(ended);
+  ASSERT_EQ(ended->type, wire::FrameType::roundStatus);
+  EXPECT_TRUE(wire::parseRoundStatus(*ended).counted);
+  Client aws(clientOptions(service, "aws")), gcp(clientOptions(service, "gcp"));
+  EXPECT_EQ(aws.submit(0, subs[0].second, 10), SubmitOutcome::counted);
+  EXPECT_EQ(gcp.submit(0, subs[2].second, 12), SubmitOutcome::counted);
+  std::vector<float> w(kN);
+  ASSERT_EQ(gcp.fetch(0, w), 0u);
+  const auto want = expected(so, subs);
+  EXPECT_EQ(std::memcmp(w.data(), want.data(), kN * 4), 0);
+}
+
 TEST(CoordinatorService, ConnectionLimit) {
   auto so = serviceOptions();
   so.maxConnections = 2;
