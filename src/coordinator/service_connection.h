@@ -73,7 +73,7 @@ namespace service_detail {
 
 using Impl = Service::Impl;
 
-std::string clip(std::string s) {
+inline std::string clip(std::string s) {
   if (s.size() > wire::kMaxReasonBytes) s.resize(wire::kMaxReasonBytes);
   return s;
 }
@@ -205,6 +205,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
           }
           const Admission a = agg.begin(cluster_, b, Clock::now());
           if (a == Admission::accepted || a == Admission::carried) impl_.owner[cluster_] = id_;
+          impl_.afterEvent();  // begin closes a round whose deadline passed with quorum
           reply(a, b.round);
           break;
         }
