@@ -345,6 +345,35 @@ TEST(CoordinatorService, ConnectionLimit) {
   EXPECT_EQ(c.status(0).state, RoundInfo::State::open);
 }
 
+TEST(CoordinatorService, AFloodOfConnectionsIsLimitedAndTheOthersAreServed) {
+  auto so = serviceOptions();
+  so.maxConnections = 64;
+  Service service(so);
+  service.start();
+  Client good(clientOptions(service, "gcp"));  // in before the flood
+  std::vector<std::unique_ptr<Raw>> flood;
+  for (int i = 0; i < 400; ++i)
+    flood.push_back(std::make_unique<Raw>(service.port()));
+  int refused = 0;
+  for (auto& r : flood) {
+    auto f = r->next(2s);
+    ASSERT_TRUE(f);
+    if (f->type == wire::FrameType::error) {
+      EXPECT_EQ(wire::parseError(*f).code, wire::ErrorCode::overloaded);
+      ++refused;
+    }
+  }
+  EXPECT_EQ(refused, 400 - 63);  // 64 in all, good included
+  EXPECT_EQ(good.status(0).state, RoundInfo::State::open);
+  flood.clear();
+  std::this_thread::sleep_for(100ms);
+  for (const char* name : {"aws", "azure"}) {
+    Client c(clientOptions(service, name));
+    EXPECT_EQ(c.submit(0, seeded(kN, 90, 0.1f), 1), SubmitOutcome::counted);
+  }
+  EXPECT_EQ(good.submit(0, seeded(kN, 91, 0.1f), 1), SubmitOutcome::counted);
+}
+
 TEST(CoordinatorService, ResumesFromItsCheckpoint) {
   const auto dir =
       std::filesystem::temp_directory_path() / ("skyring-coord-svc-" + std::to_string(::getpid()));
