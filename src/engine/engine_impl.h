@@ -74,11 +74,12 @@ struct Engine::Impl {
       : comm(c),
         options(o),
         announcements(c.size()),
-        inPlaceBytes(inPlaceBytesOf(c)),
+        inPlaceBytes(inPlaceBytesOf(c, o.tag)),
         metrics(options.metrics, c.config().fusionThreshold) {}
   // engine::inPlaceBytes for this communicator's slowest link (by its topology's cost
-  // model; without a topology, the configured intra-cloud link).
-  static std::size_t inPlaceBytesOf(const Communicator& c);
+  // model; without a topology, the configured intra-cloud link); unlimited where batches
+  // on the engine's tag run in place anyway (Communicator::allreducesInPlace).
+  static std::size_t inPlaceBytesOf(const Communicator& c, std::uint32_t tag);
 
   // members: a grouped allreduce's tensors (then tensor is an empty one of their dtype).
   Handle submit(std::string name, Tensor tensor, AllreduceSpec spec, engine::Collective collective,

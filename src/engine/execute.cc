@@ -10,10 +10,14 @@
 
 namespace skyring {
 
-std::size_t Engine::Impl::inPlaceBytesOf(const Communicator& c) {
+std::size_t Engine::Impl::inPlaceBytesOf(const Communicator& c, std::uint32_t tag) {
   // On one node's shared memory a batch is reduced where its tensors are (no fusion copy
   // to save), so large tensors fuse like the others: fewer collectives.
-  if (c.allreducesInPlace(c.config().fusionThreshold)) return SIZE_MAX;
+  CollectiveOptions onTag;
+  onTag.tag = tag;
+  onTag.algorithm = c.config().allreduceAlgorithm;  // as collectiveOptions() passes it
+  onTag.compression = "none";
+  if (c.allreducesInPlace(c.config().fusionThreshold, onTag)) return SIZE_MAX;
   const Config& config = c.config();
   const topology::Topology* t = c.topology();
   const Config::LinkParameters& slowest = t == nullptr      ? config.intraCloudLink
