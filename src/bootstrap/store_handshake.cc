@@ -4,13 +4,13 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <sys/random.h>
 #include <cstdint>
 
 #include <cerrno>
 #include <cstring>
 
 #include "bootstrap/tcp_store_socket.h"
+#include "core/random.h"
 #include "skyring/error.h"
 
 namespace skyring::bootstrap::handshake {
@@ -144,16 +144,7 @@ Key deriveKey(const StoreIdentity& identity) {
 
 Nonce randomNonce() {
   Nonce nonce{};
-  std::size_t filled = 0;
-  while (filled < nonce.size()) {
-    const ssize_t n = ::getrandom(nonce.data() + filled, nonce.size() - filled, 0);
-    if (n > 0) {
-      filled += static_cast<std::size_t>(n);
-    } else if (n < 0 && errno != EINTR) {
-      SKYRING_THROW(TransportError, (ErrorContext{-1, -1, "tcp store handshake"}),
-                    "getrandom failed: ", detail::errnoText(errno));
-    }
-  }
+  skyring::detail::fillRandom(nonce, (ErrorContext{-1, -1, "tcp store handshake"}));
   return nonce;
 }
 

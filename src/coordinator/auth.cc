@@ -4,12 +4,12 @@
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
-#include <sys/random.h>
 
 #include <cerrno>
 #include <cstring>
 #include <vector>
 
+#include "core/random.h"
 #include "skyring/error.h"
 
 namespace skyring::coordinator::auth {
@@ -58,15 +58,7 @@ Key deriveKey(std::string_view token) {
 
 wire::Nonce randomNonce() {
   wire::Nonce nonce{};
-  std::size_t filled = 0;
-  while (filled < nonce.size()) {
-    const ssize_t n = ::getrandom(nonce.data() + filled, nonce.size() - filled, 0);
-    if (n > 0) {
-      filled += static_cast<std::size_t>(n);
-    } else if (n < 0 && errno != EINTR) {
-      SKYRING_THROW(TransportError, kCtx, "getrandom failed: ", std::strerror(errno));
-    }
-  }
+  skyring::detail::fillRandom(nonce, kCtx);
   return nonce;
 }
 

@@ -116,6 +116,10 @@ struct Engine::Impl {
   bool runReplayedInPlace(const engine::ReplayBatch& batch,
                           const std::vector<engine::Pending*>& owners, bool mine,
                           engine::Clock::time_point begin);
+  // Completes a batch every rank had: owners (this rank's tensors) and its zero-element
+  // tensors, each with its span on the timeline.
+  void finishReplayed(const engine::ReplayBatch& batch, const std::vector<engine::Pending*>& owners,
+                      engine::Clock::time_point begin, engine::Clock::time_point end);
   void replayStep();
   // Waits until this rank has every tensor of batch (true), or will not have it soon: a
   // name outside the plan, a shutdown or join, a caller waiting on a handle, no submission

@@ -217,16 +217,7 @@ bool Engine::Impl::runReplayed(const engine::ReplayBatch& batch, bool mine) {
     std::memcpy(b.data, fusion.data() + offset, b.bytes());
     offset += b.bytes();
   }
-  auto done = [&](Pending& p) {
-    timeline.span(p.descriptor.name, "allreduce (replayed)", "collective", begin, end);
-    const std::string name = p.descriptor.name;
-    finish(p, nullptr);
-    pending.erase(name);
-  };
-  for (Pending* p : owners)
-    done(*p);
-  for (std::uint32_t s : batch.empty)
-    done(pending.at(cache.at(s).name));
+  finishReplayed(batch, owners, begin, end);
   return true;
 }
 
@@ -263,6 +254,13 @@ bool Engine::Impl::runReplayedInPlace(const engine::ReplayBatch& batch,
                       ",\"bytes\":" + std::to_string(bytes));
   }
   if (flag == 0) return false;
+  finishReplayed(batch, owners, begin, end);
+  return true;
+}
+
+void Engine::Impl::finishReplayed(const engine::ReplayBatch& batch,
+                                  const std::vector<Pending*>& owners, Clock::time_point begin,
+                                  Clock::time_point end) {
   auto done = [&](Pending& p) {
     timeline.span(p.descriptor.name, "allreduce (replayed)", "collective", begin, end);
     const std::string name = p.descriptor.name;
@@ -273,7 +271,6 @@ bool Engine::Impl::runReplayedInPlace(const engine::ReplayBatch& batch,
     done(*p);
   for (std::uint32_t s : batch.empty)
     done(pending.at(cache.at(s).name));
-  return true;
 }
 
 }  // namespace skyring
